@@ -1,0 +1,1 @@
+"""patseg: PAT and SAN for open-vocabulary semantic segmentation."""

@@ -1,0 +1,5 @@
+import sys
+
+from patseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,212 @@
+"""Model configuration records.
+
+A preset is one JSON record in ``patseg/presets/`` that fills these dataclasses; every Table II ablation of the
+PAT paper is a field of :class:`PatConfig`. Only ``patseg.build`` turns records into modules: the modules
+themselves take plain keyword arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or has the wrong type; the message names the key."""
+
+
+@dataclass
+class ClipConfig:
+    model_name: str = "ViT-B-16"  # open_clip architecture name, or a config shipped in patseg/resources/clip
+    quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU
+    weights: Optional[str] = None  # local open_clip checkpoint file; None = random init (tests, tiny presets)
+    taps: tuple[int, ...] = (0, 3, 6, 9)  # CLIP depths fused into the side ViT (0 = ln_pre output)
+    rec_start: int = 9  # first CLIP block of the recognition path (SAN: FEATURE_LAST_LAYER_IDX)
+    resize_ratio: float = 0.5  # CLIP sees the padded image scaled by this (SAN CLIP_RESOLUTION)
+    templates: str = "san_vild"  # prompt-template set in patseg/resources/templates
+
+
+@dataclass
+class SideAdapterConfig:
+    width: int = 240
+    depth: int = 8
+    heads: int = 6
+    patch_size: int = 16
+    mlp_ratio: float = 4.0
+    num_queries: int = 100  # SAN's query tokens = PAT's global tokens
+    pretrain_grid: int = 40  # side positional embedding grid (640 / 16)
+    fusion_map: tuple[tuple[int, int], ...] = ((0, 0), (3, 1), (6, 2), (9, 3))  # (CLIP tap, side stage)
+    deep_supervision: tuple[int, ...] = (7, 8)  # side blocks whose outputs are decoded for the loss
+
+
+@dataclass
+class MaskDecoderConfig:
+    dim: int = 256  # SAN MLPMaskDecoder width
+    num_layers: int = 3
+    rescale_attn_bias: bool = True
+
+
+@dataclass
+class PatConfig:
+    """Everything PAT adds to SAN (DESIGN.md §3). Each Table II ablation is one field."""
+
+    codebook_sizes: tuple[int, int, int] = (128, 64, 32)  # early, mid, late
+    latent_codebook_size: int = 256
+    code_dim: int = 32
+    pixel_dim: int = 256  # C_pix: stem, Down, Proj, DySample
+    decoder_dim: int = 256
+    decoder_heads: int = 8
+    decoder_ffn: int = 1024
+    decoder_extra_layers: int = 2  # Transformer layers at the final grid after the stages
+    spade_hidden: int = 128
+    token_mixer_hidden: int = 256
+    kappa: float = 30.0  # HSAttn concentration, fixed
+    dysample_groups: int = 4
+    pyramid_base: str = "clip"  # "clip": stage grids relative to H/32; "side": relative to the side grid H/16
+    stage_scales: tuple[int, int, int] = (4, 2, 1)  # Table II: (4,2,1), (4,4,4), (1,1,1)
+    decoder_stages: tuple[str, ...] = ("late", "mid", "early")  # Table II: drop early -> mid -> late
+    vmf: bool = True  # Table II: False = Euclidean VQ + plain softmax attention
+    token_mixer: bool = True  # Table II
+    pixel_residual: bool = True  # Table II
+    spatial_alignment: bool = True  # Table II: CRF + TV loss on the stage codes
+    unified_tokens: bool = False  # Table II: global tokens made from the stage codebooks
+    shared_decoder: bool = True  # Table II: False = separate pixel and semantic decoders
+    bias_source: str = "decoded"  # CLIP attention bias from the decoded head ("decoded") or SAN's block 8 ("side")
+    aux_sets: tuple[str, ...] = ("side8",)  # auxiliary loss sets: "side8", "side7"
+
+
+@dataclass
+class LossConfig:
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    num_points: int = 12544  # 112 x 112
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    vq_weight: float = 0.1
+    commitment: float = 0.25
+    spatial_weight: float = 0.1
+    crf_weight: float = 1.0
+    tv_weight: float = 1.0
+    crf_points: int = 1000
+    rec_weight: float = 1.0
+    l1_weight: float = 0.1
+    l2_weight: float = 1.0
+    perceptual_weight: float = 0.1
+    lpips_size: int = 256  # LPIPS runs on a resize of both images to this side
+    lpips_vgg_weights: Optional[str] = None  # torchvision vgg16 state dict (vgg16-397923af.pth)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "san_vitb16"
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    side: SideAdapterConfig = field(default_factory=SideAdapterConfig)
+    mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
+    pat: Optional[PatConfig] = None  # None = the SAN baseline
+    loss: LossConfig = field(default_factory=LossConfig)
+    image_size: int = 640  # training crop; also the size used by `patseg info` and smoke tests
+
+    @property
+    def is_pat(self) -> bool:
+        return self.pat is not None
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a JSON/YAML value to the annotated type ``tp``, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {type(value).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"config key '{key}' must have {len(args)} entries, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (valid: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Nested plain-dict form of a config dataclass (tuples become lists), for JSON and checkpoints."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
+    """Return a copy of ``data`` with dotted keys (``pat.vmf``) set; intermediate mappings are created."""
+    out = json.loads(json.dumps(data))
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = {}
+                node[p] = nxt
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"config key '{dotted}': '{p}' is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped with patseg."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_preset(name_or_path: str, overrides: Optional[dict[str, Any]] = None) -> ModelConfig:
+    """Load a preset by name (``san_vitb16``) or from a JSON file path, with optional dotted overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset '{name_or_path}' (available: {', '.join(list_presets())})")
+    data = json.loads(path.read_text())
+    data.setdefault("name", path.stem)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return from_dict(ModelConfig, data)
