@@ -99,6 +99,7 @@ class LossConfig:
     perceptual_weight: float = 0.1
     lpips_size: int = 256  # LPIPS runs on a resize of both images to this side
     lpips_vgg_weights: Optional[str] = None  # torchvision vgg16 state dict (vgg16-397923af.pth)
+    lpips_random_trunk: bool = False  # tests only: LPIPS with a random VGG trunk instead of the weights file
 
 
 @dataclass

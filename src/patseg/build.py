@@ -1,0 +1,220 @@
+"""Build SAN and PAT models from preset records, and load patseg weights files.
+
+``build_model`` is the only place that reads config records; every module takes plain keyword arguments.
+Steps, each a small function: resolve the record -> CLIP and text towers -> SAN parts -> PAT parts -> weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from patseg.io import atomic_save_safetensors
+from patseg.config import ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
+from patseg.losses.reconstruction import ReconstructionLoss
+from patseg.losses.set_criterion import SetCriterion
+from patseg.models.clip_backbone import load_clip
+from patseg.models.geometry import STAGES, SIDE_STRIDE, final_stride, log2_int, stage_strides, tap_stride
+from patseg.models.mask_decoder import MaskDecoder
+from patseg.models.pat import PAT, PatLossWeights, PatOptions, decoder_plan, stage_order_ok
+from patseg.models.pixel_branch import PixelBranch
+from patseg.models.pyramid_stage import PyramidStage
+from patseg.models.reconstruction_head import ReconstructionHead
+from patseg.models.resample import PixelStem
+from patseg.models.san import SAN
+from patseg.models.shared_decoder import SharedDecoder
+from patseg.models.side_adapter import SideAdapter
+from patseg.models.token_mixer import TokenMixer
+from patseg.resources import load_templates
+
+CONFIG_METADATA_KEY = "patseg_config"
+
+
+def default_cache_dir() -> Path:
+    """Where patseg caches text embeddings and generated artifacts (env PATSEG_CACHE, else ~/.cache/patseg)."""
+    return Path(os.environ.get("PATSEG_CACHE", Path.home() / ".cache" / "patseg"))
+
+
+def resolve_config(preset: Union[str, ModelConfig, None], weights: Optional[str] = None,
+                   overrides: Optional[dict[str, Any]] = None) -> ModelConfig:
+    """A ModelConfig from a preset name/path, an existing record, or the record stored in a weights file."""
+    if isinstance(preset, ModelConfig):
+        return from_dict(ModelConfig, apply_overrides(to_dict(preset), overrides or {}))
+    if preset is None:
+        if weights is None:
+            raise ValueError("give a preset name or a weights file that records its preset")
+        stored = read_config_from_weights(weights)
+        if stored is None:
+            raise ValueError(f"{weights}: this weights file does not record its preset; pass --preset")
+        return from_dict(ModelConfig, apply_overrides(stored, overrides or {}))
+    return load_preset(preset, overrides)
+
+
+def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Optional[str] = None,
+                clip_weights: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
+                **kwargs: Any) -> Union[SAN, PAT]:
+    """Build a SAN or PAT model.
+
+    Arguments:
+        preset: preset name (``patseg.list_presets()``), a JSON path, a ModelConfig, or None to take the record
+            stored in ``weights``.
+        weights: a patseg ``.safetensors`` weights file, loaded strictly.
+        clip_weights: local open_clip checkpoint for the CLIP towers (overrides ``clip.weights``).
+        overrides: dotted config overrides, e.g. ``{"pat.vmf": False}``; keyword arguments with ``__`` as the
+            separator do the same (``pat__vmf=False``).
+    """
+    overrides = dict(overrides or {})
+    overrides.update({k.replace("__", "."): v for k, v in kwargs.items()})
+    if clip_weights is not None:
+        overrides["clip.weights"] = str(clip_weights)
+    cfg = resolve_config(preset, weights, overrides)
+    model = _build_san_or_pat(cfg)
+    model.config = cfg
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _build_san_or_pat(cfg: ModelConfig) -> Union[SAN, PAT]:
+    c = cfg.clip
+    cache = default_cache_dir() / "text"
+    clip, text = load_clip(c.model_name, quick_gelu=c.quick_gelu, weights=c.weights, taps=c.taps,
+                           rec_start=c.rec_start, cache_dir=cache)
+    s = cfg.side
+    side = SideAdapter(clip_width=clip.width, width=s.width, depth=s.depth, heads=s.heads,
+                       patch_size=s.patch_size, mlp_ratio=s.mlp_ratio, num_queries=s.num_queries,
+                       pretrain_grid=s.pretrain_grid, fusion_map=s.fusion_map)
+    d = cfg.mask_decoder
+    mask_decoder = MaskDecoder(query_dim=s.width, pixel_dim=s.width, dim=d.dim, num_layers=d.num_layers,
+                               clip_heads=clip.num_heads, rescale_attn_bias=d.rescale_attn_bias)
+    l = cfg.loss
+    criterion = SetCriterion(class_weight=l.class_weight, mask_weight=l.mask_weight, dice_weight=l.dice_weight,
+                             no_object_weight=l.no_object_weight, num_points=l.num_points,
+                             oversample_ratio=l.oversample_ratio, importance_sample_ratio=l.importance_sample_ratio)
+    parts = dict(clip=clip, text=text, side=side, mask_decoder=mask_decoder, criterion=criterion,
+                 resize_ratio=c.resize_ratio, record_blocks=s.deep_supervision, templates=load_templates(c.templates))
+    if cfg.pat is None:
+        return SAN(**parts)
+    return PAT(**parts, **_pat_parts(cfg, cfg.pat, clip_width=clip.width, clip_patch=clip.patch_size,
+                                     clip_heads=clip.num_heads))
+
+
+def _pat_parts(cfg: ModelConfig, p: PatConfig, *, clip_width: int, clip_patch: int, clip_heads: int) -> dict:
+    """PAT's own modules; every resolution is derived from ``pyramid_base`` and ``stage_scales``."""
+    if not stage_order_ok(p.decoder_stages):
+        raise ValueError(f"pat.decoder_stages must be a subset of (late, mid, early) in that order, "
+                         f"got {p.decoder_stages}")
+    strides = stage_strides(p.pyramid_base, p.stage_scales)
+    t_stride = tap_stride(p.pyramid_base, clip_patch, cfg.clip.resize_ratio)
+    side_stage_to_tap = {side_stage: tap for tap, side_stage in cfg.side.fusion_map}
+    taps = [side_stage_to_tap[i + 1] for i in range(len(STAGES))]
+    sizes = dict(zip(STAGES, p.codebook_sizes))
+    stages = []
+    for i, name in enumerate(STAGES):
+        prev = STAGES[i - 1] if i else None
+        stages.append(PyramidStage(
+            clip_width=clip_width, side_width=cfg.side.width, pixel_dim=p.pixel_dim, code_dim=p.code_dim,
+            num_codes=sizes[name], prev_codes=sizes[prev] if prev else None, num_queries=cfg.side.num_queries,
+            tap_factor=t_stride / strides[name], down_factor=strides[prev] / strides[name] if prev else None,
+            kappa=p.kappa, vmf=p.vmf, token_mixer=p.token_mixer, pixel_residual=p.pixel_residual,
+            mixer_hidden=p.token_mixer_hidden, groups=p.dysample_groups, heads=cfg.side.heads))
+    first = p.decoder_stages[0]
+    pixel_branch = PixelBranch(
+        stem=PixelStem(out_channels=p.pixel_dim, stride=strides["early"]), stages=stages, tap_indices=taps,
+        side_width=cfg.side.width, code_dim=p.code_dim, latent_codes=p.latent_codebook_size,
+        decoder_dim=p.decoder_dim, latent_factor=SIDE_STRIDE / strides[first], vmf=p.vmf, groups=p.dysample_groups)
+    plan = decoder_plan(strides, p.decoder_stages)
+
+    def decoder(query_dim: Optional[int]) -> SharedDecoder:
+        return SharedDecoder(stages=plan, dim=p.decoder_dim, code_dim=p.code_dim, heads=p.decoder_heads,
+                             ffn=p.decoder_ffn, spade_hidden=p.spade_hidden, groups=p.dysample_groups,
+                             query_dim=query_dim, extra_layers=p.decoder_extra_layers)
+
+    out_stride = final_stride(p.pyramid_base, p.stage_scales, p.decoder_stages)
+    l = cfg.loss
+    return dict(
+        pixel_branch=pixel_branch,
+        decoder=decoder(cfg.side.width),
+        pixel_decoder=None if p.shared_decoder else decoder(None),
+        mask_head=MaskDecoder(query_dim=cfg.side.width, pixel_dim=p.decoder_dim, dim=cfg.mask_decoder.dim,
+                              num_layers=cfg.mask_decoder.num_layers, clip_heads=clip_heads,
+                              rescale_attn_bias=cfg.mask_decoder.rescale_attn_bias),
+        recon_head=ReconstructionHead(p.decoder_dim, num_upsamples=log2_int(out_stride, "final decoder stride")),
+        reconstruction_loss=ReconstructionLoss(l1_weight=l.l1_weight, l2_weight=l.l2_weight,
+                                               perceptual_weight=l.perceptual_weight, lpips_size=l.lpips_size,
+                                               vgg_weights=l.lpips_vgg_weights,
+                                               random_trunk=l.lpips_random_trunk),
+        options=PatOptions(pyramid_base=p.pyramid_base, stage_scales=p.stage_scales,
+                           decoder_stages=p.decoder_stages, bias_source=p.bias_source, aux_sets=p.aux_sets,
+                           shared_decoder=p.shared_decoder),
+        loss_weights=PatLossWeights(vq=l.vq_weight, spatial=l.spatial_weight, crf=l.crf_weight, tv=l.tv_weight,
+                                    crf_points=l.crf_points, reconstruction=l.rec_weight,
+                                    spatial_alignment=p.spatial_alignment),
+        query_maker=(TokenMixer(in_tokens=sum(p.codebook_sizes), out_tokens=cfg.side.num_queries,
+                                hidden=p.token_mixer_hidden, in_dim=p.code_dim, out_dim=cfg.side.width)
+                     if p.unified_tokens else None),
+    )
+
+
+# ---------------------------------------------------------------------- weights files
+def read_config_from_weights(path: str) -> Optional[dict]:
+    """The preset record stored in a patseg weights file's metadata, or None."""
+    _check_weights_file(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
+
+
+def _check_weights_file(path: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file not found: {p}")
+    if p.suffix != ".safetensors":
+        raise ValueError(f"{p}: patseg weights are .safetensors files (convert SAN releases with "
+                         f"`patseg convert-san`)")
+
+
+def frozen_clip_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the frozen CLIP towers (restored from the CLIP weights file, not from checkpoints)."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k for k in model.state_dict() if k.startswith(("clip.", "text.")) and k not in trainable}
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load a patseg weights file strictly; frozen CLIP tensors may be absent when the CLIP file was given."""
+    _check_weights_file(path)
+    state = load_file(str(path))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    clip_given = getattr(getattr(model, "config", None), "clip", None) is not None and model.config.clip.weights
+    if clip_given:
+        missing = [k for k in missing if k not in frozen_clip_keys(model)]
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in state if k in expected and state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
+    if wrong:
+        problems.append(f"shape mismatches ({len(wrong)}): {'; '.join(wrong[:8])}")
+    if problems:
+        raise ValueError(f"{path} does not fit preset '{model.config.name}': " + " | ".join(problems))
+    model.load_state_dict(state, strict=False)
+
+
+def save_weights(model: nn.Module, path: Union[str, Path], *, include_frozen_clip: bool = True) -> Path:
+    """Write the model's weights (and its preset record) atomically as safetensors."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if not include_frozen_clip:
+        for k in frozen_clip_keys(model):
+            state.pop(k, None)
+    meta = {CONFIG_METADATA_KEY: json.dumps(to_dict(model.config))}
+    return atomic_save_safetensors(state, Path(path), metadata=meta)
+
