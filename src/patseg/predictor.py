@@ -1,0 +1,105 @@
+"""``Segmenter``: segment any image with any list of class names.
+
+The vocabulary's text embeddings are computed once (and cached on disk by the text encoder), as SAM's predictor
+caches the image embedding; ``predict`` and ``scores`` can then be called on many images. The protocol is SAN's
+(DESIGN.md §5): short side to 640 (long side at most 2560), pad to a multiple of 32, one forward pass on the whole
+image, mask logits upsampled before the sigmoid, per-class scores resized to the original size, argmax.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from patseg.models.san import SegPrediction
+
+
+def test_resize_shape(h: int, w: int, short: int = 640, max_long: int = 2560) -> tuple[int, int]:
+    """detectron2 ResizeShortestEdge for testing: short side -> ``short``, long side capped at ``max_long``."""
+    scale = short / min(h, w)
+    if max(h, w) * scale > max_long:
+        scale = max_long / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+class Segmenter:
+    """Open-vocabulary segmentation with a SAN or PAT model.
+
+    Arguments:
+        model: a model built by ``patseg.build_model``.
+        vocabulary: class names, used verbatim in the prompt templates.
+        short_side, max_long_side: test resize (SAN: 640 / 2560).
+        class_chunk: classes scored at once at full resolution; bounds memory for large vocabularies.
+    """
+
+    def __init__(self, model: nn.Module, vocabulary: Sequence[str], *, short_side: int = 640,
+                 max_long_side: int = 2560, class_chunk: int = 64, device: str | torch.device | None = None) -> None:
+        if not vocabulary:
+            raise ValueError("the vocabulary is empty: give at least one class name")
+        self.model = model.eval()
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.vocabulary = [str(v).strip() for v in vocabulary]
+        self.short_side, self.max_long_side, self.class_chunk = short_side, max_long_side, class_chunk
+        with torch.inference_mode():
+            self.class_embeddings = model.encode_vocabulary(self.vocabulary).to(self.device)
+
+    # ------------------------------------------------------------------ steps
+    def _prepare(self, image: np.ndarray) -> tuple[Tensor, tuple[int, int]]:
+        """(H, W, 3) uint8 RGB -> padded (1, 3, H', W') float in [0, 1] and the resized (valid) size."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        size = test_resize_shape(h, w, self.short_side, self.max_long_side)
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        ph, pw = math.ceil(size[0] / 32) * 32, math.ceil(size[1] / 32) * 32
+        # Pad with CLIP's mean colour so the padding is 0 after normalisation, as SAN pads normalised images.
+        mean = self.model.clip.mean.to(x).view(1, 3, 1, 1)
+        padded = mean.expand(1, 3, ph, pw).clone()
+        padded[..., : size[0], : size[1]] = x
+        return padded, size
+
+    def _forward(self, image: np.ndarray) -> tuple[SegPrediction, tuple[int, int], tuple[int, int]]:
+        x, valid = self._prepare(image)
+        with torch.inference_mode():
+            out = self.model(x, self.class_embeddings)
+        return out.main, tuple(x.shape[-2:]), valid
+
+    def _class_scores(self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int],
+                      out_size: tuple[int, int]):
+        """Yield (first class index, (c, H, W) float32 scores at ``out_size``) chunk by chunk."""
+        probs = pred.logits[0].float().softmax(-1)[:, :-1]  # (Q, C)
+        masks = F.interpolate(pred.masks.float(), size=padded, mode="bilinear", align_corners=False)
+        masks = masks[0, :, : valid[0], : valid[1]]
+        if tuple(valid) != tuple(out_size):
+            masks = F.interpolate(masks[None], size=out_size, mode="bilinear", align_corners=False)[0]
+        masks = masks.sigmoid_().flatten(1)  # (Q, H*W)
+        for start in range(0, probs.shape[1], self.class_chunk):
+            part = probs[:, start : start + self.class_chunk].t() @ masks  # (c, H*W)
+            yield start, part.view(-1, *out_size)
+
+    # ------------------------------------------------------------------ public API
+    def scores(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (C, H, W) float32 per-class scores of SAN's semantic inference."""
+        pred, padded, valid = self._forward(image)
+        chunks = [part for _, part in self._class_scores(pred, padded, valid, image.shape[:2])]
+        return torch.cat(chunks).cpu().numpy().astype(np.float32)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB -> (H, W) int64 label map (index into the vocabulary)."""
+        pred, padded, valid = self._forward(image)
+        best = labels = None
+        for start, part in self._class_scores(pred, padded, valid, image.shape[:2]):
+            value, index = part.max(0)
+            if best is None:
+                best, labels = value, index
+            else:
+                better = value > best
+                best = torch.where(better, value, best)
+                labels = torch.where(better, index + start, labels)
+        return labels.cpu().numpy().astype(np.int64)
