@@ -1,0 +1,57 @@
+"""Small layers shared by several model parts: a channel LayerNorm for feature maps and a plain MLP."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of a ``(B, C, H, W)`` map (ConvNeXt's "channels_first" LayerNorm).
+
+    Deliberately not an ``nn.LayerNorm`` subclass: SAN's fusion norm is detectron2's own LayerNorm, so SAN's
+    optimizer applies weight decay to it (san.md §4); an optimizer that exempts ``nn.LayerNorm`` keeps that.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W), each pixel normalised over C (biased variance), then affine."""
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
+
+
+class MLP(nn.Module):
+    """``num_layers`` affine layers with ReLU between them and none after the last (Mask2Former/SAN ``MLP``).
+
+    ``on_maps=False``: ``nn.Linear`` layers on ``(..., in_dim)`` tokens. ``on_maps=True``: 1x1 ``nn.Conv2d``
+    layers on ``(B, in_dim, H, W)`` maps, whose weights are ``(out, in, 1, 1)`` as in SAN's ``pix_mlp`` and
+    ``attn_mlp`` checkpoints. Submodules are ``layers.0 .. layers.{num_layers-1}``, SAN's key names.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, *, on_maps: bool = False) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"MLP needs at least one layer, got num_layers={num_layers}")
+        ins = [in_dim] + [hidden_dim] * (num_layers - 1)
+        outs = [hidden_dim] * (num_layers - 1) + [out_dim]
+        if on_maps:
+            self.layers = nn.ModuleList(nn.Conv2d(i, o, kernel_size=1) for i, o in zip(ins, outs))
+        else:
+            self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(ins, outs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., in_dim) -> (..., out_dim), or (B, in_dim, H, W) -> (B, out_dim, H, W) when ``on_maps``."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
