@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from patseg.losses.reconstruction import ReconstructionLoss
-from patseg.losses.spatial import crf_loss, imagenet_normalize, tv_loss
+from patseg.losses.spatial import spatial_alignment_loss
 from patseg.models.geometry import STAGES, PyramidGrids, pyramid_grids
 from patseg.models.mask_decoder import MaskDecoder
 from patseg.models.outputs import StepOutput
@@ -183,14 +183,10 @@ class PAT(SAN):
         return StepOutput(losses=losses, stats=stats, visuals=visuals)
 
     def spatial_loss(self, images: Tensor, out: PatOutput) -> Tensor:
-        """Mean over stages of CRF + TV on z_q_s, with the ImageNet-normalised image at the stage grid."""
-        guidance = imagenet_normalize(images)
+        """Mean over the stages of CRF + TV on z_q_s against the image at the stage grid."""
         w = self.loss_weights
-        terms = []
-        for name in STAGES:
-            zq = out.quant[name].z_q
-            g = F.interpolate(guidance, size=zq.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
-            terms.append(w.crf * crf_loss(g, zq, num_points=w.crf_points) + w.tv * tv_loss(zq))
+        terms = [spatial_alignment_loss(images, out.quant[name].z_q, crf_weight=w.crf, tv_weight=w.tv,
+                                        num_points=w.crf_points).total for name in STAGES]
         return torch.stack(terms).mean()
 
 
