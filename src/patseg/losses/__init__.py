@@ -1,1 +1,14 @@
-"""losses"""
+"""Training losses: SAN's set loss (Hungarian matching, point sampling, set criterion)."""
+from patseg.losses.matcher import HungarianMatcher, SemSegTarget, targets_from_semseg
+from patseg.losses.point_sampling import point_sample, uncertain_point_coords
+from patseg.losses.set_criterion import SetCriterion, count_masks
+
+__all__ = [
+    "HungarianMatcher",
+    "SemSegTarget",
+    "SetCriterion",
+    "count_masks",
+    "point_sample",
+    "targets_from_semseg",
+    "uncertain_point_coords",
+]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from patseg.losses.set_criterion import SetCriterion, targets_from_semseg
+from patseg.losses.set_criterion import SemSegTarget, SetCriterion, count_masks, targets_from_semseg
 from patseg.models.clip_backbone import ClipBackbone, ClipFeatures
 from patseg.models.mask_decoder import MaskDecoder
 from patseg.models.outputs import StepOutput
@@ -131,8 +131,9 @@ class SAN(nn.Module):
         targets = targets_from_semseg(labels, ignore_index)
         return StepOutput(losses=self.set_losses(out, targets))
 
-    def set_losses(self, out: SegOutput, targets) -> dict[str, Tensor]:
-        num_masks = self.criterion.num_masks(targets)
+    def set_losses(self, out: SegOutput, targets: list[SemSegTarget]) -> dict[str, Tensor]:
+        """Each set is matched on its own; the mask count is shared (and all-reduced under DDP)."""
+        num_masks = count_masks(targets, out.main.masks.device)
         losses = dict(self.criterion(out.main.logits, out.main.masks, targets, num_masks))
         for name, pred in out.aux.items():
             aux = self.criterion(pred.logits, pred.masks, targets, num_masks)
