@@ -17,7 +17,7 @@ from torch import nn
 from patseg.io import atomic_save_safetensors
 from patseg.config import ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
 from patseg.losses.reconstruction import ReconstructionLoss
-from patseg.losses.set_criterion import SetCriterion
+from patseg.losses import SetCriterion
 from patseg.models.clip_backbone import load_clip
 from patseg.models.geometry import STAGES, SIDE_STRIDE, final_stride, log2_int, stage_strides, tap_stride
 from patseg.models.mask_decoder import MaskDecoder
@@ -109,6 +109,10 @@ def _pat_parts(cfg: ModelConfig, p: PatConfig, *, clip_width: int, clip_patch: i
     if not stage_order_ok(p.decoder_stages):
         raise ValueError(f"pat.decoder_stages must be a subset of (late, mid, early) in that order, "
                          f"got {p.decoder_stages}")
+    for name in p.aux_sets:
+        block = name.removeprefix("side")
+        if not (name.startswith("side") and block.isdigit() and 1 <= int(block) <= cfg.side.depth):
+            raise ValueError(f"pat.aux_sets entry '{name}' must be side<block> with block in 1..{cfg.side.depth}")
     strides = stage_strides(p.pyramid_base, p.stage_scales)
     t_stride = tap_stride(p.pyramid_base, clip_patch, cfg.clip.resize_ratio)
     side_stage_to_tap = {side_stage: tap for tap, side_stage in cfg.side.fusion_map}

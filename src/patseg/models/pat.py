@@ -24,7 +24,7 @@ from patseg.models.san import SAN, SegOutput, SegPrediction
 from patseg.models.shared_decoder import SharedDecoder
 from patseg.models.token_mixer import TokenMixer
 from patseg.models.vmf_quantizer import QuantizerOutput
-from patseg.losses.set_criterion import targets_from_semseg
+from patseg.losses import targets_from_semseg
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from patseg.losses.set_criterion import SemSegTarget, SetCriterion, count_masks, targets_from_semseg
+from patseg.losses import SemSegTarget, SetCriterion, count_masks, targets_from_semseg
 from patseg.models.clip_backbone import ClipBackbone, ClipFeatures
 from patseg.models.mask_decoder import MaskDecoder
 from patseg.models.outputs import StepOutput
