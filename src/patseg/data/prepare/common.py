@@ -1,0 +1,169 @@
+"""Shared machinery of the dataset converters: atomic writes, resumable job runs, error reports.
+
+A conversion is a list of :class:`Job`: one input sample, the files it writes, and a module-level function that
+writes them (module-level so a process pool can pickle it). :func:`run_jobs` skips jobs whose outputs all exist, so
+an interrupted run resumes where it stopped; every file is written to a temporary name in its final folder and moved
+into place with ``os.replace``, so an existing output is always complete. A job that fails (a corrupt or missing
+input) is recorded and skipped; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from patseg.data.registry import get_dataset_spec
+
+
+class CorruptInputError(ValueError):
+    """An input file decodes but does not hold what the official format promises."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """Convert one sample: ``convert(*args)`` must create every path in ``outputs``."""
+
+    name: str
+    outputs: tuple[Path, ...]
+    convert: Callable[..., None]
+    args: tuple[Any, ...]
+
+    def done(self) -> bool:
+        return all(p.is_file() for p in self.outputs)
+
+
+@dataclass
+class PrepareSummary:
+    """Outcome of converting one split."""
+
+    dataset: str
+    split: str
+    written: int = 0
+    skipped: int = 0  # outputs already present from an earlier run
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (sample name, reason)
+
+    def line(self) -> str:
+        return (
+            f"{self.dataset}/{self.split}: {self.written} written, {self.skipped} already present, "
+            f"{len(self.failed)} failed"
+        )
+
+
+@contextmanager
+def atomic_path(dst: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``dst``; on success it replaces ``dst``, on error it is removed."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_label(dst: Path, label: np.ndarray) -> None:
+    """Write a label map atomically: uint8 -> PNG, uint16 -> TIFF (the suffix of ``dst`` must agree)."""
+    expected = {".png": np.uint8, ".tif": np.uint16}[dst.suffix]
+    if label.ndim != 2 or label.dtype != expected:
+        raise TypeError(f"{dst.name}: label must be 2-D {np.dtype(expected)}, got {label.dtype} {label.shape}")
+    with atomic_path(dst) as tmp:
+        Image.fromarray(label).save(tmp, format="PNG" if dst.suffix == ".png" else "TIFF")
+
+
+def write_jpeg(dst: Path, image: np.ndarray) -> None:
+    """Write a uint8 RGB image (H, W, 3) as JPEG with PIL's default quality (75), atomically."""
+    with atomic_path(dst) as tmp:
+        Image.fromarray(image).save(tmp, format="JPEG")
+
+
+def copy_image(src: Path, dst: Path) -> tuple[int, int]:
+    """Check that ``src`` is a readable image, copy it to ``dst`` atomically, and return its (H, W)."""
+    with Image.open(src) as im:
+        im.verify()  # reads the whole file: catches truncated downloads
+    with Image.open(src) as im:
+        width, height = im.size
+    if src.resolve() != dst.resolve():
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    return height, width
+
+
+def read_gray(path: Path, dtype: type = np.uint8) -> np.ndarray:
+    """Read a single-channel (grayscale or palette) label image as a 2-D array of ``dtype``."""
+    with Image.open(path) as im:
+        array = np.asarray(im)
+    if array.ndim != 2 or array.dtype != dtype:
+        raise CorruptInputError(f"{path.name}: expected a 2-D {np.dtype(dtype)} map, got {array.dtype} {array.shape}")
+    return array
+
+
+def check_same_size(name: str, image_hw: tuple[int, int], label: np.ndarray) -> None:
+    if tuple(label.shape) != tuple(image_hw):
+        raise CorruptInputError(f"{name}: label {tuple(label.shape)} and image {tuple(image_hw)} differ in size")
+
+
+def lookup_table(pairs: dict[int, int], size: int, fill: int, dtype: type) -> np.ndarray:
+    """A (size,) array mapping raw value -> new value, ``fill`` for values not in ``pairs``."""
+    lut = np.full(size, fill, dtype=dtype)
+    for raw, new in pairs.items():
+        lut[raw] = new
+    return lut
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} not found: expected the folder {path}")
+    return path
+
+
+def _run_one(job: Job) -> Optional[str]:
+    try:
+        job.convert(*job.args)
+    except Exception as exc:  # any failure of one input is reported for that input, the run goes on
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def run_jobs(jobs: list[Job], summary: PrepareSummary, workers: int = 1, progress: bool = True) -> PrepareSummary:
+    """Run the jobs not yet done (``workers`` > 1: in a process pool); failures go into ``summary.failed``."""
+    todo = [j for j in jobs if not j.done()]
+    summary.skipped += len(jobs) - len(todo)
+    bar = tqdm(total=len(todo), desc=f"{summary.dataset}/{summary.split}", disable=not progress, unit="img")
+
+    def record(job: Job, error: Optional[str]) -> None:
+        if error is None:
+            summary.written += 1
+        else:
+            summary.failed.append((job.name, error))
+        bar.update(1)
+
+    if workers <= 1:
+        for job in todo:
+            record(job, _run_one(job))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_run_one, job): job for job in todo}
+            for future in as_completed(futures):
+                record(futures[future], future.result())
+    bar.close()
+    summary.failed.sort()
+    return summary
+
+
+def output_paths(dataset: str, dst: Path, split: str, stem: str) -> tuple[Path, Path]:
+    """Where the prepared image and label of sample ``stem`` go, per the registry layout under ``dst``."""
+    spec = get_dataset_spec(dataset)
+    layout = spec.split(split)
+    return dst / layout.image_dir / f"{stem}{spec.image_ext}", dst / layout.label_dir / f"{stem}{spec.label_ext}"

@@ -1,0 +1,198 @@
+"""Results files and Table-I-style reports, with seeds aggregated into mean +/- std (the paper averages 5 runs).
+
+Results file schema (one evaluation run of one model; JSON object)::
+
+    {
+      "model": "pat_evab16",            # row label; runs with the same model are aggregated
+      "seed": 0,                        # training seed; (model, seed) must be unique within one report
+      "datasets": {                     # registry name -> SemSegEvaluator.compute() output, plus "num_images"
+        "ade20k_150": {"mIoU": 31.6, "mIoU_gt_or_pred": 31.2, "fwIoU": 55.0, "mACC": 44.1, "pACC": 70.3,
+                       "num_images": 2000, "per_class": {"wall": 70.1, ...}},
+        ...
+      },
+      "rfid": {"value": 13.8, "num_images": 5000},   # optional
+      "meta": {...}                                   # optional, free-form (checkpoint, config, date, ...)
+    }
+
+Only ``model``, ``seed`` and ``datasets`` (each with a numeric ``mIoU``) are required; NaN values (per-class IoU of
+classes absent from the ground truth) are written as ``null``. Per-dataset means and
+standard deviations use the runs of a model that have that dataset; the std is the sample std (ddof = 1) and is
+omitted for a single run. :func:`write_results` writes this format; ``patseg report`` reads it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from patseg.data.registry import BENCHMARK_ORDER, SHORT_NAMES
+
+METRICS = ("mIoU", "mIoU_gt_or_pred", "fwIoU", "mACC", "pACC")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation of one value over ``n`` runs (std NaN when n == 1)."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Stat":
+        n = len(values)
+        mean = sum(values) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+        return cls(mean, std, n)
+
+    def text(self, digits: int = 1) -> str:
+        if self.n > 1:
+            return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+        return f"{self.mean:.{digits}f}"
+
+
+@dataclass
+class TableRow:
+    """One model: a :class:`Stat` per dataset for the chosen metric, and rFID when reported."""
+
+    model: str
+    seeds: list[int]
+    cells: dict[str, Stat] = field(default_factory=dict)
+    rfid: Optional[Stat] = None
+
+    def average(self, datasets: Sequence[str]) -> Optional[float]:
+        """Mean over ``datasets`` of the per-dataset means, None unless the row has all of them."""
+        if not datasets or any(d not in self.cells for d in datasets):
+            return None
+        return sum(self.cells[d].mean for d in datasets) / len(datasets)
+
+
+def _nan_to_null(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_null(v) for v in value]
+    return value
+
+
+def write_results(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Validate ``record`` against the schema above and write it as standard JSON (NaN -> null) atomically."""
+    record = validate_results(_nan_to_null(record), str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2, allow_nan=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def validate_results(record: Any, source: str) -> dict[str, Any]:
+    """Check the required keys and types; raise ValueError naming ``source`` and the offending key."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{source}: a results file must hold a JSON object")
+    for key, kind in (("model", str), ("seed", int), ("datasets", dict)):
+        if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
+            raise ValueError(f"{source}: '{key}' must be a {kind.__name__}")
+    for name, metrics in record["datasets"].items():
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("mIoU"), (int, float)):
+            raise ValueError(f"{source}: datasets.{name} must be an object with a numeric 'mIoU'")
+    rfid = record.get("rfid")
+    if rfid is not None and not (isinstance(rfid, dict) and isinstance(rfid.get("value"), (int, float))):
+        raise ValueError(f"{source}: 'rfid' must be an object with a numeric 'value'")
+    return record
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate one results file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} does not exist")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    return validate_results(record, str(path))
+
+
+def aggregate(records: Sequence[dict[str, Any]], metric: str = "mIoU") -> list[TableRow]:
+    """Group runs by model (first-seen order) and reduce each dataset's ``metric`` to mean +/- std."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        runs = grouped.setdefault(record["model"], [])
+        if any(r["seed"] == record["seed"] for r in runs):
+            raise ValueError(f"model '{record['model']}' has two results for seed {record['seed']}")
+        runs.append(record)
+    rows = []
+    for model, runs in grouped.items():
+        row = TableRow(model, sorted(r["seed"] for r in runs))
+        names = {name for r in runs for name in r["datasets"]}
+        for name in names:
+            values = [float(r["datasets"][name][metric]) for r in runs if metric in r["datasets"].get(name, {})]
+            if values:
+                row.cells[name] = Stat.of(values)
+        rfids = [float(r["rfid"]["value"]) for r in runs if r.get("rfid") is not None]
+        row.rfid = Stat.of(rfids) if rfids else None
+        rows.append(row)
+    return rows
+
+
+def table_columns(rows: Sequence[TableRow]) -> list[str]:
+    """Datasets present in any row: the paper's Table I order first, unknown names after, sorted."""
+    present = {name for row in rows for name in row.cells}
+    return [d for d in BENCHMARK_ORDER if d in present] + sorted(present - set(BENCHMARK_ORDER))
+
+
+def format_markdown(rows: Sequence[TableRow], metric: str = "mIoU", digits: int = 1) -> str:
+    """A markdown table: one row per model, one column per dataset, the average, rFID and the number of runs."""
+    columns = table_columns(rows)
+    with_rfid = any(row.rfid is not None for row in rows)
+    header = ["Method", *(SHORT_NAMES.get(c, c) for c in columns), "Avg"] + (["rFID"] if with_rfid else []) + ["runs"]
+    lines = [f"{metric} (%), mean ± sample std over runs", "", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    for row in rows:
+        cells = [row.cells[c].text(digits) if c in row.cells else "–" for c in columns]
+        avg = row.average(columns)
+        cells.append(f"{avg:.{digits}f}" if avg is not None else "–")
+        if with_rfid:
+            cells.append(row.rfid.text(digits) if row.rfid is not None else "–")
+        cells.append(str(len(row.seeds)))
+        lines.append("| " + " | ".join([row.model, *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_json(rows: Sequence[TableRow], metric: str = "mIoU") -> dict[str, Any]:
+    """The table as JSON: ``{"metric", "datasets", "rows": [{"model", "seeds", "cells": {name: {mean, std, n}},
+    "average", "rfid"}]}``; a std of a single run is null."""
+
+    def stat(s: Optional[Stat]) -> Optional[dict[str, Any]]:
+        if s is None:
+            return None
+        return {"mean": s.mean, "std": None if math.isnan(s.std) else s.std, "n": s.n}
+
+    columns = table_columns(rows)
+    return {
+        "metric": metric,
+        "datasets": columns,
+        "rows": [
+            {
+                "model": row.model,
+                "seeds": row.seeds,
+                "cells": {name: stat(row.cells[name]) for name in columns if name in row.cells},
+                "average": row.average(columns),
+                "rfid": stat(row.rfid),
+            }
+            for row in rows
+        ],
+    }
