@@ -54,9 +54,13 @@ def test_l1_l2_terms_match_formulas():
 
 
 def test_missing_vgg_file_names_the_file(tmp_path):
+    img = torch.rand(1, 3, 16, 16)
     for path in (None, str(tmp_path / "nothing.pth")):
+        loss = ReconstructionLoss(vgg_weights=path)  # building the model (inference, `patseg info`) needs no file
         with pytest.raises(FileNotFoundError, match=VGG16_FILE):
-            ReconstructionLoss(vgg_weights=path)
+            loss.build()  # what the trainer calls before the first step
+        with pytest.raises(FileNotFoundError, match=VGG16_FILE):
+            loss(img, img)
     with pytest.raises(ValueError, match="not both"):
         ReconstructionLoss(vgg_weights=str(tmp_path / "x.pth"), random_trunk=True)
 
@@ -102,6 +106,7 @@ def test_lpips_loads_torchvision_vgg16_state_dict(tmp_path):
     path = tmp_path / VGG16_FILE
     torch.save(state, path)
     loss = ReconstructionLoss(vgg_weights=str(path), lpips_size=32)
+    loss.build()
     trunk = loss.lpips_net.net
     torch.testing.assert_close(getattr(trunk.slice1, "0").weight, vgg.features[0].weight)
     torch.testing.assert_close(getattr(trunk.slice3, "14").bias, vgg.features[14].bias)

@@ -93,9 +93,19 @@ class ReconstructionLoss(nn.Module):
         super().__init__()
         self.l1_weight, self.l2_weight, self.perceptual_weight = l1_weight, l2_weight, perceptual_weight
         self.lpips_size = lpips_size
+        if vgg_weights is not None and random_trunk:
+            raise ValueError("give vgg_weights or random_trunk=True, not both")
+        self.vgg_weights, self.random_trunk = vgg_weights, random_trunk
         self._perceptual: list[lpips.LPIPS] = []
-        if perceptual_weight > 0:
-            self._perceptual.append(build_lpips_vgg(vgg_weights, random_trunk=random_trunk))
+
+    def build(self) -> None:
+        """Build the LPIPS network now (it is built lazily otherwise, so inference never needs the VGG file).
+
+        Raises FileNotFoundError naming the expected file when the perceptual term is on and the file is missing;
+        the trainer calls this before the first step so that training refuses to start.
+        """
+        if self.perceptual_weight > 0 and not self._perceptual:
+            self._perceptual.append(build_lpips_vgg(self.vgg_weights, random_trunk=self.random_trunk))
 
     @property
     def lpips_net(self) -> Optional[lpips.LPIPS]:
@@ -111,9 +121,11 @@ class ReconstructionLoss(nn.Module):
 
     def perceptual(self, recon: Tensor, target: Tensor) -> Tensor:
         """Unweighted LPIPS distance, mean over the batch. recon, target: (B, 3, H, W) in [0, 1] -> scalar."""
+        self.build()
         net = self.lpips_net
         if net is None:
             raise RuntimeError("perceptual_weight is 0: this ReconstructionLoss has no LPIPS network")
+        net.to(recon.device)  # built lazily, possibly after the model moved
         side = self.lpips_size
         if recon.shape[-2:] != (side, side):
             shrink = min(recon.shape[-2:]) > side
@@ -135,7 +147,7 @@ class ReconstructionLoss(nn.Module):
             "loss_l1": self.l1_weight * diff.abs().mean(),
             "loss_l2": self.l2_weight * diff.square().mean(),
         }
-        if self._perceptual:
+        if self.perceptual_weight > 0:
             terms["loss_lpips"] = self.perceptual_weight * self.perceptual(recon, target)
         else:
             terms["loss_lpips"] = diff.new_zeros(())

@@ -168,6 +168,10 @@ class PAT(SAN):
         return SegPrediction(masks=masks, logits=self.classify(self.clip.recognize(feats, bias), class_embeddings))
 
     # ------------------------------------------------------------------ losses
+    def prepare_training(self) -> None:
+        """Build the LPIPS network now: a missing VGG16 file stops training before the first step."""
+        self.reconstruction_loss.build()
+
     def training_losses(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *,
                         ignore_index: int = 255) -> StepOutput:
         out = self(images, class_embeddings)

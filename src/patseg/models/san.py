@@ -124,6 +124,9 @@ class SAN(nn.Module):
         return SegOutput(main=main, aux=preds)
 
     # ---------------------------------------------------------------- training / inference
+    def prepare_training(self) -> None:
+        """Check and build what only training needs; SAN needs nothing beyond its modules."""
+
     def training_losses(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *,
                         ignore_index: int = 255) -> StepOutput:
         """Set losses on the main prediction and every auxiliary set (each with its own matching)."""
