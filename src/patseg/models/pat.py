@@ -117,16 +117,36 @@ class PAT(SAN):
 
         return hook
 
-    def decode(self, codes: dict[str, Tensor], latent_zq: Tensor, grids: PyramidGrids,
-               queries: Optional[Tensor], reconstruct: bool = True) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-        """Eq. (3): returns (decoded map for the mask head, updated queries, reconstruction or None)."""
+    def decode(self, codes: dict[str, Tensor], latent_zq: Tensor, queries: Optional[Tensor] = None,
+               reconstruct: bool = True) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Eq. (3).
+
+        Arguments:
+            codes: decoder stage name -> (B, D, h_s, w_s) quantized stage features z_q_s.
+            latent_zq: (B, D, h, w) quantized latent at the side grid.
+            queries: (B, Q, C_side) global tokens, or None to decode pixels only (the tokenizer).
+        Returns:
+            (decoded map (B, C_dec, h_final, w_final), updated queries or None, reconstruction or None).
+        """
         first = self.options.decoder_stages[0]
-        z0 = self.pixel_branch.decoder_input(latent_zq, grids.stages[first])
+        z0 = self.pixel_branch.decoder_input(latent_zq, tuple(codes[first].shape[-2:]))
         z, queries = self.decoder(z0, codes, queries)
         if not reconstruct:
             return z, queries, None
         pixels = z if self.pixel_decoder is None else self.pixel_decoder(z0, codes)[0]
         return z, queries, self.recon_head(pixels)
+
+    def encode(self, images: Tensor) -> dict[str, QuantizerOutput]:
+        """The tokenizer's encoder: early/mid/late codes from CLIP and the pixel branch only; the latent codes
+        from the side ViT (whose patches attend to the global tokens, so they depend on the semantic branch)."""
+        x, clip_in = self.preprocess(images)
+        feats = self.clip.extract(clip_in)
+        pixel = self.pixel_branch.encode_stages(x, feats.taps, self.grids_for(images, feats.grid))
+        side = self.side(x, feats.taps, record_blocks=(self.side_depth,), stage_hook=self.semantic_hook(),
+                         initial_queries=self.initial_queries(images.shape[0]))
+        quant = {name: pixel[name].quant for name in STAGES}
+        quant["latent"] = self.pixel_branch.quantize_latent(side.patches[self.side_depth])
+        return quant
 
     def forward(self, images: Tensor, class_embeddings: Tensor, *, reconstruct: Optional[bool] = None) -> PatOutput:
         """images: (B, 3, H, W) in [0, 1], H and W divisible by 32; class_embeddings: (C, D).
@@ -145,7 +165,7 @@ class PAT(SAN):
 
         codes = {name: pixel[name].quant.z_q for name in self.options.decoder_stages}
         reconstruct = self.training if reconstruct is None else reconstruct
-        z, queries, recon = self.decode(codes, latent.z_q, grids, side.queries[last], reconstruct)
+        z, queries, recon = self.decode(codes, latent.z_q, side.queries[last], reconstruct)
 
         main = self.recognize_decoded(feats, queries, z, side, class_embeddings)
         aux = {}

@@ -1,0 +1,108 @@
+"""The detachable multi-scale tokenizer: PAT's pixel branch and decoder used on their own.
+
+``encode`` turns images into integer code maps at four resolutions (early/mid/late from CLIP and the pixel branch,
+latent from the side ViT); ``decode`` turns code maps back into images without any global token (DESIGN.md §3).
+
+    tok = PyramidTokenizer.from_checkpoint("pat.safetensors")
+    pyramid = tok.encode(images)          # images (B, 3, H, W) in [0, 1], H and W multiples of 32
+    recon = tok.decode(pyramid)           # (B, 3, H', W') in [0, 1]
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from patseg.models.geometry import STAGES
+from patseg.models.pat import PAT
+
+LEVELS = (*STAGES, "latent")
+
+
+@dataclass
+class TokenPyramid:
+    """Integer code maps: level (early, mid, late, latent) -> (B, h, w) int64, for inputs of ``image_size``."""
+
+    codes: dict[str, Tensor]
+    image_size: tuple[int, int]
+
+    @property
+    def grids(self) -> dict[str, tuple[int, int]]:
+        return {name: tuple(c.shape[-2:]) for name, c in self.codes.items()}
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """Smallest unsigned integer dtype per level (codebooks hold at most 65,536 codes)."""
+        return {name: c.cpu().numpy().astype(np.uint16 if int(c.max()) > 255 else np.uint8)
+                for name, c in self.codes.items()}
+
+
+class PyramidTokenizer:
+    """Wraps a PAT model (in eval mode) as an image tokenizer/detokenizer."""
+
+    def __init__(self, model: PAT) -> None:
+        if not isinstance(model, PAT):
+            raise TypeError(f"PyramidTokenizer needs a PAT model, got {type(model).__name__} (SAN has no tokens)")
+        self.model = model.eval()
+
+    @classmethod
+    def from_checkpoint(cls, weights: str, *, preset: Optional[str] = None,
+                        clip_weights: Optional[str] = None) -> "PyramidTokenizer":
+        from patseg.build import build_model
+
+        return cls(build_model(preset, weights=weights, clip_weights=clip_weights))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def encode(self, images: Tensor) -> TokenPyramid:
+        """(B, 3, H, W) in [0, 1], H and W divisible by 32 -> TokenPyramid."""
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % 32 or images.shape[-2] % 32:
+            raise ValueError(f"expected (B, 3, H, W) with H, W multiples of 32, got {tuple(images.shape)}")
+        quant = self.model.encode(images.to(self.device))
+        return TokenPyramid(codes={name: quant[name].indices for name in LEVELS},
+                            image_size=tuple(images.shape[-2:]))
+
+    @torch.inference_mode()
+    def decode(self, pyramid: TokenPyramid) -> Tensor:
+        """TokenPyramid -> (B, 3, H, W) reconstruction in [0, 1]; no global tokens are involved."""
+        m = self.model
+        stages = {name: stage for name, stage in zip(STAGES, m.pixel_branch.stages)}
+        codes = {name: stages[name].quantizer.lookup(pyramid.codes[name].to(self.device))
+                 for name in m.options.decoder_stages}
+        latent = m.pixel_branch.latent_quantizer.lookup(pyramid.codes["latent"].to(self.device))
+        return m.decode(codes, latent, queries=None, reconstruct=True)[2]
+
+
+def save_pyramids(path: Path, pyramids: list[TokenPyramid], meta: dict) -> None:
+    """One .npz for several images: arrays ``{i}/{level}`` and a JSON ``meta`` entry (atomic write)."""
+    from patseg.io import atomic_path
+
+    arrays = {}
+    for i, p in enumerate(pyramids):
+        for level, a in p.to_numpy().items():
+            arrays[f"{i}/{level}"] = a
+    meta = dict(meta, count=len(pyramids), image_sizes=[list(p.image_size) for p in pyramids])
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def load_pyramids(path: Path) -> tuple[list[TokenPyramid], dict]:
+    """Inverse of :func:`save_pyramids` (no pickle: ``allow_pickle=False``)."""
+    with np.load(Path(path), allow_pickle=False) as data:
+        if "meta" not in data.files:
+            raise ValueError(f"{path}: not a patseg token file (no 'meta' entry)")
+        meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+        pyramids = []
+        for i, size in enumerate(meta["image_sizes"]):
+            codes = {level: torch.from_numpy(data[f"{i}/{level}"].astype(np.int64)) for level in LEVELS}
+            pyramids.append(TokenPyramid(codes=codes, image_size=tuple(size)))
+    return pyramids, meta
