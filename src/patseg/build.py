@@ -169,13 +169,19 @@ def _pat_parts(cfg: ModelConfig, p: PatConfig, *, clip_width: int, clip_patch: i
 def read_config_from_weights(path: str) -> Optional[dict]:
     """The preset record stored in a patseg weights file's metadata, or None."""
     _check_weights_file(path)
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(weights_file(path)), framework="pt") as f:
         meta = f.metadata() or {}
     return json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
 
 
-def _check_weights_file(path: str) -> None:
+def weights_file(path: Union[str, Path]) -> Path:
+    """A weights file, or the ``model.safetensors`` inside a training checkpoint folder."""
     p = Path(path)
+    return p / "model.safetensors" if p.is_dir() else p
+
+
+def _check_weights_file(path: str) -> None:
+    p = weights_file(path)
     if not p.is_file():
         raise FileNotFoundError(f"weights file not found: {p}")
     if p.suffix != ".safetensors":
@@ -192,13 +198,17 @@ def frozen_clip_keys(model: nn.Module) -> set[str]:
 def load_weights(model: nn.Module, path: str) -> None:
     """Load a patseg weights file strictly; frozen CLIP tensors may be absent when the CLIP file was given."""
     _check_weights_file(path)
-    state = load_file(str(path))
+    state = load_file(str(weights_file(path)))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     clip_given = getattr(getattr(model, "config", None), "clip", None) is not None and model.config.clip.weights
+    frozen = frozen_clip_keys(model)
     if clip_given:
-        missing = [k for k in missing if k not in frozen_clip_keys(model)]
+        missing = [k for k in missing if k not in frozen]
+    elif missing and all(k in frozen for k in missing):
+        raise ValueError(f"{path} leaves out the frozen CLIP weights (training checkpoints do): give the CLIP "
+                         f"file with --clip-weights (model '{model.config.clip.model_name}')")
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
              for k in state if k in expected and state[k].shape != expected[k].shape]
     problems = []

@@ -147,7 +147,13 @@ def _write_folder(folder: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if not include_frozen:
         frozen = frozen_parameter_names(model)
         weights = {k: v for k, v in weights.items() if k not in frozen}
-    save_file(_cpu_copies(weights), folder / MODEL_FILE, metadata={"format": "pt"})
+    meta = {"format": "pt"}
+    if getattr(model, "config", None) is not None:  # lets build_model(weights=...) rebuild the architecture
+        from patseg.build import CONFIG_METADATA_KEY
+        from patseg.config import to_dict
+
+        meta[CONFIG_METADATA_KEY] = json.dumps(to_dict(model.config))
+    save_file(_cpu_copies(weights), folder / MODEL_FILE, metadata=meta)
     optim_tensors, index = _flatten_optimizer(optimizer)
     try:
         index_text = json.dumps(index)

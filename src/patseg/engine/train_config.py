@@ -38,6 +38,7 @@ class ModelChoice:
     preset: str = "san_vitb16"  # preset name in patseg/presets, or a JSON file path
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted keys into the preset, e.g. {"pat.vmf": false}
     weights: Optional[str] = None  # initial weights (checkpoint folder or model.safetensors); ignored on resume
+    clip_weights: Optional[str] = None  # local open_clip checkpoint of the preset's CLIP (required for real CLIPs)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class EvalConfig:
     # SAN's test list (configs/Base-coco-stuff-164K-171.yaml), named as patseg's class-name files
     datasets: tuple[str, ...] = ("coco_stuff_171", "voc_20", "pcontext_59", "ade20k_150", "pcontext_459",
                                  "ade20k_847")
+    limit: Optional[int] = None  # evaluate only the first N images of each set (quick checks); None = all
 
 
 @dataclass

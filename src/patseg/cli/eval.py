@@ -1,0 +1,83 @@
+"""``patseg eval``: zero-shot evaluation with the protocol of DESIGN.md §5, printed as a Table-I-style table."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EPILOG = """examples:
+  patseg eval --weights san_vitb16.safetensors --datasets pcontext_59,ade20k_150,pcontext_459,ade20k_847
+  patseg eval --config configs/pat_vitb16_clip.yaml --weights output/ckpt_0120000 --clip-weights ViT-B-16.bin
+  patseg eval --preset pat_vitb16_clip --weights s0/ckpt s1/ckpt s2/ckpt --seeds 0 1 2 --out results/pat
+Both mIoU rules are reported: classes present in the ground truth (current detectron2, SAN's and CAT-Seg's logs)
+and classes present in ground truth or prediction (detectron2 v0.6, mmseg, the SAN paper)."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="zero-shot evaluation on the OVSS benchmarks", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate one or several checkpoints (one per training seed) on registered validation sets: "
+                    "short side 640, whole image, class names verbatim with the 14 vild templates.")
+    p.add_argument("--config", help="training YAML: supplies preset, overrides, CLIP weights and data root")
+    p.add_argument("--preset", help="preset name (default: recorded in the weights file)")
+    p.add_argument("--weights", nargs="+", required=True, help="weights files or checkpoint folders")
+    p.add_argument("--seeds", nargs="*", type=int, help="training seed of each --weights entry (for mean +/- std)")
+    p.add_argument("--clip-weights", help="local open_clip checkpoint (needed for training checkpoints)")
+    p.add_argument("--datasets", default="pcontext_59,ade20k_150,pcontext_459,ade20k_847",
+                   help="comma-separated dataset names (default: the four Table I sets)")
+    p.add_argument("--root", help="data root (default $PATSEG_DATA or ./datasets)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images of each set (quick check)")
+    p.add_argument("--name", help="row label in the table (default: the preset name)")
+    p.add_argument("--out", help="write OUT.json/OUT.md tables and OUT_seed{N}.json results")
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace):
+    preset, overrides, clip, root = args.preset, {}, args.clip_weights, args.root
+    if args.config:
+        from patseg.engine.train_config import load_train_config
+
+        cfg = load_train_config(args.config)
+        preset = preset or cfg.model.preset
+        overrides = dict(cfg.model.overrides)
+        clip = clip or cfg.model.clip_weights
+        root = root or cfg.data.root
+    return preset, overrides, clip, root
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from patseg.build import build_model
+    from patseg.cli import CLIError
+    from patseg.engine.evaluate import evaluate_datasets
+    from patseg.evaluation.report import aggregate, format_markdown, table_json, write_results
+    from patseg.io import atomic_write_json, atomic_write_text
+
+    seeds = args.seeds if args.seeds else list(range(len(args.weights)))
+    if len(seeds) != len(args.weights):
+        raise CLIError(f"--seeds has {len(seeds)} entries for {len(args.weights)} --weights")
+    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    preset, overrides, clip, root = _settings(args)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    records = []
+    for seed, weights in zip(seeds, args.weights):
+        try:
+            model = build_model(preset, weights=weights, clip_weights=clip, overrides=overrides).to(device)
+            results = evaluate_datasets(model, names, root=root, limit=args.limit)
+        except (KeyError, ValueError, FileNotFoundError) as exc:
+            raise CLIError(str(exc).strip("'\"")) from None
+        label = args.name or model.config.name
+        records.append({"model": label, "seed": seed, "datasets": results,
+                        "meta": {"weights": str(weights), "limit": args.limit}})
+        if args.out:
+            write_results(f"{args.out}_seed{seed}.json", records[-1])
+    for metric in ("mIoU", "mIoU_gt_or_pred"):
+        print(f"\n{metric} (%)\n" + format_markdown(aggregate(records, metric), metric))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tables = {m: table_json(aggregate(records, m), m) for m in ("mIoU", "mIoU_gt_or_pred")}
+        atomic_write_json(Path(f"{args.out}.json"), tables)
+        atomic_write_text(Path(f"{args.out}.md"), "\n\n".join(
+            f"{m} (%)\n\n" + format_markdown(aggregate(records, m), m) for m in tables))
+    return 0

@@ -1,0 +1,38 @@
+"""Every shipped training config loads, validates, and names an existing preset."""
+from pathlib import Path
+
+import pytest
+
+from patseg.config import ConfigError, list_presets
+from patseg.engine.train_config import load_train_config, model_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_every_preset_has_a_config():
+    names = {c.stem for c in CONFIGS}
+    full_size = {p for p in list_presets() if not p.endswith("_tiny")}
+    assert full_size <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_loads_with_the_paper_recipe(path):
+    cfg = load_train_config(path)
+    mcfg = model_config(cfg)
+    assert mcfg.name == path.stem
+    assert cfg.solver.lr == pytest.approx(1e-4) and cfg.solver.weight_decay == pytest.approx(1e-4)
+    assert cfg.solver.grad_clip == pytest.approx(0.01)
+    if mcfg.is_pat:
+        assert (cfg.solver.iters, cfg.solver.batch_size) == (120000, 12)
+        assert mcfg.pat.codebook_sizes == (128, 64, 32) and mcfg.pat.latent_codebook_size == 256
+    else:
+        assert (cfg.solver.iters, cfg.solver.batch_size) == (60000, 32)
+
+
+def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="solver.lrr"):
+        load_train_config(CONFIGS[0], ["solver.lrr=1"])
+    with pytest.raises(ConfigError, match="solver.iters"):
+        load_train_config(CONFIGS[0], ["solver.iters=many"])
+    with pytest.raises(ConfigError, match="pat.vmff"):
+        model_config(load_train_config(CONFIGS[0], ["model.preset=pat_tiny", "model.overrides.pat.vmff=false"]))
