@@ -1,0 +1,57 @@
+"""``patseg visualize IMAGE``: the paper's feature figures (Fig. 1, Fig. 6) for one image."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "visualize", help="PCA / k-means / code-map figures of PAT's pyramid for one image",
+        description="For each pyramid stage (early, mid, late) write STAGE.png with: the image, the PCA of the raw "
+                    "CLIP features (3 components as RGB), the PCA of the tokenized features, k-means clusters of "
+                    "the CLIP features and the token clusters (code assignment); plus codes_STAGE.png, the "
+                    "code-index map (8/16-bit PNG).")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--weights", required=True, help="PAT weights (.safetensors or checkpoint folder)")
+    p.add_argument("--preset", help="preset (default: recorded in the weights)")
+    p.add_argument("--clip-weights", help="local open_clip checkpoint (for training checkpoints)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=640, help="short side the image is resized to (default 640)")
+    p.add_argument("--clusters", type=int, default=8, help="k for the k-means panels (default 8)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from patseg.build import build_model
+    from patseg.cli import CLIError
+    from patseg.imageio import ImageReadError, label_image, read_rgb
+    from patseg.io import atomic_path
+    from patseg.models.pat import PAT
+    from patseg.predictor import test_resize_shape
+    from patseg.visualize import figure, stage_maps
+
+    try:
+        image = read_rgb(args.image)
+        model = build_model(args.preset, weights=args.weights, clip_weights=args.clip_weights)
+    except (ImageReadError, ValueError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
+    if not isinstance(model, PAT):
+        raise CLIError(f"visualize needs a PAT model; '{model.config.name}' is SAN (no tokens)")
+    h, w = test_resize_shape(*image.shape[:2], short=args.size)
+    h, w = max(32, h // 32 * 32), max(32, w // 32 * 32)  # crop-free resize to multiples of 32
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    shown = (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, maps in stage_maps(model, x, k=args.clusters).items():
+        with atomic_path(out / f"{name}.png") as tmp:
+            figure(shown, maps, f"{name} stage, grid {maps.codes.shape[0]}x{maps.codes.shape[1]}").save(tmp, "PNG")
+        with atomic_path(out / f"codes_{name}.png") as tmp:
+            label_image(maps.codes).save(tmp, "PNG")
+    print(f"wrote {out}/{{early,mid,late}}.png and codes_*.png")
+    return 0
