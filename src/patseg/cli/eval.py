@@ -27,6 +27,9 @@ def register(subparsers) -> None:
                    help="comma-separated dataset names (default: the four Table I sets)")
     p.add_argument("--root", help="data root (default $PATSEG_DATA or ./datasets)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images of each set (quick check)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="accept sets whose image count differs from the official one (subsets); warns")
+    p.add_argument("--short-side", type=int, default=640, help="test resize of the short side (default 640)")
     p.add_argument("--name", help="row label in the table (default: the preset name)")
     p.add_argument("--out", help="write OUT.json/OUT.md tables and OUT_seed{N}.json results")
     p.set_defaults(func=run)
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     for seed, weights in zip(seeds, args.weights):
         try:
             model = build_model(preset, weights=weights, clip_weights=clip, overrides=overrides).to(device)
-            results = evaluate_datasets(model, names, root=root, limit=args.limit)
+            results = evaluate_datasets(model, names, root=root, limit=args.limit,
+                                        allow_partial=args.allow_partial, short_side=args.short_side)
         except (KeyError, ValueError, FileNotFoundError) as exc:
             raise CLIError(str(exc).strip("'\"")) from None
         label = args.name or model.config.name

@@ -56,17 +56,22 @@ def run(args: argparse.Namespace) -> int:
     from patseg.engine.train_config import load_train_config
     from patseg.engine.trainer import train
 
-    cfg = load_train_config(args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
+        config, overrides = None, [config] + overrides  # only overrides were given
+    cfg = load_train_config(config, overrides)
     model = build_for_training(cfg)
     try:
         dataset = SemSegDataset(cfg.data.dataset, split="train", root=cfg.data.root,
                                 transform=TrainTransform(crop_size=cfg.data.crop_size,
-                                                         ignore_label=cfg.data.ignore_index))
+                                                         ignore_label=cfg.data.ignore_index),
+                                allow_partial=cfg.data.allow_partial)
     except (KeyError, FileNotFoundError) as exc:
         raise CLIError(str(exc).strip("'\"")) from None
 
     def evaluate(m, iteration):
-        return evaluate_datasets(m, cfg.eval.datasets, root=cfg.data.root, limit=cfg.eval.limit)
+        return evaluate_datasets(m, cfg.eval.datasets, root=cfg.data.root, limit=cfg.eval.limit,
+                                 allow_partial=cfg.data.allow_partial)
 
     result = train(cfg, model, dataset, dataset.spec.class_names,
                    evaluate=evaluate if cfg.eval.datasets else None, resume=args.resume)

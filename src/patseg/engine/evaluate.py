@@ -49,11 +49,12 @@ def evaluate_dataset(model: nn.Module, dataset: SemSegDataset, *, short_side: in
 
 
 def evaluate_datasets(model: nn.Module, names: Sequence[str], *, root: Optional[str] = None,
-                      limit: Optional[int] = None, allow_partial: bool = False, progress: bool = True) -> dict:
+                      limit: Optional[int] = None, allow_partial: bool = False, progress: bool = True,
+                      short_side: int = 640) -> dict:
     """{dataset name: metrics} for several benchmarks (validation splits)."""
     results = {}
     for name in names:
         dataset = SemSegDataset(name, split="val", root=root, allow_partial=allow_partial or limit is not None)
         with torch.inference_mode():
-            results[name] = evaluate_dataset(model, dataset, limit=limit, progress=progress)
+            results[name] = evaluate_dataset(model, dataset, limit=limit, progress=progress, short_side=short_side)
     return results

@@ -48,6 +48,7 @@ class DataConfig:
     crop_size: int = 640  # square training crop (SAN: 640)
     workers: int = 4  # DataLoader worker processes per rank
     ignore_index: int = 255  # label value excluded from the loss
+    allow_partial: bool = False  # accept a dataset whose image count differs from the official one (subsets)
 
 
 @dataclass
