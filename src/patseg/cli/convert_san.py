@@ -1,0 +1,36 @@
+"""``patseg convert-san CKPT --out FILE.safetensors``: a released SAN checkpoint as patseg weights."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert-san", help="convert a released SAN checkpoint (.pth) into patseg weights",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert a SAN release (MendelXu/SAN: san_vit_b_16.pth, san_vit_large_14.pth) into a patseg "
+                    ".safetensors file that carries every tensor, CLIP's included, and records its preset. The "
+                    "checkpoint is read with torch.load(weights_only=True); unknown, missing or mis-shaped keys "
+                    "are listed and nothing is written.",
+        epilog="examples:\n"
+               "  patseg convert-san san_vit_b_16.pth --out san_vitb16.safetensors\n"
+               "  patseg segment photo.jpg --vocab 'sky,tree,road' --weights san_vitb16.safetensors --out seg/")
+    p.add_argument("checkpoint", help="SAN release file (detectron2-style {'model': state_dict})")
+    p.add_argument("--out", required=True, help="output patseg weights file (.safetensors)")
+    p.add_argument("--preset", help="san_vitb16 or san_vitl14 (default: told by the checkpoint's CLIP patch size)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from patseg.cli import CLIError
+    from patseg.convert_san import convert_san_checkpoint
+
+    if not str(args.out).endswith(".safetensors"):
+        raise CLIError(f"--out must name a .safetensors file, got {args.out}")
+    try:
+        report = convert_san_checkpoint(args.checkpoint, args.out, preset=args.preset)
+    except ValueError as exc:  # CheckpointError and ConfigError included
+        raise CLIError(str(exc)) from None
+    dropped = ", ".join(report.dropped) or "nothing"
+    print(f"wrote {report.out}: {report.tensors} tensors, preset {report.preset} (dropped {dropped})")
+    return 0
