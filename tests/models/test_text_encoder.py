@@ -101,3 +101,20 @@ def test_frozen_eval_mode_and_logit_scale():
     model, tokenizer = create_open_clip("patseg-tiny-ViT", quick_gelu=True, weights=None)
     with pytest.raises(ValueError, match="visual"):
         TextEncoder(model, tokenizer, cache_dir=None, cache_key="x")
+
+
+def test_cache_follows_weights_loaded_after_construction(tmp_path):
+    """Loading other weights into a built model must not serve the embeddings of the old weights."""
+    from patseg.models.clip_backbone import load_clip
+
+    _, text_a = load_clip("patseg-tiny-ViT", quick_gelu=False, weights=None, taps=(0, 2, 3, 4), rec_start=4,
+                          cache_dir=tmp_path)
+    torch.manual_seed(123)
+    _, text_b = load_clip("patseg-tiny-ViT", quick_gelu=False, weights=None, taps=(0, 2, 3, 4), rec_start=4,
+                          cache_dir=tmp_path)
+    names, templates = ["red circle", "grass"], ["a photo of a {}."]
+    emb_a = text_a(names, templates).clone()
+    emb_b = text_b(names, templates).clone()
+    assert not torch.allclose(emb_a, emb_b)
+    text_b.load_state_dict(text_a.state_dict())
+    torch.testing.assert_close(text_b(names, templates), emb_a)

@@ -58,10 +58,25 @@ class TextEncoder(nn.Module):
         self.clip.requires_grad_(False)
         self.tokenizer = tokenizer
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.cache_key = f"{cache_key}-{weights_digest(clip_model)}"
+        self._model_key = cache_key
+        self._digest: Optional[str] = None  # computed on first use: weights are often loaded after construction
         self.batch_size = batch_size
         self._memory: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}
+        # Any load_state_dict that reaches this module (the whole model's included) invalidates both caches' keys.
+        self.register_load_state_dict_post_hook(lambda module, _incompatible: module.forget_weights())
         self.train(False)
+
+    @property
+    def cache_key(self) -> str:
+        """Model name + digest of the current text-tower weights: the identity the caches are keyed by."""
+        if self._digest is None:
+            self._digest = weights_digest(self.clip)
+        return f"{self._model_key}-{self._digest}"
+
+    def forget_weights(self) -> None:
+        """Drop the weights digest and the in-memory embeddings (called after new weights are loaded)."""
+        self._digest = None
+        self._memory.clear()
 
     def train(self, mode: bool = True) -> "TextEncoder":
         """The frozen text tower always stays in eval mode (SAN overrides ``train`` the same way)."""
