@@ -93,8 +93,14 @@ class Segmenter:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) int64 label map (index into the vocabulary)."""
         pred, padded, valid = self._forward(image)
+        return self.postprocess(pred, padded, valid, image.shape[:2]).cpu().numpy().astype(np.int64)
+
+    @torch.inference_mode()
+    def postprocess(self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int],
+                    out_size: tuple[int, int]) -> Tensor:
+        """Label map (H, W) at ``out_size`` from one prediction; memory is bounded by ``class_chunk`` classes."""
         best = labels = None
-        for start, part in self._class_scores(pred, padded, valid, image.shape[:2]):
+        for start, part in self._class_scores(pred, padded, valid, out_size):
             value, index = part.max(0)
             if best is None:
                 best, labels = value, index
@@ -102,4 +108,4 @@ class Segmenter:
                 better = value > best
                 best = torch.where(better, value, best)
                 labels = torch.where(better, index + start, labels)
-        return labels.cpu().numpy().astype(np.int64)
+        return labels

@@ -1,0 +1,131 @@
+"""``patseg bench``: latency, peak memory and FLOPs of SAN and PAT, per stage and end to end, as a table and JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("models", "sizes", "vocab", "train")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="measure latency, peak memory and FLOPs (per stage, sizes, vocabularies, training step)",
+        description="Measure, in one process and side by side, the bare CLIP image encoder, SAN and PAT with random "
+                    "weights: a per-stage breakdown at 640x640, image sizes, vocabulary sizes (cached text "
+                    "embeddings) and a training step; prints a table and the targets of issue 6. Full-size runs "
+                    "take minutes on a CPU: --quick measures the tiny presets.")
+    p.add_argument("--quick", action="store_true", help="tiny presets at 128 px (seconds, for a smoke check)")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs before timing (default 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs; the median is reported (default 3)")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the markdown table to this file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from patseg.bench import BenchPlan, run_suite
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    plan = BenchPlan.quick() if args.quick else BenchPlan()
+    if args.warmup is not None:
+        plan.warmup = args.warmup
+    if args.repeats is not None:
+        plan.repeats = args.repeats
+    report = run_suite(plan, device, sections=args.sections, log=lambda s: print(s, file=sys.stderr))
+    report["command"] = command_line(args, device)
+    table = format_markdown(report)
+    print(table)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table)
+    return 0
+
+
+def command_line(args: argparse.Namespace, device) -> str:
+    """The ``patseg bench`` command that reproduces this run (output files left out)."""
+    parts = ["patseg", "bench"] + (["--quick"] if args.quick else []) + ["--device", str(device)]
+    if list(args.sections) != list(SECTIONS):
+        parts += ["--sections", *args.sections]
+    for flag in ("threads", "warmup", "repeats"):
+        if getattr(args, flag) is not None:
+            parts += [f"--{flag}", str(getattr(args, flag))]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# ---------------------------------------------------------------------------------------------------- markdown
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows), ""]
+
+
+def _mb(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
+
+
+def _case_rows(cases: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[c["preset"], f"{c['size'][0]}x{c['size'][1]}", c["classes"], f"{c['forward']['median_ms']:.0f}",
+             f"{c['predict']['median_ms']:.0f}", f"{c['predict']['gflops']:.3g}", _mb(c["predict"]["peak_mb"])]
+            for c in cases]
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown tables: environment, per-stage breakdown, sizes, vocabularies, training, targets."""
+    env = report["environment"]
+    lines = [f"Measured on {env['device_name']} ({env['device']}, {env['threads']} threads, {env['precision']}), "
+             f"torch {env['torch']}, random weights, batch 1. Times are medians in ms; peak memory is "
+             f"{env['cpu_peak_memory'] if env['device'] == 'cpu' else 'the CUDA allocator peak'} in MB.", ""]
+    if "command" in report:
+        lines += [f"Command: `{report['command']}`", ""]
+    models = report.get("models")
+    if models:
+        names = list(models)
+        stages = list(dict.fromkeys(s for m in models.values() for s in m["stages"]))
+        header = ["part"] + [f"{n} ms" for n in names] + [f"{n} GFLOPs" for n in names]
+        rows = []
+        for s in stages:
+            cells = [models[n]["stages"].get(s) for n in names]
+            rows.append([s] + [f"{c['median_ms']:.0f}" if c else "" for c in cells]
+                        + [f"{c['gflops']:.3g}" if c else "" for c in cells])
+        rows.append(["**sum of parts**"] + [f"{models[n]['stage_sum_ms']:.0f}" for n in names] + [""] * len(names))
+        rows.append(["**end to end**"] + [f"{models[n]['end_to_end']['median_ms']:.0f}" for n in names]
+                    + [f"{models[n]['end_to_end']['gflops']:.3g}" for n in names])
+        rows.append(["peak memory MB"] + [_mb(models[n]["end_to_end"]["peak_mb"]) for n in names] + [""] * len(names))
+        clip = report["clip_image_encoder"]
+        size = report["plan"]["size"]
+        lines += [f"Per-part breakdown at {size[0]}x{size[1]}, {report['plan']['classes']} classes "
+                  f"(bare CLIP image encoder at SAN's CLIP input: {clip['median_ms']:.0f} ms, "
+                  f"{clip['gflops']:.3g} GFLOPs):", ""]
+        lines += _table(header, rows)
+    case_header = ["preset", "image", "classes", "forward ms", "predict ms", "predict GFLOPs", "peak MB"]
+    if report.get("sizes"):
+        lines += ["Image sizes:", ""] + _table(case_header, _case_rows(report["sizes"] + [report["memory_case"]]))
+    if report.get("vocabulary"):
+        lines += ["Vocabulary sizes (cached text embeddings):", ""]
+        lines += _table(case_header, _case_rows(report["vocabulary"]))
+    if report.get("train_step"):
+        rows = [[t["preset"], t["size"], f"{t['median_ms']:.0f}", f"{t['gflops']:.3g}", _mb(t["peak_mb"])]
+                for t in report["train_step"]]
+        lines += ["Training step (forward + backward + AdamW, batch 1):", ""]
+        lines += _table(["preset", "crop", "ms", "GFLOPs", "peak MB"], rows)
+    if report.get("targets"):
+        rows = [[t["target"], t["value"], t["limit"], "yes" if t["passed"] else "**no**", t["note"]]
+                for t in report["targets"]]
+        lines += ["Targets (issue 6):", ""] + _table(["target", "value", "limit", "met", "note"], rows)
+    return "\n".join(lines)

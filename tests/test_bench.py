@@ -1,0 +1,140 @@
+"""``patseg.bench`` on the tiny presets: FLOP accounting, stage replay, and relative costs (never absolute times)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from patseg import bench
+from patseg.build import build_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def pat_tiny():
+    return build_model("pat_tiny").eval()
+
+
+@pytest.fixture()
+def one_thread():
+    # Relative timings on a shared machine: one thread, so no op waits on a descheduled worker thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def vit_flops(width: int, mlp: int, depth: int, tokens: int) -> int:
+    """2 x multiply-adds of ``depth`` pre-norm ViT blocks on ``tokens`` tokens, written out loop by loop."""
+    macs = 0
+    for _ in range(depth):
+        macs += tokens * width * 3 * width  # q, k, v projections
+        macs += tokens * tokens * width  # q k^T over all heads
+        macs += tokens * tokens * width  # attention @ v
+        macs += tokens * width * width  # output projection
+        macs += tokens * width * mlp * 2  # MLP up and down
+    return 2 * macs
+
+
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_flop_counter_sees_clip_attention(pat_tiny, mode):
+    """The fused attention kernels (inference: native MHA; training: CPU flash SDPA) are counted exactly."""
+    clip = pat_tiny.clip
+    x = torch.randn(1, 3, 64, 64)
+    block = clip.visual.transformer.resblocks[0]
+    grid, patch = 64 // clip.patch_size, clip.patch_size
+    tokens = 1 + grid * grid
+    expected = vit_flops(clip.width, block.mlp.c_fc.out_features, clip.depth, tokens)
+    expected += 2 * grid * grid * clip.width * 3 * patch * patch  # patch embedding conv
+    expected += 2 * clip.width * clip.out_dim  # final projection of the class token
+
+    def run():
+        if mode == "inference":
+            with torch.inference_mode():
+                clip.encode_image(x)
+        else:
+            clip.encode_image(x.requires_grad_(False)).sum()
+
+    assert bench.count_flops(run) == expected
+
+
+def test_stage_breakdown_accounts_for_every_flop(pat_tiny):
+    seg = bench.make_segmenter(pat_tiny, 30, (128, 128))
+    image = bench.random_image(128, 128)
+    result = bench.stage_breakdown(seg, image, CPU, warmup=0, repeats=1)
+    assert set(result.stages) == {"preprocess", "clip_taps", "side_vit", "mask_decoder", "recognition", "classify",
+                                  "post_processing", "pyramid_pixel", "pyramid_semantic", "latent_vq",
+                                  "shared_decoder"}
+    assert result.nesting == {"pyramid_semantic": "side_vit"}
+    parts = sum(m.gflops for m in result.stages.values())
+    assert parts == pytest.approx(result.end_to_end.gflops, rel=1e-6)  # nothing runs outside the named parts
+    assert result.stages["side_vit"].gflops > 0 and result.stages["pyramid_semantic"].gflops > 0
+
+
+def test_recorder_restores_the_methods(pat_tiny):
+    seg = bench.make_segmenter(pat_tiny, 5, (64, 64))
+    recorder = bench.StageRecorder(bench.stage_targets(seg))
+    with recorder:
+        seg.predict(bench.random_image(64, 64))
+    assert "extract" not in vars(pat_tiny.clip) and "forward" not in vars(pat_tiny.side)
+    assert "semantic" not in vars(pat_tiny.pixel_branch.stages[0])
+    assert [c.stage for c in recorder.calls].count("pyramid_semantic") == 3
+
+
+def test_class_scoring_cost_is_flat_in_the_vocabulary(pat_tiny, one_thread):
+    """Cached embeddings and batched scoring: 847 classes cost the model forward (almost) what 20 cost."""
+    x = torch.rand(1, 3, 128, 128)
+    forwards = {}
+    for c in (20, 847):
+        emb = torch.nn.functional.normalize(torch.randn(c, pat_tiny.clip.out_dim), dim=-1)
+
+        def run(emb=emb):
+            with torch.inference_mode():
+                pat_tiny(x, emb)
+        forwards[c] = run
+    flops = {c: bench.count_flops(fn) for c, fn in forwards.items()}
+    assert flops[847] / flops[20] < 1.10
+    times = bench.measure_all(forwards, CPU, warmup=1, repeats=7, memory=False, flops=False)
+    assert times[847].median_ms / times[20].median_ms < 1.5
+
+
+def test_post_processing_memory_is_chunked(pat_tiny):
+    """A 256x1024 label map over 847 classes never holds the (C, H, W) score volume."""
+    if not bench.cpu_peak_supported():
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    hw, classes = (256, 1024), 847
+    seg = bench.make_segmenter(pat_tiny, classes, hw)
+    x, valid = seg._prepare(bench.random_image(*hw))
+    with torch.inference_mode():
+        pred = pat_tiny(x, seg.class_embeddings).main
+    peak = bench.peak_memory_mb(lambda: seg.postprocess(pred, tuple(x.shape[-2:]), valid, hw), CPU)
+    volume_mb = classes * hw[0] * hw[1] * 4 / 2**20
+    assert peak < 0.3 * volume_mb
+
+
+def test_peak_memory_sees_a_large_allocation():
+    def allocate():
+        t = torch.ones(64, 2**20)  # 256 MiB, touched
+        return float(t[-1, -1])
+
+    if not bench.cpu_peak_supported():
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    assert 200 < bench.peak_memory_mb(allocate, CPU) < 400
+
+
+def test_markdown_report_has_every_section():
+    from patseg.cli.bench import format_markdown
+
+    m = {"median_ms": 10.0, "runs_ms": [10.0], "peak_mb": 1.0, "gflops": 2.0}
+    case = {"preset": "pat_tiny", "size": [64, 64], "classes": 20, "predict": m, "forward": m}
+    report = {"environment": bench.environment(CPU), "plan": {"size": [64, 64], "classes": 20},
+              "clip_image_encoder": m,
+              "models": {"pat_tiny": {"end_to_end": m, "stages": {"side_vit": m}, "stage_sum_ms": 10.0,
+                                      "glue_ratio": 1.0}},
+              "sizes": [case], "memory_case": case, "vocabulary": [case],
+              "train_step": [{"preset": "pat_tiny", "size": 64, **m}],
+              "targets": [{"target": "t", "value": 1.2, "limit": 1.1, "passed": False, "note": ""}]}
+    text = format_markdown(report)
+    for heading in ("Per-part breakdown", "Image sizes", "Vocabulary sizes", "Training step", "Targets"):
+        assert heading in text
+    assert "**no**" in text
