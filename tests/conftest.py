@@ -6,7 +6,10 @@ os.environ.setdefault("PATSEG_NO_DOWNLOAD", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread: the tests' tensors are tiny, and on a busy 2-core machine a second OpenMP thread makes
+# every small op wait for a descheduled worker (a tiny PAT step went from 0.17 s to 1.7 s). PATSEG_TEST_THREADS
+# overrides it.
+torch.set_num_threads(int(os.environ.get("PATSEG_TEST_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)

@@ -57,7 +57,7 @@ def resolve_config(preset: Union[str, ModelConfig, None], weights: Optional[str]
 
 def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Optional[str] = None,
                 clip_weights: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
-                **kwargs: Any) -> Union[SAN, PAT]:
+                init_from: Optional[str] = None, **kwargs: Any) -> Union[SAN, PAT]:
     """Build a SAN or PAT model.
 
     Arguments:
@@ -67,7 +67,12 @@ def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Option
         clip_weights: local open_clip checkpoint for the CLIP towers (overrides ``clip.weights``).
         overrides: dotted config overrides, e.g. ``{"pat.vmf": False}``; keyword arguments with ``__`` as the
             separator do the same (``pat__vmf=False``).
+        init_from: a SAN checkpoint (SAN release ``.pth`` or converted patseg ``.safetensors``) that initialises
+            the SAN part (CLIP, text tower, side adapter, mask decoder, background embedding); PAT's own modules
+            start fresh. Exclusive with ``weights``.
     """
+    if weights is not None and init_from is not None:
+        raise ValueError("give weights (a full patseg checkpoint) or init_from (a SAN checkpoint), not both")
     overrides = dict(overrides or {})
     overrides.update({k.replace("__", "."): v for k, v in kwargs.items()})
     if clip_weights is not None:
@@ -77,6 +82,10 @@ def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Option
     model.config = cfg
     if weights is not None:
         load_weights(model, weights)
+    if init_from is not None:
+        from patseg.convert_san import init_from_san  # convert_san imports this module to build and save models
+
+        init_from_san(model, init_from)
     return model
 
 
@@ -106,9 +115,11 @@ def _build_san_or_pat(cfg: ModelConfig) -> Union[SAN, PAT]:
 
 def _pat_parts(cfg: ModelConfig, p: PatConfig, *, clip_width: int, clip_patch: int, clip_heads: int) -> dict:
     """PAT's own modules; every resolution is derived from ``pyramid_base`` and ``stage_scales``."""
-    if not stage_order_ok(p.decoder_stages):
-        raise ValueError(f"pat.decoder_stages must be a subset of (late, mid, early) in that order, "
+    if not p.decoder_stages or not stage_order_ok(p.decoder_stages):
+        raise ValueError(f"pat.decoder_stages must be a non-empty subset of (late, mid, early) in that order, "
                          f"got {p.decoder_stages}")
+    if p.bias_source not in ("decoded", "side"):
+        raise ValueError(f"pat.bias_source must be 'decoded' or 'side', got {p.bias_source!r}")
     for name in p.aux_sets:
         block = name.removeprefix("side")
         if not (name.startswith("side") and block.isdigit() and 1 <= int(block) <= cfg.side.depth):
@@ -128,8 +139,9 @@ def _pat_parts(cfg: ModelConfig, p: PatConfig, *, clip_width: int, clip_patch: i
             kappa=p.kappa, vmf=p.vmf, token_mixer=p.token_mixer, pixel_residual=p.pixel_residual,
             mixer_hidden=p.token_mixer_hidden, groups=p.dysample_groups, heads=cfg.side.heads))
     first = p.decoder_stages[0]
+    stem = PixelStem(out_channels=p.pixel_dim, stride=strides["early"]) if p.pixel_residual else None
     pixel_branch = PixelBranch(
-        stem=PixelStem(out_channels=p.pixel_dim, stride=strides["early"]), stages=stages, tap_indices=taps,
+        stem=stem, stages=stages, tap_indices=taps,
         side_width=cfg.side.width, code_dim=p.code_dim, latent_codes=p.latent_codebook_size,
         decoder_dim=p.decoder_dim, latent_factor=SIDE_STRIDE / strides[first], vmf=p.vmf, groups=p.dysample_groups)
     plan = decoder_plan(strides, p.decoder_stages)

@@ -92,6 +92,16 @@ class PAT(SAN):
         self.aux_blocks = tuple(aux_blocks)
         self.record_blocks = tuple(sorted(set(aux_blocks + [last])))
         self.side_depth = last
+        self._freeze_unread()
+
+    def _freeze_unread(self) -> None:
+        """Freeze the parameters an ablation leaves unread: they would never get a gradient, which stalls
+        DistributedDataParallel. They sit in modules shared with SAN (side ViT, mask decoder), so they stay built."""
+        if self.query_maker is not None:  # unified tokens: the initial queries come from the codebooks
+            self.side.query_embed.requires_grad_(False)
+        if self.options.bias_source == "side":  # the decoded head gives masks only; the bias is SAN's side head's
+            self.mask_head.attn_mlp.requires_grad_(False)
+            self.mask_head.bias_scaling.requires_grad_(False)
 
     # ------------------------------------------------------------------ pieces of the forward
     def grids_for(self, images: Tensor, clip_grid: tuple[int, int]) -> PyramidGrids:

@@ -5,7 +5,7 @@ with the decoder it forms the detachable multi-scale tokenizer (``patseg.Pyramid
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,7 +20,8 @@ class PixelBranch(nn.Module):
     """Stem + per-stage pixel tokenizers + latent quantizer.
 
     Arguments:
-        stem: image -> early-stage pixel residual.
+        stem: image -> early-stage pixel residual; None for Table II's "no pixel residual", whose stages use no
+            residual (a stem whose output nothing reads would hold parameters without gradients).
         stages: the three PyramidStage modules (early, mid, late); their semantic halves are driven by the PAT
             model from inside the side ViT.
         tap_indices: CLIP tap depth feeding each stage (SAN's fusion taps 3/6/9 for ViT-B).
@@ -29,7 +30,7 @@ class PixelBranch(nn.Module):
         vmf: the Table II vMF switch, shared with the stage quantizers.
     """
 
-    def __init__(self, *, stem: PixelStem, stages: Sequence[PyramidStage], tap_indices: Sequence[int],
+    def __init__(self, *, stem: Optional[PixelStem], stages: Sequence[PyramidStage], tap_indices: Sequence[int],
                  side_width: int, code_dim: int, latent_codes: int, decoder_dim: int, latent_factor: float,
                  vmf: bool, groups: int = 4) -> None:
         super().__init__()
@@ -49,7 +50,7 @@ class PixelBranch(nn.Module):
         Returns:
             stage name -> PixelStageOutput with z_q (B, D, h_s, w_s) and indices (B, h_s, w_s).
         """
-        residual = self.stem(x)
+        residual = self.stem(x) if self.stem is not None else None
         out = {}
         for name, stage, depth in zip(STAGES, self.stages, self.tap_indices):
             tap = taps[depth]
