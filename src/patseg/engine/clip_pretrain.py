@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 
 from patseg.data.synthetic import render_scene, scene_rng
 from patseg.data.synthetic_world import WorldConfig, make_caption, world_hash
-from patseg.resources import CLIP_CONFIG_DIR, load_templates
+from patseg.resources import CLIP_CONFIG_DIR, RESOURCE_DIR, load_templates
 
 MODEL_NAME = "patseg-mini-ViT"
 WEIGHTS_FILE, META_FILE = "mini_clip.safetensors", "mini_clip.json"
@@ -267,6 +267,22 @@ def evaluate_zero_shot(
     )
 
 
+SHIPPED_DIR = RESOURCE_DIR / "mini_clip"  # regenerate: see the README's OVSS-mini section
+
+
+def shipped_mini_clip(world: WorldConfig) -> Optional[Path]:
+    """The mini CLIP shipped with patseg, if it was trained on ``world`` with the current model config.
+
+    Set PATSEG_NO_SHIPPED_MINI_CLIP=1 to ignore it (the tests do, to exercise pretraining and caching)."""
+    meta_path, weights = SHIPPED_DIR / META_FILE, SHIPPED_DIR / WEIGHTS_FILE
+    if os.environ.get("PATSEG_NO_SHIPPED_MINI_CLIP") or not (meta_path.is_file() and weights.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("world_hash") != world_hash(world) or meta.get("model_config") != _model_config():
+        return None
+    return weights
+
+
 def cache_dir_for(world: WorldConfig) -> Path:
     """``$PATSEG_CACHE/mini_clip/<world-hash>`` (PATSEG_CACHE defaults to ``~/.cache/patseg``)."""
     root = Path(os.environ.get("PATSEG_CACHE", Path.home() / ".cache" / "patseg")).expanduser()
@@ -293,7 +309,7 @@ def _atomic_write(path: Path, write) -> None:
 
 def pretrain_mini_clip(
     world: WorldConfig, *, steps: int = 600, batch_size: int = 64, seed: int = 0, lr: float = 1e-3,
-    out_dir: Optional[Path] = None, eval_scenes: int = 256, log_every: int = 0,
+    out_dir: Optional[Path] = None, eval_scenes: int = 256, log_every: int = 0, half: bool = False,
 ) -> Path:
     """Train the mini CLIP on ``world``, evaluate it, and write weights + metadata into ``out_dir``.
 
@@ -308,7 +324,9 @@ def pretrain_mini_clip(
     )
     train_seconds = time.perf_counter() - start
     report = evaluate_zero_shot(model, world, num_scenes=eval_scenes, seed=seed + 1)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # half=True stores float16 (the copy shipped in patseg/resources/mini_clip); loading casts back to float32.
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().contiguous()
+             for k, v in model.state_dict().items()}
     meta = {
         "world_hash": world_hash(world),
         "world": world.to_dict(),
@@ -344,6 +362,9 @@ def load_or_pretrain_mini_clip(
     ``steps``/``batch_size``/``seed`` only shape a fresh training run. A cache made for a different model config
     is an error (delete it, or pass another ``cache_dir``) rather than something silently replaced.
     """
+    shipped = shipped_mini_clip(world)
+    if shipped is not None and cache_dir is None:
+        return shipped
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_dir_for(world)
     weights, meta_path = cache_dir / WEIGHTS_FILE, cache_dir / META_FILE
     if meta_path.is_file() and weights.is_file():
@@ -379,11 +400,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out-dir", type=Path, default=None, help="default: $PATSEG_CACHE/mini_clip/<world-hash>")
     parser.add_argument("--eval-scenes", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--half", action="store_true", help="store float16 weights (the shipped copy)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     weights = pretrain_mini_clip(
         WorldConfig(), steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr, out_dir=args.out_dir,
-        eval_scenes=args.eval_scenes, log_every=max(1, args.steps // 20),
+        eval_scenes=args.eval_scenes, log_every=max(1, args.steps // 20), half=args.half,
     )
     print(weights)
     print(_summary(read_metadata(weights)))
