@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,10 +32,10 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from patseg.data.synthetic import render_scene, scene_rng
 from patseg.data.synthetic_world import WorldConfig, make_caption, world_hash
+from patseg.io import atomic_save_safetensors, atomic_write_text
 from patseg.resources import CLIP_CONFIG_DIR, RESOURCE_DIR, load_templates
 
 MODEL_NAME = "patseg-mini-ViT"
@@ -293,20 +292,6 @@ def _model_config() -> dict:
     return json.loads((CLIP_CONFIG_DIR / f"{MODEL_NAME}.json").read_text())
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def pretrain_mini_clip(
     world: WorldConfig, *, steps: int = 600, batch_size: int = 64, seed: int = 0, lr: float = 1e-3,
     out_dir: Optional[Path] = None, eval_scenes: int = 256, log_every: int = 0, half: bool = False,
@@ -342,8 +327,8 @@ def pretrain_mini_clip(
         "zero_shot": asdict(report),
     }
     weights = out_dir / WEIGHTS_FILE
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"world_hash": meta["world_hash"]}))
-    _atomic_write(out_dir / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_save_safetensors(state, weights, metadata={"world_hash": meta["world_hash"]})
+    atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
     return weights
 
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from patseg.data.registry import BENCHMARK_ORDER, SHORT_NAMES
+from patseg.io import atomic_write_text
 
 METRICS = ("mIoU", "mIoU_gt_or_pred", "fwIoU", "mACC", "pACC")
 
@@ -84,16 +84,7 @@ def _nan_to_null(value: Any) -> Any:
 def write_results(path: str | os.PathLike, record: dict[str, Any]) -> None:
     """Validate ``record`` against the schema above and write it as standard JSON (NaN -> null) atomically."""
     record = validate_results(_nan_to_null(record), str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2, allow_nan=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(Path(path), json.dumps(record, indent=2, allow_nan=False))
 
 
 def validate_results(record: Any, source: str) -> dict[str, Any]:

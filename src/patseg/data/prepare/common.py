@@ -8,20 +8,18 @@ input) is recorded and skipped; nothing half-written is left behind.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from patseg.data.registry import get_dataset_spec
+from patseg.io import atomic_path
 
 
 class CorruptInputError(ValueError):
@@ -56,21 +54,6 @@ class PrepareSummary:
             f"{self.dataset}/{self.split}: {self.written} written, {self.skipped} already present, "
             f"{len(self.failed)} failed"
         )
-
-
-@contextmanager
-def atomic_path(dst: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``dst``; on success it replaces ``dst``, on error it is removed."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_label(dst: Path, label: np.ndarray) -> None:
