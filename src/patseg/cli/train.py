@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         config, overrides = None, [config] + overrides  # only overrides were given
     cfg = load_train_config(config, overrides)
     model = build_for_training(cfg)
+    if model.config.clip.weights is None and not cfg.checkpoint.include_frozen:
+        # A randomly initialised CLIP (tiny presets) cannot be restored from a file: keep it in the checkpoints.
+        cfg.checkpoint.include_frozen = True
     try:
         dataset = SemSegDataset(cfg.data.dataset, split="train", root=cfg.data.root,
                                 transform=TrainTransform(crop_size=cfg.data.crop_size,
