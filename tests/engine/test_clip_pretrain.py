@@ -158,3 +158,20 @@ def test_crop_boxes_stay_inside_and_frame_things(monkeypatch, object_crops):
             assert side >= 32 and (crop >= WORLD.num_stuff).mean() > 0.05  # a thing fills a good part of it
         else:
             assert np.sqrt(0.35) * 128 - 1 <= side <= 128
+
+
+def test_shipped_mini_clip_matches_the_default_world():
+    """The committed mini CLIP must be regenerated when the world or the model config changes:
+    python -m patseg.engine.clip_pretrain --steps 1200 --batch-size 32 --lr 2e-3 --threads 1 --half \\
+        --out-dir src/patseg/resources/mini_clip"""
+    import json
+
+    from patseg.data.synthetic_world import WorldConfig, world_hash
+    from patseg.engine import clip_pretrain
+
+    meta = json.loads((clip_pretrain.SHIPPED_DIR / clip_pretrain.META_FILE).read_text())
+    assert meta["world_hash"] == world_hash(WorldConfig())
+    assert meta["model_config"] == clip_pretrain._model_config()
+    assert clip_pretrain.shipped_mini_clip(WorldConfig()) == clip_pretrain.SHIPPED_DIR / clip_pretrain.WEIGHTS_FILE
+    model = clip_pretrain.create_mini_clip(clip_pretrain.SHIPPED_DIR / clip_pretrain.WEIGHTS_FILE)
+    assert next(model.parameters()).dtype.is_floating_point
