@@ -28,7 +28,7 @@ def test_summary_mean_and_std():
 
 def test_mini_pipeline_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("PATSEG_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PATSEG_NO_SHIPPED_MINI_CLIP", "1")  # exercise pretraining + caching, not the shipped file
+    # conftest sets PATSEG_NO_SHIPPED_MINI_CLIP: this exercises pretraining + caching, not the shipped file
     out = tmp_path / "mini"
     code = main(["mini", "--quick", "--iters", "2", "--train-scenes", "8", "--val-scenes", "3",
                  "--clip-steps", "2", "--out", str(out)])

@@ -160,7 +160,7 @@ def test_crop_boxes_stay_inside_and_frame_things(monkeypatch, object_crops):
             assert np.sqrt(0.35) * 128 - 1 <= side <= 128
 
 
-def test_shipped_mini_clip_matches_the_default_world():
+def test_shipped_mini_clip_matches_the_default_world(monkeypatch):
     """The committed mini CLIP must be regenerated when the world or the model config changes:
     python -m patseg.engine.clip_pretrain --steps 1200 --batch-size 32 --lr 2e-3 --threads 1 --half \\
         --out-dir src/patseg/resources/mini_clip"""
@@ -169,6 +169,7 @@ def test_shipped_mini_clip_matches_the_default_world():
     from patseg.data.synthetic_world import WorldConfig, world_hash
     from patseg.engine import clip_pretrain
 
+    monkeypatch.delenv("PATSEG_NO_SHIPPED_MINI_CLIP", raising=False)
     meta = json.loads((clip_pretrain.SHIPPED_DIR / clip_pretrain.META_FILE).read_text())
     assert meta["world_hash"] == world_hash(WorldConfig())
     assert meta["model_config"] == clip_pretrain._model_config()
