@@ -61,9 +61,9 @@ class TrainingWriter:
         self._jsonl.flush()
 
     def images(self, panels: dict[str, Tensor], step: int) -> None:
-        """Log image panels; each value goes through :func:`image_panel`."""
+        """Log image panels; each value (or the result of calling it) goes through :func:`image_panel`."""
         for name, tensor in panels.items():
-            self._tb.add_image(name, image_panel(tensor), step)
+            self._tb.add_image(name, image_panel(tensor() if callable(tensor) else tensor), step)
 
     def close(self) -> None:
         self._tb.close()

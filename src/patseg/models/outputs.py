@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Union
 
 from torch import Tensor
+
+Visual = Union[Tensor, Callable[[], Tensor]]  # a tensor, or a thunk evaluated only when a panel is written
 
 
 @dataclass
@@ -12,12 +15,13 @@ class StepOutput:
 
     losses: weighted loss terms (scalars); the trainer minimises their sum.
     stats: scalars worth logging that are not optimised (codebook perplexity, dead codes, ...).
-    visuals: optional image-like tensors for TensorBoard panels, ``(B, 3, H, W)`` in [0, 1] or ``(B, H, W)`` labels.
+    visuals: image-like tensors for TensorBoard panels, ``(B, 3, H, W)`` in [0, 1] or ``(B, H, W)`` labels; a value
+        may be a zero-argument callable, so that costly panels (predictions) are computed only when logged.
     """
 
     losses: dict[str, Tensor]
     stats: dict[str, float] = field(default_factory=dict)
-    visuals: dict[str, Tensor] = field(default_factory=dict)
+    visuals: dict[str, Visual] = field(default_factory=dict)
 
     @property
     def total(self) -> Tensor:

@@ -20,7 +20,7 @@ from patseg.models.mask_decoder import MaskDecoder
 from patseg.models.outputs import StepOutput
 from patseg.models.pixel_branch import PixelBranch
 from patseg.models.reconstruction_head import ReconstructionHead
-from patseg.models.san import SAN, SegOutput, SegPrediction
+from patseg.models.san import SAN, SegOutput, SegPrediction, prediction_thunk
 from patseg.models.shared_decoder import SharedDecoder
 from patseg.models.token_mixer import TokenMixer
 from patseg.models.vmf_quantizer import QuantizerOutput
@@ -213,7 +213,8 @@ class PAT(SAN):
         rec = self.reconstruction_loss(out.reconstruction, images)
         losses.update({k: w.reconstruction * v for k, v in rec.items()})
         stats = {f"perplexity_{k}": float(q.perplexity) for k, q in out.quant.items()}
-        visuals = {"reconstruction": out.reconstruction.detach(), "image": images.detach()}
+        visuals = {"reconstruction": out.reconstruction.detach(), "prediction": prediction_thunk(out.main),
+                   **{f"tokens_{name}": out.quant[name].indices for name in STAGES}}
         return StepOutput(losses=losses, stats=stats, visuals=visuals)
 
     def spatial_loss(self, images: Tensor, out: PatOutput) -> Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +132,7 @@ class SAN(nn.Module):
         """Set losses on the main prediction and every auxiliary set (each with its own matching)."""
         out = self(images, class_embeddings)
         targets = targets_from_semseg(labels, ignore_index)
-        return StepOutput(losses=self.set_losses(out, targets))
+        return StepOutput(losses=self.set_losses(out, targets), visuals={"prediction": prediction_thunk(out.main)})
 
     def set_losses(self, out: SegOutput, targets: list[SemSegTarget]) -> dict[str, Tensor]:
         """Each set is matched on its own; the mask count is shared (and all-reduced under DDP)."""
@@ -148,6 +148,18 @@ class SAN(nn.Module):
         """(B, 3, H, W) padded images in [0, 1] -> (B, C, H, W) class scores at the input resolution."""
         out = self(images, class_embeddings)
         return semantic_inference(out.main, images.shape[-2:])
+
+
+def prediction_thunk(pred: SegPrediction, max_items: int = 4) -> Callable[[], Tensor]:
+    """A callable giving the (b, h, w) argmax of the semantic inference at mask resolution for the first
+    ``max_items`` images; it holds detached copies only, so the autograd graph is not kept alive."""
+    first = SegPrediction(masks=pred.masks[:max_items].detach(), logits=pred.logits[:max_items].detach())
+
+    def compute() -> Tensor:
+        with torch.no_grad():
+            return semantic_inference(first, tuple(first.masks.shape[-2:])).argmax(1)
+
+    return compute
 
 
 def pad_to_multiple(images: Tensor, multiple: int = 32, value: float = 0.0) -> Tensor:
