@@ -118,3 +118,19 @@ def test_cache_follows_weights_loaded_after_construction(tmp_path):
     assert not torch.allclose(emb_a, emb_b)
     text_b.load_state_dict(text_a.state_dict())
     torch.testing.assert_close(text_b(names, templates), emb_a)
+
+
+def test_prime_serves_normalised_embeddings_without_the_tower():
+    enc, _ = _encoder()
+    counter = CountingTower(enc)
+    raw = 5 * torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+    enc.prime(NAMES, TEMPLATES, raw)
+    got = enc(NAMES, TEMPLATES)
+    assert counter.calls == 0
+    expected = torch.stack([row / torch.sqrt(sum(v * v for v in row.double())) for row in raw.double()])
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-6)
+    for shape in ((2, 64), (3, 32), (3, 64, 1)):
+        with pytest.raises(ValueError, match=r"\(C, D\)"):
+            enc.prime(NAMES, TEMPLATES, torch.randn(shape))
+    enc.forget_weights()  # primed entries go with the weights, like encoded ones
+    assert enc(NAMES, TEMPLATES).shape == (3, 64) and counter.calls == len(TEMPLATES)

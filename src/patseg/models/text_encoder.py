@@ -35,6 +35,20 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _text_embed_dim(clip_model: nn.Module) -> int:
+    """D of the text tower's output: open_clip's ``CLIP`` projects with ``text_projection`` (a Linear or a
+    (width, D) matrix; None: the pooled width); ``CustomTextCLIP`` keeps its tower, with ``output_dim``, as ``text``."""
+    text = getattr(clip_model, "text", None)
+    if text is not None:
+        return int(text.output_dim)
+    proj = clip_model.text_projection
+    if isinstance(proj, nn.Linear):
+        return proj.out_features
+    if proj is not None:
+        return int(proj.shape[1])
+    return int(clip_model.transformer.width)
+
+
 class TextEncoder(nn.Module):
     """Template-averaged, L2-normalised CLIP text embeddings of class names.
 
@@ -103,6 +117,21 @@ class TextEncoder(nn.Module):
             emb = emb.to(device)
         self._memory[key] = emb
         return emb
+
+    def prime(self, class_names: Sequence[str], templates: Sequence[str], embeddings: Tensor) -> None:
+        """Put precomputed (C, D) class embeddings for this vocabulary into the in-memory cache, L2-normalised.
+
+        Later calls with the same names and templates return them without running the text tower (the benchmarks
+        use this to leave the tower's cost out). Like encoded embeddings, they are dropped when weights are loaded.
+        """
+        key = (tuple(class_names), tuple(templates))
+        if not key[0] or not key[1]:
+            raise ValueError("need at least one class name and one template")
+        dim = _text_embed_dim(self.clip)
+        if embeddings.ndim != 2 or tuple(embeddings.shape) != (len(key[0]), dim):
+            raise ValueError(f"embeddings must be (C, D) = ({len(key[0])}, {dim}), got {tuple(embeddings.shape)}")
+        device = self.clip.logit_scale.device
+        self._memory[key] = F.normalize(embeddings.detach().float(), dim=-1).to(device)
 
     def cache_path(self, class_names: Sequence[str], templates: Sequence[str]) -> Optional[Path]:
         """The disk-cache file for this model, weights and vocabulary (None without a cache folder)."""

@@ -1,0 +1,40 @@
+"""Measuring where inference and training time goes: latency, peak memory and FLOPs, per stage and end to end.
+
+Everything is measured in one process, side by side, with warm-up runs and the median of several timed runs:
+
+- :mod:`patseg.bench.measure`: timing, peak memory and FLOP counting of one callable or several side by side.
+- :mod:`patseg.bench.stages`: the per-stage breakdown of ``Segmenter.predict`` (record once, replay each part).
+- :mod:`patseg.bench.suite`: what ``patseg bench`` runs (:class:`BenchPlan`, :func:`run_suite`) and the targets
+  it checks (:func:`check_targets`).
+"""
+from patseg.bench.measure import (Measurement, count_flops, cpu_peak_supported, measure, measure_all,
+                                  peak_memory_mb, precision, synchronize, time_runs)
+from patseg.bench.stages import Breakdown, StageRecorder, stage_breakdown, stage_targets
+from patseg.bench.suite import (BenchPlan, as_dict, cached_vocabulary, check_targets, clip_encoder, environment,
+                                make_segmenter, random_image, run_suite, train_step)
+
+__all__ = [
+    "BenchPlan",
+    "Breakdown",
+    "Measurement",
+    "StageRecorder",
+    "as_dict",
+    "cached_vocabulary",
+    "check_targets",
+    "clip_encoder",
+    "count_flops",
+    "cpu_peak_supported",
+    "environment",
+    "make_segmenter",
+    "measure",
+    "measure_all",
+    "peak_memory_mb",
+    "precision",
+    "random_image",
+    "run_suite",
+    "stage_breakdown",
+    "stage_targets",
+    "synchronize",
+    "time_runs",
+    "train_step",
+]

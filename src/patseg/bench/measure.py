@@ -1,0 +1,158 @@
+"""Measuring one callable: latency (median of timed runs), peak memory and FLOPs.
+
+- :func:`measure_all` times callables side by side (each round runs each once), reads their peak memory and
+  counts their FLOPs.
+- FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per multiply-add of matmuls, convolutions
+  and attention); the fused CPU attention kernels it has no formula for are given one here
+  (:func:`_register_attention_formulas`, run on import).
+- Peak memory is the CUDA allocator peak, or on CPU the growth of the resident set (Linux ``VmHWM``).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+
+aten = torch.ops.aten
+_LIBC = ctypes.CDLL(None)  # glibc, for malloc_trim
+
+
+# ---------------------------------------------------------------------------------------------------- FLOPs
+def _register_attention_formulas() -> None:
+    """FLOP formulas for the fused attention kernels CPU inference and training dispatch to.
+
+    torch 2.14's counter knows the CUDA SDPA kernels only; without these, CLIP's attention (``nn.MultiheadAttention``
+    takes the fused ``_native_multi_head_attention`` path in inference) and every CPU SDPA call would count as zero.
+    """
+    missing = lambda op: op not in torch.utils.flop_counter.flop_registry  # noqa: E731
+
+    if missing(aten._scaled_dot_product_flash_attention_for_cpu):
+        @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+        def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    if missing(aten._scaled_dot_product_flash_attention_for_cpu_backward):
+        @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+        def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                               **kwargs) -> int:
+            return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+    if missing(aten._native_multi_head_attention):
+        @register_flop_formula(aten._native_multi_head_attention)
+        def _native_mha(query_shape, key_shape, value_shape, embed_dim, num_heads, *args, out_shape=None,
+                        **kwargs) -> int:
+            # (B, L, E) queries, (B, S, E) keys: packed q/k/v projections, the output projection, q k^T and a v.
+            b, l, e = query_shape
+            s = key_shape[1]
+            return 2 * (b * l * e * e + 2 * b * s * e * e + b * l * e * e + 2 * b * l * s * e)
+
+
+_register_attention_formulas()
+
+
+def count_flops(fn: Callable[[], Any]) -> float:
+    """FLOPs of one call of ``fn`` (2 per multiply-add), counted by torch's FlopCounterMode."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------------------------------------------- memory
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_kb(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field_name}")
+
+
+def cpu_peak_supported() -> bool:
+    """Linux lets a process reset its resident-set high-water mark (``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[float]:
+    """Peak memory of one call above the level before it: CUDA allocator peak, or CPU resident-set growth."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    if not cpu_peak_supported():
+        return None
+    _LIBC.malloc_trim(0)  # hand freed heap back first, so reused free memory does not hide the growth
+    before = _rss_kb("VmRSS")
+    fn()
+    return max(0, _rss_kb("VmHWM") - before) / 1024
+
+
+# ---------------------------------------------------------------------------------------------------- timing
+@dataclass
+class Measurement:
+    """median_ms: median of ``runs_ms``; peak_mb: memory above the level before the call (None: not measured);
+    gflops: FLOPs of one call / 1e9 (None: not counted)."""
+
+    median_ms: float
+    runs_ms: list[float]
+    peak_mb: Optional[float] = None
+    gflops: Optional[float] = None
+
+
+def time_runs(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        runs.append((time.perf_counter() - start) * 1e3)
+    return runs
+
+
+def measure_all(fns: dict[str, Callable[[], Any]], device: torch.device, *, warmup: int = 1, repeats: int = 3,
+                memory: bool = True, flops: bool = True) -> dict[str, Measurement]:
+    """Time several callables side by side: each round runs every callable once, so load that comes and goes
+    on a shared machine hits all of them alike and their ratios stay meaningful. Then, optionally, one call each
+    for peak memory and for FLOPs."""
+    for fn in fns.values():
+        time_runs(fn, device, warmup=0, repeats=warmup)
+    runs: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            runs[name] += time_runs(fn, device, warmup=0, repeats=1)
+    return {name: Measurement(median_ms=statistics.median(runs[name]), runs_ms=[round(r, 2) for r in runs[name]],
+                              peak_mb=peak_memory_mb(fn, device) if memory else None,
+                              gflops=count_flops(fn) / 1e9 if flops else None)
+            for name, fn in fns.items()}
+
+
+def measure(fn: Callable[[], Any], device: torch.device, **kwargs: Any) -> Measurement:
+    """Median time of one callable (see :func:`measure_all`)."""
+    return measure_all({"fn": fn}, device, **kwargs)["fn"]
+
+
+def precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; plain float32 on CPU (CPU bf16 matmuls are slower than float32 on most hosts)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
