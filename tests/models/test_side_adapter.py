@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from naive import bilinear_resize
+
 from patseg.models.mask_decoder import MaskDecoder
 from patseg.models.side_adapter import FusionLayer, SideAdapter
 
@@ -28,23 +30,6 @@ def tiny_taps(batch: int = 2, grid: tuple[int, int] = (2, 3)) -> dict[int, torch
     return {tap: torch.randn(batch, 32, *grid) for tap in range(4)}
 
 
-def naive_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(C, h, w) -> (C, H, W), align_corners=False: half-pixel centres, source index clamped at 0 and h-1."""
-    def taps(n_out: int, n_in: int, o: int) -> tuple[int, int, float]:
-        src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
-        i0 = min(int(math.floor(src)), n_in - 1)
-        return i0, min(i0 + 1, n_in - 1), src - i0
-
-    out = torch.zeros(x.shape[0], *size, dtype=torch.float64)
-    for oy in range(size[0]):
-        y0, y1, ly = taps(size[0], x.shape[1], oy)
-        for ox in range(size[1]):
-            x0, x1, lx = taps(size[1], x.shape[2], ox)
-            out[:, oy, ox] = ((1 - ly) * ((1 - lx) * x[:, y0, x0] + lx * x[:, y0, x1])
-                              + ly * ((1 - lx) * x[:, y1, x0] + lx * x[:, y1, x1]))
-    return out
-
-
 def naive_fusion(layer: FusionLayer, patches: torch.Tensor, clip_map: torch.Tensor, grid) -> torch.Tensor:
     """Per-pixel LayerNorm over channels, matmul with the 1x1 conv weight, bilinear resize, add (float64)."""
     w = layer.proj.weight.detach().double()[:, :, 0, 0]
@@ -59,7 +44,7 @@ def naive_fusion(layer: FusionLayer, patches: torch.Tensor, clip_map: torch.Tens
                 var = ((v - mean) ** 2).sum() / v.numel()
                 normed = (v - mean) / math.sqrt(var + 1e-6) * g + b
                 proj[n, :, y, x] = w @ normed + layer.proj.bias.detach().double()
-    resized = torch.stack([naive_bilinear(proj[n], grid) for n in range(B)])
+    resized = torch.stack([bilinear_resize(proj[n], grid) for n in range(B)])
     return patches.double() + resized.flatten(2).transpose(1, 2)
 
 
