@@ -6,7 +6,6 @@ attention biases, recognise every query with the deeper CLIP blocks, and score i
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -161,11 +160,3 @@ def prediction_thunk(pred: SegPrediction, max_items: int = 4) -> Callable[[], Te
 
     return compute
 
-
-def pad_to_multiple(images: Tensor, multiple: int = 32, value: float = 0.0) -> Tensor:
-    """Pad (B, C, H, W) bottom/right so H and W are multiples of ``multiple``."""
-    h, w = images.shape[-2:]
-    ph, pw = math.ceil(h / multiple) * multiple - h, math.ceil(w / multiple) * multiple - w
-    if ph == 0 and pw == 0:
-        return images
-    return F.pad(images, (0, pw, 0, ph), value=value)
