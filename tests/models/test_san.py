@@ -8,7 +8,7 @@ import torch
 from naive import semantic_inference as naive_semantic_inference
 from naive import toy_batch, unit_rows
 from patseg.build import build_model
-from patseg.models.san import SAN, SegPrediction, pad_to_multiple, semantic_inference
+from patseg.models.san import SAN, SegPrediction, semantic_inference
 
 
 @pytest.fixture
@@ -118,12 +118,3 @@ def test_gradients_reach_every_trainable_parameter(san: SAN) -> None:
         else:
             assert p.grad is None, name
 
-
-def test_pad_to_multiple_pads_bottom_right_only() -> None:
-    images = torch.rand(1, 3, 50, 64)
-    padded = pad_to_multiple(images, 32, value=0.5)
-    assert padded.shape == (1, 3, 64, 64)
-    torch.testing.assert_close(padded[..., :50, :], images)
-    assert bool((padded[..., 50:, :] == 0.5).all())
-    aligned = images[..., :32, :]
-    assert pad_to_multiple(aligned, 32) is aligned
