@@ -26,7 +26,6 @@ from patseg.convert_san import (DROPPED, CheckpointError, SanLayout, check_state
                                 detect_preset, rename_release)
 from patseg.models.mask_decoder import MaskDecoder
 from patseg.models.open_clip_loader import register_patseg_configs
-from patseg.models.san import pad_to_multiple
 from patseg.models.side_adapter import SideAdapter
 from patseg.predictor import Segmenter
 
@@ -394,7 +393,8 @@ def test_segmenter_scores_are_sans_semantic_inference(tiny_model):
     assert scores.shape == (3, *size) and scores.dtype == np.float32
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     mean = tiny_model.clip.mean.view(1, 3, 1, 1)
-    padded = pad_to_multiple(x - mean) + mean  # Segmenter pads with CLIP's mean colour (0 once normalised)
+    # Segmenter pads bottom/right to 672 with CLIP's mean colour (0 once normalised), as SAN pads normalised images
+    padded = torch.nn.functional.pad(x - mean, (0, 672 - size[1], 0, 0)) + mean
     ref = tiny_model.predict_scores(padded, seg.class_embeddings)[0, :, : size[0], : size[1]]
     np.testing.assert_allclose(scores, ref.numpy(), rtol=1e-5, atol=1e-6)
     labels = seg.predict(image)
