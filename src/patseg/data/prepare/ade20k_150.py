@@ -15,7 +15,7 @@ from patseg.data.prepare.common import (
     Job,
     check_same_size,
     copy_image,
-    output_paths,
+    paired_png_jobs,
     read_gray,
     require_dir,
     write_label,
@@ -38,9 +38,4 @@ def build_jobs(src: Path, dst: Path, split: str) -> list[Job]:
     raw_split = _RAW_SPLIT[split]
     image_dir = require_dir(src / "images" / raw_split, "ADE20K-150 images")
     label_dir = require_dir(src / "annotations" / raw_split, "ADE20K-150 annotations")
-    jobs = []
-    for image in sorted(image_dir.glob("*.jpg")):
-        image_dst, label_dst = output_paths(DATASET, dst, split, image.stem)
-        args = (image, label_dir / f"{image.stem}.png", image_dst, label_dst)
-        jobs.append(Job(image.stem, (image_dst, label_dst), convert, args))
-    return jobs
+    return paired_png_jobs(DATASET, image_dir, label_dir, dst, split, convert)

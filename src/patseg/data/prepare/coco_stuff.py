@@ -20,7 +20,7 @@ from patseg.data.prepare.common import (
     check_same_size,
     copy_image,
     lookup_table,
-    output_paths,
+    paired_png_jobs,
     read_gray,
     require_dir,
     write_label,
@@ -50,9 +50,4 @@ def build_jobs(src: Path, dst: Path, split: str) -> list[Job]:
     raw_split = _RAW_SPLIT[split]
     image_dir = require_dir(src / raw_split, "COCO images")
     label_dir = require_dir(src / "stuffthingmaps" / raw_split, "COCO-Stuff stuffthingmaps")
-    jobs = []
-    for image in sorted(image_dir.glob("*.jpg")):
-        image_dst, label_dst = output_paths(DATASET, dst, split, image.stem)
-        args = (image, label_dir / f"{image.stem}.png", image_dst, label_dst)
-        jobs.append(Job(image.stem, (image_dst, label_dst), convert, args))
-    return jobs
+    return paired_png_jobs(DATASET, image_dir, label_dir, dst, split, convert)

@@ -150,3 +150,15 @@ def output_paths(dataset: str, dst: Path, split: str, stem: str) -> tuple[Path, 
     spec = get_dataset_spec(dataset)
     layout = spec.split(split)
     return dst / layout.image_dir / f"{stem}{spec.image_ext}", dst / layout.label_dir / f"{stem}{spec.label_ext}"
+
+
+def paired_png_jobs(dataset: str, image_dir: Path, label_dir: Path, dst: Path, split: str,
+                    convert: Callable[..., None]) -> list[Job]:
+    """One job per ``image_dir/*.jpg`` with its label ``label_dir/<stem>.png``: ``convert(image, label, image_dst,
+    label_dst)`` (the layout of the COCO-Stuff and ADEChallengeData2016 downloads)."""
+    jobs = []
+    for image in sorted(image_dir.glob("*.jpg")):
+        image_dst, label_dst = output_paths(dataset, dst, split, image.stem)
+        args = (image, label_dir / f"{image.stem}.png", image_dst, label_dst)
+        jobs.append(Job(image.stem, (image_dst, label_dst), convert, args))
+    return jobs
