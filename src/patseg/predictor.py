@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from patseg.models.san import SegPrediction
+from patseg.models.semantic_argmax import semantic_argmax
 
 
 def test_resize_shape(h: int, w: int, short: int = 640, max_long: int = 2560) -> tuple[int, int]:
@@ -33,7 +34,7 @@ class Segmenter:
         model: a model built by ``patseg.build_model``.
         vocabulary: class names, used verbatim in the prompt templates.
         short_side, max_long_side: test resize (SAN: 640 / 2560).
-        class_chunk: classes scored at once at full resolution; bounds memory for large vocabularies.
+        class_chunk: classes scored at once by :meth:`scores`; bounds memory for large vocabularies.
     """
 
     def __init__(self, model: nn.Module, vocabulary: Sequence[str], *, short_side: int = 640,
@@ -70,14 +71,20 @@ class Segmenter:
             out = self.model(x, self.class_embeddings)
         return out.main, tuple(x.shape[-2:]), valid
 
-    def _class_scores(self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int],
-                      out_size: tuple[int, int]):
-        """Yield (first class index, (c, H, W) float32 scores at ``out_size``) chunk by chunk."""
-        probs = pred.logits[0].float().softmax(-1)[:, :-1]  # (Q, C)
+    def _mask_logits(self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int],
+                     out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """(Q, C) class probabilities and (Q, H, W) mask logits at ``out_size`` (upsampled, cropped, resized)."""
+        probs = pred.logits[0].float().softmax(-1)[:, :-1]
         masks = F.interpolate(pred.masks.float(), size=padded, mode="bilinear", align_corners=False)
         masks = masks[0, :, : valid[0], : valid[1]]
         if tuple(valid) != tuple(out_size):
             masks = F.interpolate(masks[None], size=out_size, mode="bilinear", align_corners=False)[0]
+        return probs, masks
+
+    def _class_scores(self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int],
+                      out_size: tuple[int, int]):
+        """Yield (first class index, (c, H, W) float32 scores at ``out_size``) chunk by chunk."""
+        probs, masks = self._mask_logits(pred, padded, valid, out_size)
         masks = masks.sigmoid_().flatten(1)  # (Q, H*W)
         for start in range(0, probs.shape[1], self.class_chunk):
             part = probs[:, start : start + self.class_chunk].t() @ masks  # (c, H*W)
@@ -98,14 +105,7 @@ class Segmenter:
     @torch.inference_mode()
     def postprocess(self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int],
                     out_size: tuple[int, int]) -> Tensor:
-        """Label map (H, W) at ``out_size`` from one prediction; memory is bounded by ``class_chunk`` classes."""
-        best = labels = None
-        for start, part in self._class_scores(pred, padded, valid, out_size):
-            value, index = part.max(0)
-            if best is None:
-                best, labels = value, index
-            else:
-                better = value > best
-                best = torch.where(better, value, best)
-                labels = torch.where(better, index + start, labels)
-        return labels
+        """Label map (H, W) at ``out_size`` from one prediction: the argmax of :meth:`scores`, found with per-block
+        bounds so that only the classes that can win a block are scored there (memory bounded for any C)."""
+        probs, masks = self._mask_logits(pred, padded, valid, out_size)
+        return semantic_argmax(probs, masks)
