@@ -5,7 +5,7 @@ mask logits upsampled to the output size. Scoring densely costs Q x C x H x W mu
 at full resolution outweighs the rest of SAN's post-processing. Because the score is monotone in every mask, a
 block of pixels has per-class bounds
 
-    lower_c = sum_q P[q, c] * sigmoid(min_block m_q)  <=  score_c(x)  <=  upper_c = sum_q P[q, c] * sigmoid(max_block m_q)
+    lower_c = sum_q P[q, c] * sigmoid(min_block m_q) <= score_c(x) <= sum_q P[q, c] * sigmoid(max_block m_q) = upper_c
 
 so a class whose upper bound is below the best lower bound can never win anywhere in the block. Blocks left with a
 single candidate take its label directly; the rest are scored exactly, but only on their few candidate classes. The
@@ -60,8 +60,9 @@ def _padded_indices(cand: Tensor, width: int) -> Tensor:
 def semantic_argmax(probs: Tensor, mask_logits: Tensor, *, block: int = 8, max_elements: int = 1 << 24) -> Tensor:
     """(Q, C) class probabilities (no-object dropped), (Q, H, W) mask logits -> (H, W) int64 labels.
 
-    Equal to the argmax of the dense scores ``probs.T @ sigmoid(mask_logits)``; ``block`` is the side of the pixel blocks that share bounds and
-    ``max_elements`` caps each batched score tensor (memory stays bounded for any C and image size).
+    Equal to the argmax of the dense scores ``probs.T @ sigmoid(mask_logits)``; ``block`` is the side of the pixel
+    blocks that share bounds and ``max_elements`` caps each
+    batched score tensor, so memory stays bounded for any vocabulary and image size.
     """
     q, h, w = mask_logits.shape
     num_classes = probs.shape[1]
@@ -73,7 +74,7 @@ def semantic_argmax(probs: Tensor, mask_logits: Tensor, *, block: int = 8, max_e
     blocks = padded.view(q, nh, block, nw, block)
     todo = (counts > 1).nonzero().squeeze(1)
     # Blocks grouped by candidate count rounded up to a power of two, so padding wastes at most half the work.
-    width = torch.where(counts[todo] > 1, 2 ** torch.ceil(torch.log2(counts[todo].float())), 0).long()
+    width = (2 ** torch.ceil(torch.log2(counts[todo].float()))).long()
     for group_width in width.unique().tolist():
         members = todo[width == group_width]
         group_width = min(group_width, num_classes)
