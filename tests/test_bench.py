@@ -112,6 +112,25 @@ def test_post_processing_memory_is_chunked(pat_tiny):
     assert peak < 0.3 * volume_mb
 
 
+def test_bounded_post_processing_does_a_fraction_of_the_dense_arithmetic(pat_tiny):
+    """Region-like masks, 100 queries, 847 classes at 160x160: the same labels as scoring every class, with under a
+    tenth of its FLOPs (the bound matmuls and boundary blocks only); with 20 classes it does not cost more."""
+    from patseg.bench.postprocess import dense_postprocess, region_prediction
+
+    size = (160, 160)
+    seg = bench.make_segmenter(pat_tiny, 20, size)
+    flops = {}
+    for classes in (20, 847):
+        pred = region_prediction(100, classes, (20, 20))
+        bounded, dense = seg.postprocess(pred, size, size, size), dense_postprocess(seg, pred, size, size, size)
+        assert torch.equal(bounded, dense)
+        assert len(bounded.unique()) > 3  # several regions survive: the case is not trivial
+        flops[classes] = (bench.count_flops(lambda: seg.postprocess(pred, size, size, size)),
+                          bench.count_flops(lambda: dense_postprocess(seg, pred, size, size, size)))
+    assert flops[847][0] < 0.1 * flops[847][1]
+    assert flops[847][0] < 2.0 * flops[20][1]
+
+
 def test_peak_memory_sees_a_large_allocation():
     def allocate():
         t = torch.ones(64, 2**20)  # 256 MiB, touched
@@ -132,9 +151,12 @@ def test_markdown_report_has_every_section():
               "models": {"pat_tiny": {"end_to_end": m, "stages": {"side_vit": m}, "stage_sum_ms": 10.0,
                                       "glue_ratio": 1.0}},
               "sizes": [case], "memory_case": case, "vocabulary": [case],
+              "postprocess_regions": [{"preset": "pat_tiny", "size": [64, 64], "classes": 20, "bounded_ms": 1.0,
+                                       "dense_ms": 2.0, "labels_equal": True}],
               "train_step": [{"preset": "pat_tiny", "size": 64, **m}],
               "targets": [{"target": "t", "value": 1.2, "limit": 1.1, "passed": False, "note": ""}]}
     text = format_markdown(report)
-    for heading in ("Per-part breakdown", "Image sizes", "Vocabulary sizes", "Training step", "Targets"):
+    for heading in ("Per-part breakdown", "Image sizes", "Vocabulary sizes", "region-like", "Training step",
+                    "Targets"):
         assert heading in text
     assert "**no**" in text

@@ -119,6 +119,12 @@ def format_markdown(report: dict[str, Any]) -> str:
     if report.get("vocabulary"):
         lines += ["Vocabulary sizes (cached text embeddings):", ""]
         lines += _table(case_header, _case_rows(report["vocabulary"]))
+    if report.get("postprocess_regions"):
+        rows = [[c["preset"], f"{c['size'][0]}x{c['size'][1]}", c["classes"], f"{c['bounded_ms']:.0f}",
+                 f"{c['dense_ms']:.0f}", "yes" if c["labels_equal"] else "**no**"]
+                for c in report["postprocess_regions"]]
+        lines += ["Post-processing alone on region-like predictions (bounded argmax vs every class scored):", ""]
+        lines += _table(["preset", "image", "classes", "bounded ms", "dense ms", "same labels"], rows)
     if report.get("train_step"):
         rows = [[t["preset"], t["size"], f"{t['median_ms']:.0f}", f"{t['gflops']:.3g}", _mb(t["peak_mb"])]
                 for t in report["train_step"]]
