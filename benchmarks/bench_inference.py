@@ -3,10 +3,11 @@
     python benchmarks/bench_inference.py --threads 1                      # everything, full presets (long on CPU)
     python benchmarks/bench_inference.py --threads 1 --sections models    # one section
     python benchmarks/bench_inference.py --quick                          # tiny presets, seconds
+    python benchmarks/bench_inference.py --threads 1 --sections compile   # torch.compile vs eager (minutes)
     python benchmarks/bench_inference.py --merge cpu                      # one table from the per-section runs
 
 Each run writes ``<device>-<full|quick>-<sections>.json`` (the whole report, with the command) and a markdown
-table next to it; ``README_table.md`` is the table of the last full run of all sections, or of the per-section
+table next to it; ``README_table.md`` is the table of the last full run of all default sections, or of the per-section
 full runs merged by ``--merge DEVICE`` (targets recomputed on the merged report).
 """
 from __future__ import annotations
@@ -23,11 +24,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from patseg.cli import main as patseg_main
-    from patseg.cli.bench import SECTIONS
+    from patseg.cli.bench import OPTIONAL_SECTIONS, SECTIONS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS + OPTIONAL_SECTIONS, default=list(SECTIONS))
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
@@ -48,7 +49,7 @@ def main() -> int:
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
     code = patseg_main(argv)
-    if code == 0 and not args.quick and set(args.sections) == set(SECTIONS):
+    if code == 0 and not args.quick and set(args.sections) >= set(SECTIONS):
         (RESULTS / "README_table.md").write_text((RESULTS / f"{stem}.md").read_text())
     return code
 
@@ -56,11 +57,11 @@ def main() -> int:
 def merge(device: str) -> int:
     """One report from ``<device>-full-<section>.json`` files: sections, commands, targets over the union."""
     from patseg.bench import BenchPlan, check_targets
-    from patseg.cli.bench import SECTIONS, format_markdown
+    from patseg.cli.bench import OPTIONAL_SECTIONS, SECTIONS, format_markdown
 
     report: dict = {}
     commands = []
-    for section in SECTIONS:
+    for section in SECTIONS + OPTIONAL_SECTIONS:
         path = RESULTS / f"{device}-full-{section}.json"
         if path.is_file():
             part = json.loads(path.read_text())

@@ -154,9 +154,11 @@ def test_markdown_report_has_every_section():
               "postprocess_regions": [{"preset": "pat_tiny", "size": [64, 64], "classes": 20, "bounded_ms": 1.0,
                                        "dense_ms": 2.0, "labels_equal": True}],
               "train_step": [{"preset": "pat_tiny", "size": 64, **m}],
+              "compile": [{"preset": "pat_tiny", "size": [64, 64], "classes": 20, "eager_ms": 2.0,
+                           "compiled_ms": 1.0, "compile_s": 30.0, "labels_agree": 1.0}],
               "targets": [{"target": "t", "value": 1.2, "limit": 1.1, "passed": False, "note": ""}]}
     text = format_markdown(report)
     for heading in ("Per-part breakdown", "Image sizes", "Vocabulary sizes", "region-like", "Training step",
-                    "Targets"):
+                    "torch.compile", "Targets"):
         assert heading in text
     assert "**no**" in text

@@ -6,7 +6,9 @@ reuses it for every image. The report layout is described in ``docs/performance.
 """
 from __future__ import annotations
 
+import copy
 import platform
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from patseg.bench.measure import Measurement, cpu_peak_supported, measure, measure_all, precision
+from patseg.bench.measure import Measurement, cpu_peak_supported, measure, measure_all, precision, synchronize
 from patseg.bench.postprocess import postprocess_cases
 from patseg.bench.stages import Breakdown, stage_breakdown
 from patseg.predictor import Segmenter
@@ -77,6 +79,27 @@ def train_step(model: nn.Module, image_size: int, device: torch.device, *, num_c
     result = measure(step, device, warmup=warmup, repeats=repeats)
     model.eval()
     return result
+
+
+def compiled_predict(model: nn.Module, name: str, plan: "BenchPlan", device: torch.device, *, warmup: int,
+                     repeats: int) -> dict[str, Any]:
+    """``predict`` at ``plan.size`` with the model eager and under ``torch.compile``, side by side. The first compiled
+    call (tracing and code generation) is timed apart; labels are compared, as fused kernels round differently."""
+    eager = make_segmenter(model, plan.classes, plan.size)
+    compiled = copy.copy(eager)
+    compiled.model = torch.compile(model)
+    image = random_image(*plan.size)
+    with precision(device):
+        start = time.perf_counter()
+        labels = compiled.predict(image)
+        synchronize(device)
+        first_s = time.perf_counter() - start
+        agree = float((labels == eager.predict(image)).mean())
+    fns = {"eager": lambda: eager.predict(image), "compiled": lambda: compiled.predict(image)}
+    with precision(device):
+        timed = measure_all(fns, device, warmup=warmup, repeats=repeats, memory=False, flops=False)
+    return {"preset": name, "size": list(plan.size), "classes": plan.classes, "compile_s": first_s,
+            "eager_ms": timed["eager"].median_ms, "compiled_ms": timed["compiled"].median_ms, "labels_agree": agree}
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -163,6 +186,9 @@ def run_suite(plan: BenchPlan, device: torch.device, sections: Sequence[str] = (
                                               device, w, r)
         report["postprocess_regions"] = _region_cases(models, plan, device, w, r)
         log("vocabularies done")
+    if "compile" in sections:
+        report["compile"] = [compiled_predict(models[n], n, plan, device, warmup=w, repeats=r) for n in models]
+        log("torch.compile done")
     if "train" in sections:
         del models
         report["train_step"] = []

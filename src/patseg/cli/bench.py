@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 SECTIONS = ("models", "sizes", "vocab", "train")
+OPTIONAL_SECTIONS = ("compile",)  # asked for by name: compiling the full models takes minutes
 
 
 def register(subparsers) -> None:
@@ -19,7 +20,9 @@ def register(subparsers) -> None:
                     "embeddings) and a training step; prints a table and the targets of issue 6. Full-size runs "
                     "take minutes on a CPU: --quick measures the tiny presets.")
     p.add_argument("--quick", action="store_true", help="tiny presets at 128 px (seconds, for a smoke check)")
-    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="what to measure")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS + OPTIONAL_SECTIONS, default=list(SECTIONS),
+                   help="what to measure (default: all but 'compile', which times predict with the model forward "
+                        "under torch.compile against eager)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs before timing (default 1)")
@@ -125,6 +128,13 @@ def format_markdown(report: dict[str, Any]) -> str:
                 for c in report["postprocess_regions"]]
         lines += ["Post-processing alone on region-like predictions (bounded argmax vs every class scored):", ""]
         lines += _table(["preset", "image", "classes", "bounded ms", "dense ms", "same labels"], rows)
+    if report.get("compile"):
+        rows = [[c["preset"], f"{c['size'][0]}x{c['size'][1]}", c["classes"], f"{c['eager_ms']:.0f}",
+                 f"{c['compiled_ms']:.0f}", f"{c['compile_s']:.0f}", f"{100 * c['labels_agree']:.2f}"]
+                for c in report["compile"]]
+        lines += ["`predict` with the model forward under torch.compile (inductor, default mode):", ""]
+        lines += _table(["preset", "image", "classes", "eager ms", "compiled ms", "first call s", "same labels %"],
+                        rows)
     if report.get("train_step"):
         rows = [[t["preset"], t["size"], f"{t['median_ms']:.0f}", f"{t['gflops']:.3g}", _mb(t["peak_mb"])]
                 for t in report["train_step"]]
