@@ -24,9 +24,9 @@ from patseg.cli import main
 from patseg.config import load_preset
 from patseg.convert_san import (DROPPED, CheckpointError, SanLayout, check_state, convert_san_checkpoint,
                                 detect_preset, rename_release)
-from patseg.models.mask_decoder import MaskDecoder
-from patseg.models.open_clip_loader import register_patseg_configs
-from patseg.models.side_adapter import SideAdapter
+from patseg.models.san.mask_decoder import MaskDecoder
+from patseg.models.clip.open_clip_loader import register_patseg_configs
+from patseg.models.san.side_adapter import SideAdapter
 from patseg.predictor import Segmenter
 
 TABLE = Path(__file__).resolve().parent / "resources" / "san_vitb16_state_dict.tsv"  # key/shape table of the release

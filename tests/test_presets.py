@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from patseg.build import build_model
 from patseg.config import list_presets, load_preset
-from patseg.models.pat import PAT
-from patseg.models.san import SAN
+from patseg.models.pat.model import PAT
+from patseg.models.san.model import SAN
 
 FULL_SIZE = ["san_vitb16", "san_vitl14", "san_evab16", "pat_vitb16_clip", "pat_vitb16_evaclip", "pat_vitl14_clip"]
 SAN_PREFIXES = ("clip.", "text.", "side.", "mask_decoder.", "bg_embed")

@@ -9,7 +9,7 @@ import torch
 
 from naive import toy_batch
 from patseg.build import build_model, save_weights
-from patseg.models.pat import PAT
+from patseg.models.pat.model import PAT
 from patseg.tokenizer import LEVELS, PyramidTokenizer, TokenPyramid, load_pyramids, save_pyramids
 
 # pat_tiny at 64x64: stages H/8, H/16, H/32; latent at the side grid H/16 (codebooks 32 / 16 / 8 / 64)

@@ -14,22 +14,22 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from patseg.io import atomic_save_safetensors
+from patseg.atomic import atomic_save_safetensors
 from patseg.config import ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
 from patseg.losses.reconstruction import ReconstructionLoss
 from patseg.losses import SetCriterion
-from patseg.models.clip_backbone import load_clip
-from patseg.models.geometry import STAGES, SIDE_STRIDE, final_stride, log2_int, stage_strides, tap_stride
-from patseg.models.mask_decoder import MaskDecoder
-from patseg.models.pat import PAT, PatLossWeights, PatOptions, decoder_plan, stage_order_ok
-from patseg.models.pixel_branch import PixelBranch
-from patseg.models.pyramid_stage import PyramidStage
-from patseg.models.reconstruction_head import ReconstructionHead
-from patseg.models.resample import PixelStem
-from patseg.models.san import SAN
-from patseg.models.shared_decoder import SharedDecoder
-from patseg.models.side_adapter import SideAdapter
-from patseg.models.token_mixer import TokenMixer
+from patseg.models.clip.backbone import load_clip
+from patseg.models.pat.geometry import STAGES, SIDE_STRIDE, final_stride, log2_int, stage_strides, tap_stride
+from patseg.models.san.mask_decoder import MaskDecoder
+from patseg.models.pat.model import PAT, PatLossWeights, PatOptions, decoder_plan, stage_order_ok
+from patseg.models.pat.pixel_branch import PixelBranch
+from patseg.models.pat.pyramid_stage import PyramidStage
+from patseg.models.pat.reconstruction_head import ReconstructionHead
+from patseg.models.layers.resample import PixelStem
+from patseg.models.san.model import SAN
+from patseg.models.pat.shared_decoder import SharedDecoder
+from patseg.models.san.side_adapter import SideAdapter
+from patseg.models.pat.token_mixer import TokenMixer
 from patseg.resources import load_templates
 
 CONFIG_METADATA_KEY = "patseg_config"

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from patseg.models.san import SegPrediction
-from patseg.models.semantic_argmax import semantic_argmax
+from patseg.models.san.model import SegPrediction
+from patseg.models.san.semantic_argmax import semantic_argmax
 
 
 def test_resize_shape(h: int, w: int, short: int = 640, max_long: int = 2560) -> tuple[int, int]:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from patseg.models.geometry import STAGES
-from patseg.models.pat import PAT
+from patseg.models.pat.geometry import STAGES
+from patseg.models.pat.model import PAT
 
 LEVELS = (*STAGES, "latent")
 
@@ -82,7 +82,7 @@ class PyramidTokenizer:
 
 def save_pyramids(path: Path, pyramids: list[TokenPyramid], meta: dict) -> None:
     """One .npz for several images: arrays ``{i}/{level}`` and a JSON ``meta`` entry (atomic write)."""
-    from patseg.io import atomic_path
+    from patseg.atomic import atomic_path
 
     arrays = {}
     for i, p in enumerate(pyramids):

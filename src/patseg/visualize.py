@@ -15,9 +15,9 @@ from PIL import Image, ImageDraw
 from scipy.cluster.vq import kmeans2
 from torch import Tensor
 
-from patseg.imageio import palette
-from patseg.models.geometry import STAGES
-from patseg.models.pat import PAT
+from patseg.images import palette
+from patseg.models.pat.geometry import STAGES
+from patseg.models.pat.model import PAT
 
 
 @dataclass

@@ -9,8 +9,8 @@ from PIL import Image
 from patseg.build import build_model, save_weights
 from patseg.resources import load_class_names
 from patseg.cli import main
-from patseg.data.synthetic import SyntheticSegmentation
-from patseg.data.synthetic_world import WorldConfig
+from patseg.mini.scenes import SyntheticSegmentation
+from patseg.mini.world import WorldConfig
 
 
 def _write_coco_layout(root, split, n, seed):

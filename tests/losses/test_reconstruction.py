@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from patseg.losses.reconstruction import VGG16_FILE, ReconstructionLoss, load_vgg16_trunk
-from patseg.models.reconstruction_head import ReconstructionHead, num_upsamples_for
+from patseg.models.pat.reconstruction_head import ReconstructionHead, num_upsamples_for
 
 
 def test_head_shape_range_and_parameter_count():

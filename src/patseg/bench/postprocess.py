@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from patseg.bench.measure import measure_all
-from patseg.models.san import SegPrediction
+from patseg.models.san.model import SegPrediction
 from patseg.predictor import Segmenter
 
 

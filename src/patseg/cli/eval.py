@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     from patseg.build import build_model
     from patseg.cli import CLIError
-    from patseg.engine.evaluate import evaluate_datasets
+    from patseg.evaluation.loop import evaluate_datasets
     from patseg.evaluation.report import aggregate, format_markdown, table_json, write_results
-    from patseg.io import atomic_write_json, atomic_write_text
+    from patseg.atomic import atomic_write_json, atomic_write_text
 
     seeds = args.seeds if args.seeds else list(range(len(args.weights)))
     if len(seeds) != len(args.weights):

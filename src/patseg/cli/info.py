@@ -34,7 +34,7 @@ def parse_overrides(items) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from patseg.build import build_model
-    from patseg.introspect import format_breakdown, parameter_breakdown
+    from patseg.models.introspect import format_breakdown, parameter_breakdown
 
     model = build_model(args.preset, overrides=parse_overrides(args.set))
     info = parameter_breakdown(model, depth=args.depth)

@@ -31,9 +31,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from patseg.data.synthetic_world import WorldConfig
-    from patseg.io import atomic_path, atomic_write_json, atomic_write_text
-    from patseg.mini import (ABLATION_RUNS, DEFAULT_RUNS, FULL, QUICK, format_table, make_figure, run_benchmark,
+    from patseg.mini.world import WorldConfig
+    from patseg.atomic import atomic_path, atomic_write_json, atomic_write_text
+    from patseg.mini.benchmark import (ABLATION_RUNS, DEFAULT_RUNS, FULL, QUICK, format_table, make_figure, run_benchmark,
                              summarize)
 
     settings = QUICK if args.quick else FULL

@@ -69,8 +69,8 @@ def load_model(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from patseg.imageio import ImageReadError, expand_inputs, label_image, overlay_with_legend, read_rgb
-    from patseg.io import atomic_path, atomic_write_json
+    from patseg.images import ImageReadError, expand_inputs, label_image, overlay_with_legend, read_rgb
+    from patseg.atomic import atomic_path, atomic_write_json
     from patseg.predictor import Segmenter
 
     names = load_vocabulary(args)

@@ -44,7 +44,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from patseg.imageio import ImageReadError, expand_inputs, read_rgb
+    from patseg.images import ImageReadError, expand_inputs, read_rgb
     from patseg.predictor import test_resize_shape
     from patseg.tokenizer import save_pyramids
 
@@ -75,7 +75,7 @@ def run_detokenize(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from patseg.cli import CLIError
-    from patseg.io import atomic_path
+    from patseg.atomic import atomic_path
     from patseg.tokenizer import load_pyramids
 
     try:

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from patseg.cli import CLIError
     from patseg.data.datasets import SemSegDataset
     from patseg.data.transforms import TrainTransform
-    from patseg.engine.evaluate import evaluate_datasets
+    from patseg.evaluation.loop import evaluate_datasets
     from patseg.engine.train_config import load_train_config
     from patseg.engine.trainer import train
 

@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     from patseg.build import build_model
     from patseg.cli import CLIError
-    from patseg.imageio import ImageReadError, label_image, read_rgb
-    from patseg.io import atomic_path
-    from patseg.models.pat import PAT
+    from patseg.images import ImageReadError, label_image, read_rgb
+    from patseg.atomic import atomic_path
+    from patseg.models.pat.model import PAT
     from patseg.predictor import test_resize_shape
     from patseg.visualize import figure, stage_maps
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from patseg.data.registry import BENCHMARK_ORDER, SHORT_NAMES
-from patseg.io import atomic_write_text
+from patseg.atomic import atomic_write_text
 
 METRICS = ("mIoU", "mIoU_gt_or_pred", "fwIoU", "mACC", "pACC")
 

@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from patseg.data.registry import get_dataset_spec
-from patseg.io import atomic_path
+from patseg.atomic import atomic_path
 
 
 class CorruptInputError(ValueError):

@@ -1,0 +1,1 @@
+"""The frozen CLIP towers (open_clip ViT and EVA-CLIP): image taps and recognition path, prompt-ensembled text."""

@@ -1,0 +1,71 @@
+"""PAT's pixel branch: the pixel stem, the three pyramid stages' tokenizers and the latent quantizer.
+
+This is the part of PAT that depends only on the image and CLIP (plus the side ViT for the latent), so together
+with the decoder it forms the detachable multi-scale tokenizer (``patseg.PyramidTokenizer``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from patseg.models.pat.geometry import STAGES, PyramidGrids
+from patseg.models.pat.pyramid_stage import PixelStageOutput, PyramidStage
+from patseg.models.layers.resample import PixelStem, Resample
+from patseg.models.pat.vmf_quantizer import QuantizerOutput, VMFQuantizer
+
+
+class PixelBranch(nn.Module):
+    """Stem + per-stage pixel tokenizers + latent quantizer.
+
+    Arguments:
+        stem: image -> early-stage pixel residual; None for Table II's "no pixel residual", whose stages use no
+            residual (a stem whose output nothing reads would hold parameters without gradients).
+        stages: the three PyramidStage modules (early, mid, late); their semantic halves are driven by the PAT
+            model from inside the side ViT.
+        tap_indices: CLIP tap depth feeding each stage (SAN's fusion taps 3/6/9 for ViT-B).
+        side_width, code_dim, latent_codes, decoder_dim: latent quantizer sizes (240 -> 32, K=256, 32 -> 256).
+        latent_factor: resampling factor from the latent (side) grid to the first decoder stage's grid.
+        vmf: the Table II vMF switch, shared with the stage quantizers.
+    """
+
+    def __init__(self, *, stem: Optional[PixelStem], stages: Sequence[PyramidStage], tap_indices: Sequence[int],
+                 side_width: int, code_dim: int, latent_codes: int, decoder_dim: int, latent_factor: float,
+                 vmf: bool, groups: int = 4) -> None:
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.tap_indices = tuple(tap_indices)
+        self.latent_pre_quant = nn.Conv2d(side_width, code_dim, 1)
+        self.latent_quantizer = VMFQuantizer(num_codes=latent_codes, code_dim=code_dim, vmf=vmf)
+        self.latent_post_quant = nn.Conv2d(code_dim, decoder_dim, 1)
+        self.latent_resample = Resample(decoder_dim, factor=latent_factor, groups=groups)
+
+    def encode_stages(self, x: Tensor, taps: dict[int, Tensor], grids: PyramidGrids) -> dict[str, PixelStageOutput]:
+        """Tokenize the pyramid.
+
+        Arguments:
+            x: (B, 3, H, W) normalised image; taps: CLIP depth -> (B, C_clip, h_c, w_c); grids: this input's grids.
+        Returns:
+            stage name -> PixelStageOutput with z_q (B, D, h_s, w_s) and indices (B, h_s, w_s).
+        """
+        residual = self.stem(x) if self.stem is not None else None
+        out = {}
+        for name, stage, depth in zip(STAGES, self.stages, self.tap_indices):
+            tap = taps[depth]
+            if tuple(tap.shape[-2:]) != tuple(grids.tap):
+                # ViT-L/14-336: the 32x32 CLIP grid is brought to the side grid first, as SAN's fusion does.
+                tap = F.interpolate(tap, size=grids.tap, mode="bilinear", align_corners=False,
+                                    antialias=tap.shape[-1] > grids.tap[-1])
+            out[name] = stage.pixel(tap, residual, grids.stages[name])
+            residual = out[name].residual
+        return out
+
+    def quantize_latent(self, side_patches: Tensor) -> QuantizerOutput:
+        """(B, C_side, h, w) final side patch map -> latent codes at the side grid."""
+        return self.latent_quantizer(self.latent_pre_quant(side_patches))
+
+    def decoder_input(self, latent_zq: Tensor, grid: tuple[int, int]) -> Tensor:
+        """ẑ = Resample(PostQuant(z_latent), grid of the first decoder stage): (B, D, h, w) -> (B, C_dec, *grid)."""
+        return self.latent_resample(self.latent_post_quant(latent_zq), size=grid)

@@ -1,0 +1,162 @@
+"""SAN: the side adapter network on a frozen CLIP — PAT's semantic branch and our baseline.
+
+Facts from MendelXu/SAN `san/model/san.py` (see shared/reference/san.md). The forward reads like SAN's figure:
+normalise, run the shallow CLIP blocks for the taps, run the side ViT fused with those taps, decode masks and
+attention biases, recognise every query with the deeper CLIP blocks, and score it against the text embeddings.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from patseg.losses import SemSegTarget, SetCriterion, count_masks, targets_from_semseg
+from patseg.models.clip.backbone import ClipBackbone, ClipFeatures
+from patseg.models.san.mask_decoder import MaskDecoder
+from patseg.models.outputs import StepOutput
+from patseg.models.san.side_adapter import SideAdapter
+from patseg.models.clip.text_encoder import TextEncoder
+
+
+@dataclass
+class SegPrediction:
+    """One decoded set of mask proposals.
+
+    masks: (B, Q, h, w) mask logits; logits: (B, Q, C + 1) class logits, the last column is "no object".
+    """
+
+    masks: Tensor
+    logits: Tensor
+
+
+@dataclass
+class SegOutput:
+    """What a segmentation model's forward returns: the main set and the auxiliary (deep-supervision) sets."""
+
+    main: SegPrediction
+    aux: dict[str, SegPrediction] = field(default_factory=dict)
+
+
+def semantic_inference(pred: SegPrediction, size: tuple[int, int], *, query_chunk: int = 25) -> Tensor:
+    """SAN's semantic inference: per-class score map (B, C, H, W) = sum_q softmax(logits)[q, c] * sigmoid(mask_q).
+
+    The mask logits are upsampled (bilinear) to ``size`` before the sigmoid, as SAN does; queries are processed in
+    chunks so the (B, Q, H, W) upsampled masks never exist at once at full resolution.
+    """
+    probs = pred.logits.float().softmax(-1)[..., :-1]  # (B, Q, C): no-object dropped after the softmax
+    scores = None
+    for start in range(0, probs.shape[1], query_chunk):
+        masks = F.interpolate(pred.masks[:, start : start + query_chunk].float(), size=size, mode="bilinear",
+                              align_corners=False).sigmoid()  # (B, q, H, W)
+        part = torch.einsum("bqc,bqhw->bchw", probs[:, start : start + query_chunk], masks)
+        scores = part if scores is None else scores + part
+    return scores
+
+
+class SAN(nn.Module):
+    """Side Adapter Network for open-vocabulary semantic segmentation.
+
+    Arguments:
+        clip: frozen CLIP visual tower with taps and the [SOS] recognition path.
+        text: frozen CLIP text tower that turns class names into prompt-ensembled embeddings.
+        side: the side ViT with fusion layers.
+        mask_decoder: SAN's MLP mask decoder with the attention-bias head.
+        criterion: the Mask2Former set loss.
+        resize_ratio: CLIP sees the padded image scaled by this factor (0.5 for ViT-B/16, 0.7 for ViT-L/14-336).
+        record_blocks: side blocks decoded during training; the last one is the main prediction.
+        templates: prompt templates averaged for every class name.
+    """
+
+    def __init__(self, *, clip: ClipBackbone, text: TextEncoder, side: SideAdapter, mask_decoder: MaskDecoder,
+                 criterion: SetCriterion, resize_ratio: float, record_blocks: Sequence[int],
+                 templates: Sequence[str]) -> None:
+        super().__init__()
+        self.clip = clip
+        self.text = text
+        self.side = side
+        self.mask_decoder = mask_decoder
+        self.criterion = criterion
+        self.resize_ratio = resize_ratio
+        self.record_blocks = tuple(record_blocks)
+        self.templates = tuple(templates)
+        # Learnable "no object" embedding, normalised with the text rows (SAN ov_classifier.bg_embed).
+        self.bg_embed = nn.Parameter(torch.randn(1, clip.out_dim) * clip.out_dim ** -0.5)
+
+    # ---------------------------------------------------------------- text side
+    def encode_vocabulary(self, class_names: Sequence[str]) -> Tensor:
+        """(C, D) L2-normalised, template-averaged text embeddings; cached by the text encoder."""
+        return self.text(list(class_names), self.templates)
+
+    def classify(self, mask_embeddings: Tensor, class_embeddings: Tensor) -> Tensor:
+        """(B, Q, D) normalised query embeddings x (C, D) classes -> (B, Q, C + 1) logits = scale * cosine."""
+        classifier = F.normalize(torch.cat([class_embeddings.to(self.bg_embed), self.bg_embed], 0), dim=-1)
+        return self.text.logit_scale * mask_embeddings @ classifier.t().to(mask_embeddings.dtype)
+
+    # ---------------------------------------------------------------- image side
+    def preprocess(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Images in [0, 1] (B, 3, H, W) -> (side input at full size, CLIP input at ``resize_ratio``)."""
+        x = (images - self.clip.mean.view(1, 3, 1, 1)) / self.clip.std.view(1, 3, 1, 1)
+        clip_in = F.interpolate(x, scale_factor=self.resize_ratio, mode="bilinear", align_corners=False)
+        return x, clip_in
+
+    def recognize(self, feats: ClipFeatures, queries: Tensor, pixels: Tensor,
+                  class_embeddings: Tensor, decoder: Optional[MaskDecoder] = None) -> SegPrediction:
+        """Decode masks and attention biases from (queries, pixels), recognise the queries with CLIP."""
+        out = (decoder or self.mask_decoder)(queries, pixels)
+        bias = F.adaptive_max_pool2d(out.attn_bias.flatten(0, 1), feats.grid)  # SAN REC_DOWNSAMPLE_METHOD="max"
+        bias = bias.view(*out.attn_bias.shape[:3], *feats.grid)
+        embeddings = self.clip.recognize(feats, bias)
+        return SegPrediction(masks=out.masks, logits=self.classify(embeddings, class_embeddings))
+
+    def forward(self, images: Tensor, class_embeddings: Tensor) -> SegOutput:
+        """images: (B, 3, H, W) in [0, 1], H and W divisible by 32; class_embeddings: (C, D)."""
+        x, clip_in = self.preprocess(images)
+        feats = self.clip.extract(clip_in)
+        blocks = self.record_blocks if self.training else self.record_blocks[-1:]
+        side = self.side(x, feats.taps, record_blocks=blocks)
+        preds = {f"side{b}": self.recognize(feats, side.queries[b], side.patches[b], class_embeddings)
+                 for b in blocks}
+        main = preds.pop(f"side{blocks[-1]}")
+        return SegOutput(main=main, aux=preds)
+
+    # ---------------------------------------------------------------- training / inference
+    def prepare_training(self) -> None:
+        """Check and build what only training needs; SAN needs nothing beyond its modules."""
+
+    def training_losses(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *,
+                        ignore_index: int = 255) -> StepOutput:
+        """Set losses on the main prediction and every auxiliary set (each with its own matching)."""
+        out = self(images, class_embeddings)
+        targets = targets_from_semseg(labels, ignore_index)
+        return StepOutput(losses=self.set_losses(out, targets), visuals={"prediction": prediction_thunk(out.main)})
+
+    def set_losses(self, out: SegOutput, targets: list[SemSegTarget]) -> dict[str, Tensor]:
+        """Each set is matched on its own; the mask count is shared (and all-reduced under DDP)."""
+        num_masks = count_masks(targets, out.main.masks.device)
+        losses = dict(self.criterion(out.main.logits, out.main.masks, targets, num_masks))
+        for name, pred in out.aux.items():
+            aux = self.criterion(pred.logits, pred.masks, targets, num_masks)
+            losses.update({f"{k}_{name}": v for k, v in aux.items()})
+        return losses
+
+    @torch.inference_mode()
+    def predict_scores(self, images: Tensor, class_embeddings: Tensor) -> Tensor:
+        """(B, 3, H, W) padded images in [0, 1] -> (B, C, H, W) class scores at the input resolution."""
+        out = self(images, class_embeddings)
+        return semantic_inference(out.main, images.shape[-2:])
+
+
+def prediction_thunk(pred: SegPrediction, max_items: int = 4) -> Callable[[], Tensor]:
+    """A callable giving the (b, h, w) argmax of the semantic inference at mask resolution for the first
+    ``max_items`` images; it holds detached copies only, so the autograd graph is not kept alive."""
+    first = SegPrediction(masks=pred.masks[:max_items].detach(), logits=pred.logits[:max_items].detach())
+
+    def compute() -> Tensor:
+        with torch.no_grad():
+            return semantic_inference(first, tuple(first.masks.shape[-2:])).argmax(1)
+
+    return compute
+

@@ -1,0 +1,102 @@
+"""The bounded argmax of SAN's semantic inference (issue 6): the same labels as scoring every class densely in
+float64, on smooth region-like masks, on noisy masks where pruning is weak, at sizes that do not fill whole blocks,
+with exact ties, tiny and large vocabularies, and with the batched score tensors forced into many chunks."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from patseg.models.san.semantic_argmax import _block_extrema, _candidates, semantic_argmax
+
+
+def dense_labels(probs: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 reference: (H, W) argmax over every class and the (H, W) gap between the best two scores."""
+    scores = torch.einsum("qc,qhw->chw", probs.double(), logits.double().sigmoid())
+    top = scores.topk(min(2, scores.shape[0]), dim=0).values
+    gap = top[0] - top[1] if top.shape[0] == 2 else torch.full_like(top[0], float("inf"))
+    return scores.argmax(0), gap
+
+
+def region_case(classes: int, size: tuple[int, int], *, queries: int = 30, regions: int = 6, seed: int = 0):
+    """Masks that own Voronoi regions of a coarse grid, upsampled as SAN does; confident class probabilities."""
+    g = torch.Generator().manual_seed(seed)
+    grid = 12
+    centres = torch.rand(regions, 2, generator=g) * grid
+    yy, xx = torch.meshgrid(torch.arange(grid) + 0.5, torch.arange(grid) + 0.5, indexing="ij")
+    region = ((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2).argmin(0)
+    owner = torch.randint(0, regions, (queries,), generator=g)
+    low = torch.where(region == owner[:, None, None], 4.0, -4.0) + torch.randn(queries, grid, grid, generator=g)
+    logits = F.interpolate(low[None], size=size, mode="bilinear", align_corners=False)[0]
+    cls = torch.randint(0, classes, (regions,), generator=g)
+    class_logits = torch.randn(queries, classes + 1, generator=g) * 2
+    class_logits[torch.arange(queries), cls[owner]] += 8
+    return class_logits.softmax(-1)[:, :-1], logits
+
+
+def noise_case(classes: int, size: tuple[int, int], *, queries: int = 30, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(queries, *size, generator=g) * 4
+    return (torch.randn(queries, classes + 1, generator=g) * 3).softmax(-1)[:, :-1], logits
+
+
+def assert_same_labels(probs: torch.Tensor, logits: torch.Tensor, **kwargs) -> None:
+    ref, gap = dense_labels(probs, logits)
+    got = semantic_argmax(probs, logits, **kwargs)
+    assert got.shape == logits.shape[1:] and got.dtype == torch.int64
+    decided = gap > 1e-5  # float32 summation order may legitimately flip a near-tie
+    assert decided.float().mean() > 0.99
+    assert torch.equal(got[decided], ref[decided])
+
+
+@pytest.mark.parametrize("case", [region_case, noise_case])
+@pytest.mark.parametrize("classes", [1, 2, 20, 300])
+def test_labels_equal_dense_argmax(case, classes: int) -> None:
+    probs, logits = case(classes, (45, 67))  # neither side a multiple of the block
+    assert_same_labels(probs, logits)
+
+
+@pytest.mark.parametrize("block", [1, 3, 8, 16, 64])
+def test_any_block_size(block: int) -> None:
+    probs, logits = region_case(50, (40, 50), seed=1)
+    assert_same_labels(probs, logits, block=block)
+
+
+def test_tiny_chunks_give_the_same_labels() -> None:
+    probs, logits = noise_case(40, (33, 40), seed=2)
+    assert_same_labels(probs, logits, max_elements=1)
+    assert_same_labels(probs, logits, max_elements=200)
+
+
+def test_ties_go_to_the_lower_class() -> None:
+    """Duplicated class columns score identically: the lower index wins, as in a dense first-maximum argmax."""
+    probs, logits = region_case(10, (24, 24), seed=3)
+    probs = torch.cat([probs, probs], 1)  # classes 10..19 copy 0..9
+    labels = semantic_argmax(probs, logits)
+    assert labels.max() < 10
+    ref, _ = dense_labels(probs[:, :10], logits)
+    assert torch.equal(labels, ref)
+
+
+def test_block_bounds_hold_for_every_pixel() -> None:
+    """lower_c <= score_c(x) <= upper_c for every pixel of every block, and the winner is always a candidate."""
+    probs, logits = noise_case(7, (20, 28), seed=4)
+    padded, lo, hi = _block_extrema(logits, 4)
+    assert padded.shape == (30, 20, 28)
+    scores = torch.einsum("qc,qhw->chw", probs.double(), logits.double().sigmoid())
+    blocks = scores.view(7, 5, 4, 7, 4).permute(0, 1, 3, 2, 4).reshape(7, 35, 16)
+    upper = probs.double().t() @ hi.double().sigmoid()
+    lower = probs.double().t() @ lo.double().sigmoid()
+    assert torch.all(blocks.amax(-1) <= upper + 1e-9) and torch.all(blocks.amin(-1) >= lower - 1e-9)
+    cand = _candidates(probs, lo, hi)  # (blocks, C)
+    winners = blocks.argmax(0)  # (blocks, 16)
+    assert torch.all(cand.gather(1, winners))
+
+
+def test_pruning_leaves_few_candidates_on_region_masks() -> None:
+    """The point of the bounds: on region-like masks most 8x8 blocks keep one class out of 847."""
+    probs, logits = region_case(847, (96, 96), seed=5)
+    _, lo, hi = _block_extrema(logits, 8)
+    counts = _candidates(probs, lo, hi).sum(1)
+    assert counts.min() >= 1
+    assert (counts == 1).float().mean() > 0.6 and counts.float().mean() < 3
