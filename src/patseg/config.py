@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+import yaml
 
-class ConfigError(ValueError):
-    """A configuration value is unknown or has the wrong type; the message names the key."""
+from patseg.errors import ConfigError
 
 
 @dataclass
@@ -117,6 +118,17 @@ class ModelConfig:
         return self.pat is not None
 
 
+class YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``; a string here would surprise)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a JSON/YAML value to the annotated type ``tp``, or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
@@ -211,3 +223,23 @@ def load_preset(name_or_path: str, overrides: Optional[dict[str, Any]] = None) -
     if overrides:
         data = apply_overrides(data, overrides)
     return from_dict(ModelConfig, data)
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
+    """``["pat.vmf=false", "loss.vq_weight=1e-4"]`` -> ``{"pat.vmf": False, "loss.vq_weight": 1e-4}``.
+
+    The one parser behind every ``--set KEY=VALUE``: values are YAML scalars or flow collections, so ``1e-4``,
+    ``true``, ``null``, ``[4, 4, 4]`` and ``[early, mid]`` mean what they look like. Types are checked later,
+    against the record the keys belong to.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"'{item}' is not KEY=VALUE (e.g. pat.vmf=false)")
+        try:
+            value = yaml.load(text, Loader=YamlLoader)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"'{item}': the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        out[key.strip()] = value
+    return out

@@ -12,11 +12,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from patseg.errors import ImageReadError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-class ImageReadError(ValueError):
-    """An input image could not be read; the message names the file."""
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from patseg.data.registry import DatasetSpec, data_root, get_dataset_spec
+from patseg.errors import DatasetError
 
 # (image (3, H, W) uint8, label (H, W) int64) -> the same, transformed
 PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -28,8 +29,6 @@ PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch
 _SHOWN = 10  # file names listed in an error before "... and N more"
 
 
-class DatasetError(FileNotFoundError):
-    """A prepared dataset is missing, incomplete, or its images and labels do not pair up."""
 
 
 @dataclass(frozen=True)

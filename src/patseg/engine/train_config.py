@@ -6,31 +6,21 @@ schedule (power 0.9), full-model gradient-norm clip 0.01, 120k iterations at a g
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
 
-from patseg.config import ConfigError, ModelConfig, apply_overrides, from_dict, load_preset, to_dict
+from patseg.config import ConfigError, ModelConfig, YamlLoader, apply_overrides, from_dict, load_preset, to_dict
 
 AMP_MODES = ("bf16", "fp16", "off")
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``; a string here would surprise)."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
 
 
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: no arbitrary objects
+    return yaml.load(text, Loader=YamlLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
 @dataclass
