@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from naive import toy_batch
-from patseg.build import build_model, save_weights
+from patseg.build import build_model
+from patseg.weights.files import save_weights
 from patseg.models.pat.model import PAT
 from patseg.tokenizer import LEVELS, PyramidTokenizer, TokenPyramid, load_pyramids, save_pyramids
 

@@ -1,21 +1,18 @@
-"""Build SAN and PAT models from preset records, and load patseg weights files.
+"""Build SAN and PAT models from architecture records, with their weights.
 
 ``build_model`` is the only place that reads config records; every module takes plain keyword arguments.
 Steps, each a small function: resolve the record -> CLIP and text towers -> SAN parts -> PAT parts -> weights.
+File paths (the CLIP weights, a weights file, a SAN checkpoint to start from) are arguments of the call, never
+fields of the record, so a weights file stores the architecture alone.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from safetensors import safe_open
-from safetensors.torch import load_file
-from torch import nn
-
-from patseg.atomic import atomic_save_safetensors
 from patseg.config import ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
+from patseg.errors import ConfigError
 from patseg.losses.reconstruction import ReconstructionLoss
 from patseg.losses import SetCriterion
 from patseg.models.clip.backbone import load_clip
@@ -31,8 +28,8 @@ from patseg.models.pat.shared_decoder import SharedDecoder
 from patseg.models.san.side_adapter import SideAdapter
 from patseg.models.pat.token_mixer import TokenMixer
 from patseg.resources import load_templates
-
-CONFIG_METADATA_KEY = "patseg_config"
+from patseg.weights.files import load_weights, read_architecture
+from patseg.weights.san_release import init_from_san
 
 
 def default_cache_dir() -> Path:
@@ -47,52 +44,48 @@ def resolve_config(preset: Union[str, ModelConfig, None], weights: Optional[str]
         return from_dict(ModelConfig, apply_overrides(to_dict(preset), overrides or {}))
     if preset is None:
         if weights is None:
-            raise ValueError("give a preset name or a weights file that records its preset")
-        stored = read_config_from_weights(weights)
+            raise ConfigError("give a preset name or a weights file that records its preset")
+        stored = read_architecture(weights)
         if stored is None:
-            raise ValueError(f"{weights}: this weights file does not record its preset; pass --preset")
+            raise ConfigError(f"{weights}: this weights file does not record its preset; pass --preset")
         return from_dict(ModelConfig, apply_overrides(stored, overrides or {}))
     return load_preset(preset, overrides)
 
 
 def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Optional[str] = None,
                 clip_weights: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
-                init_from: Optional[str] = None, **kwargs: Any) -> Union[SAN, PAT]:
+                init_from: Optional[str] = None) -> Union[SAN, PAT]:
     """Build a SAN or PAT model.
 
     Arguments:
         preset: preset name (``patseg.list_presets()``), a JSON path, a ModelConfig, or None to take the record
             stored in ``weights``.
         weights: a patseg ``.safetensors`` weights file, loaded strictly.
-        clip_weights: local open_clip checkpoint for the CLIP towers (overrides ``clip.weights``).
-        overrides: dotted config overrides, e.g. ``{"pat.vmf": False}``; keyword arguments with ``__`` as the
-            separator do the same (``pat__vmf=False``).
+        clip_weights: local open_clip checkpoint for the CLIP towers; without it they are randomly initialised
+            (tiny presets, tests) unless ``weights`` carries them.
+        overrides: dotted config overrides, e.g. ``{"pat.vmf": False}`` (``patseg.config.parse_assignments``
+            turns ``--set`` strings into this).
         init_from: a SAN checkpoint (SAN release ``.pth`` or converted patseg ``.safetensors``) that initialises
             the SAN part (CLIP, text tower, side adapter, mask decoder, background embedding); PAT's own modules
             start fresh. Exclusive with ``weights``.
     """
     if weights is not None and init_from is not None:
-        raise ValueError("give weights (a full patseg checkpoint) or init_from (a SAN checkpoint), not both")
-    overrides = dict(overrides or {})
-    overrides.update({k.replace("__", "."): v for k, v in kwargs.items()})
-    if clip_weights is not None:
-        overrides["clip.weights"] = str(clip_weights)
+        raise ConfigError("give weights (a full patseg checkpoint) or init_from (a SAN checkpoint), not both")
     cfg = resolve_config(preset, weights, overrides)
-    model = _build_san_or_pat(cfg)
+    model = _build_san_or_pat(cfg, None if clip_weights is None else str(clip_weights))
     model.config = cfg
+    model.clip_weights = None if clip_weights is None else str(clip_weights)
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, clip_from_file=clip_weights is not None)
     if init_from is not None:
-        from patseg.convert_san import init_from_san  # convert_san imports this module to build and save models
-
-        init_from_san(model, init_from)
+        init_from_san(model, init_from, clip_from_file=clip_weights is not None)
     return model
 
 
-def _build_san_or_pat(cfg: ModelConfig) -> Union[SAN, PAT]:
+def _build_san_or_pat(cfg: ModelConfig, clip_weights: Optional[str]) -> Union[SAN, PAT]:
     c = cfg.clip
     cache = default_cache_dir() / "text"
-    clip, text = load_clip(c.model_name, quick_gelu=c.quick_gelu, weights=c.weights, taps=c.taps,
+    clip, text = load_clip(c.model_name, quick_gelu=c.quick_gelu, weights=clip_weights, taps=c.taps,
                            rec_start=c.rec_start, cache_dir=cache)
     s = cfg.side
     side = SideAdapter(clip_width=clip.width, width=s.width, depth=s.depth, heads=s.heads,
@@ -175,72 +168,3 @@ def _pat_parts(cfg: ModelConfig, p: PatConfig, *, clip_width: int, clip_patch: i
                                 hidden=p.token_mixer_hidden, in_dim=p.code_dim, out_dim=cfg.side.width)
                      if p.unified_tokens else None),
     )
-
-
-# ---------------------------------------------------------------------- weights files
-def read_config_from_weights(path: str) -> Optional[dict]:
-    """The preset record stored in a patseg weights file's metadata, or None."""
-    _check_weights_file(path)
-    with safe_open(str(weights_file(path)), framework="pt") as f:
-        meta = f.metadata() or {}
-    return json.loads(meta[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in meta else None
-
-
-def weights_file(path: Union[str, Path]) -> Path:
-    """A weights file, or the ``model.safetensors`` inside a training checkpoint folder."""
-    p = Path(path)
-    return p / "model.safetensors" if p.is_dir() else p
-
-
-def _check_weights_file(path: str) -> None:
-    p = weights_file(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"weights file not found: {p}")
-    if p.suffix != ".safetensors":
-        raise ValueError(f"{p}: patseg weights are .safetensors files (convert SAN releases with "
-                         f"`patseg convert-san`)")
-
-
-def frozen_clip_keys(model: nn.Module) -> set[str]:
-    """State-dict keys of the frozen CLIP towers (restored from the CLIP weights file, not from checkpoints)."""
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k for k in model.state_dict() if k.startswith(("clip.", "text.")) and k not in trainable}
-
-
-def load_weights(model: nn.Module, path: str) -> None:
-    """Load a patseg weights file strictly; frozen CLIP tensors may be absent when the CLIP file was given."""
-    _check_weights_file(path)
-    state = load_file(str(weights_file(path)))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    clip_given = getattr(getattr(model, "config", None), "clip", None) is not None and model.config.clip.weights
-    frozen = frozen_clip_keys(model)
-    if clip_given:
-        missing = [k for k in missing if k not in frozen]
-    elif missing and all(k in frozen for k in missing):
-        raise ValueError(f"{path} leaves out the frozen CLIP weights (training checkpoints do): give the CLIP "
-                         f"file with --clip-weights (model '{model.config.clip.model_name}')")
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-             for k in state if k in expected and state[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
-    if wrong:
-        problems.append(f"shape mismatches ({len(wrong)}): {'; '.join(wrong[:8])}")
-    if problems:
-        raise ValueError(f"{path} does not fit preset '{model.config.name}': " + " | ".join(problems))
-    model.load_state_dict(state, strict=False)
-
-
-def save_weights(model: nn.Module, path: Union[str, Path], *, include_frozen_clip: bool = True) -> Path:
-    """Write the model's weights (and its preset record) atomically as safetensors."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if not include_frozen_clip:
-        for k in frozen_clip_keys(model):
-            state.pop(k, None)
-    meta = {CONFIG_METADATA_KEY: json.dumps(to_dict(model.config))}
-    return atomic_save_safetensors(state, Path(path), metadata=meta)
-

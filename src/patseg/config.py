@@ -12,18 +12,26 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import yaml
 
 from patseg.errors import ConfigError
 
 
+PyramidBase = Literal["clip", "side"]
+StageName = Literal["late", "mid", "early"]
+BiasSource = Literal["decoded", "side"]
+STAGE_ORDER: tuple[str, ...] = ("late", "mid", "early")  # the decoder runs coarse to fine
+
+REMOVED_KEYS = ("clip.weights", "loss.lpips_vgg_weights", "loss.lpips_random_trunk", "image_size")
+"""Keys that older weights files recorded: file paths and a test switch, now run options, not architecture."""
+
+
 @dataclass
 class ClipConfig:
     model_name: str = "ViT-B-16"  # open_clip architecture name, or a config shipped in patseg/resources/clip
     quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU
-    weights: Optional[str] = None  # local open_clip checkpoint file; None = random init (tests, tiny presets)
     taps: tuple[int, ...] = (0, 3, 6, 9)  # CLIP depths fused into the side ViT (0 = ln_pre output)
     rec_start: int = 9  # first CLIP block of the recognition path (SAN: FEATURE_LAST_LAYER_IDX)
     resize_ratio: float = 0.5  # CLIP sees the padded image scaled by this (SAN CLIP_RESOLUTION)
@@ -52,7 +60,7 @@ class MaskDecoderConfig:
 
 @dataclass
 class PatConfig:
-    """Everything PAT adds to SAN (DESIGN.md §3). Each Table II ablation is one field."""
+    """Everything PAT adds to SAN (docs/design.md). Each Table II ablation is one field."""
 
     codebook_sizes: tuple[int, int, int] = (128, 64, 32)  # early, mid, late
     latent_codebook_size: int = 256
@@ -66,17 +74,27 @@ class PatConfig:
     token_mixer_hidden: int = 256
     kappa: float = 30.0  # HSAttn concentration, fixed
     dysample_groups: int = 4
-    pyramid_base: str = "clip"  # "clip": stage grids relative to H/32; "side": relative to the side grid H/16
+    pyramid_base: PyramidBase = "clip"  # "clip": stage grids relative to H/32; "side": relative to the side grid H/16
     stage_scales: tuple[int, int, int] = (4, 2, 1)  # Table II: (4,2,1), (4,4,4), (1,1,1)
-    decoder_stages: tuple[str, ...] = ("late", "mid", "early")  # Table II: drop early -> mid -> late
+    decoder_stages: tuple[StageName, ...] = ("late", "mid", "early")  # Table II: drop early -> mid -> late
     vmf: bool = True  # Table II: False = Euclidean VQ + plain softmax attention
     token_mixer: bool = True  # Table II
     pixel_residual: bool = True  # Table II
     spatial_alignment: bool = True  # Table II: CRF + TV loss on the stage codes
     unified_tokens: bool = False  # Table II: global tokens made from the stage codebooks
     shared_decoder: bool = True  # Table II: False = separate pixel and semantic decoders
-    bias_source: str = "decoded"  # CLIP attention bias from the decoded head ("decoded") or SAN's block 8 ("side")
+    bias_source: BiasSource = "decoded"  # CLIP attention bias from the decoded head ("decoded") or SAN's block 8 ("side")
     aux_sets: tuple[str, ...] = ("side8",)  # auxiliary loss sets: "side8", "side7"
+
+    def check(self, prefix: str = "pat.") -> None:
+        """Constraints between values that types alone cannot state; raises ConfigError naming the key."""
+        order = [s for s in STAGE_ORDER if s in self.decoder_stages]
+        if not self.decoder_stages or list(self.decoder_stages) != order:
+            raise ConfigError(f"config key '{prefix}decoder_stages' must be a non-empty subset of "
+                              f"[late, mid, early] in that order, got {list(self.decoder_stages)}")
+        for name in self.aux_sets:
+            if not (name.startswith("side") and name[4:].isdigit() and int(name[4:]) >= 1):
+                raise ConfigError(f"config key '{prefix}aux_sets' entry {name!r} must be side<block>, e.g. side8")
 
 
 @dataclass
@@ -99,8 +117,6 @@ class LossConfig:
     l2_weight: float = 1.0
     perceptual_weight: float = 0.1
     lpips_size: int = 256  # LPIPS runs on a resize of both images to this side
-    lpips_vgg_weights: Optional[str] = None  # torchvision vgg16 state dict (vgg16-397923af.pth)
-    lpips_random_trunk: bool = False  # tests only: LPIPS with a random VGG trunk instead of the weights file
 
 
 @dataclass
@@ -111,11 +127,17 @@ class ModelConfig:
     mask_decoder: MaskDecoderConfig = field(default_factory=MaskDecoderConfig)
     pat: Optional[PatConfig] = None  # None = the SAN baseline
     loss: LossConfig = field(default_factory=LossConfig)
-    image_size: int = 640  # training crop; also the size used by `patseg info` and smoke tests
 
     @property
     def is_pat(self) -> bool:
         return self.pat is not None
+
+    def check(self, prefix: str = "") -> None:
+        if self.pat is not None:
+            for name in self.pat.aux_sets:
+                if int(name[4:]) > self.side.depth:
+                    raise ConfigError(f"config key '{prefix}pat.aux_sets' entry {name!r} names a block beyond the "
+                                      f"side ViT's depth {self.side.depth}")
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -133,6 +155,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a JSON/YAML value to the annotated type ``tp``, or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
     if origin is typing.Union:  # Optional[X]
         if value is None:
             return None
@@ -177,7 +203,11 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (valid: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+    record = cls(**kwargs)
+    check = getattr(record, "check", None)
+    if check is not None:
+        check(prefix)
+    return record
 
 
 def to_dict(cfg: Any) -> dict:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patseg.build import build_model, save_weights
+from patseg.build import build_model
+from patseg.weights.files import save_weights
 from patseg.cli import main
 
 

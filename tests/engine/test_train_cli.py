@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from patseg.build import build_model, save_weights
+from patseg.build import build_model
+from patseg.weights.files import save_weights
 from patseg.resources import load_class_names
 from patseg.cli import main
 from patseg.mini.scenes import SyntheticSegmentation

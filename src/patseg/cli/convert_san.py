@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from patseg.cli import CLIError
-    from patseg.convert_san import convert_san_checkpoint
+    from patseg.convert import convert_san_checkpoint
 
     if not str(args.out).endswith(".safetensors"):
         raise CLIError(f"--out must name a .safetensors file, got {args.out}")

@@ -27,19 +27,18 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from patseg.errors import CheckpointError
+from patseg.weights.files import MODEL_FILE, architecture_metadata, check_state, frozen_keys, read_tensors, \
+    state_to_save
+
 FORMAT, VERSION = "patseg-checkpoint", 1
-MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optim.safetensors", "state.json"
+OPTIM_FILE, STATE_FILE = "optim.safetensors", "state.json"
 POINTER_FILE = "last_checkpoint"
 INDEX_KEY = "patseg_optimizer_index"  # safetensors metadata key of the optimizer's JSON index
 _CKPT_NAME = re.compile(r"ckpt_(\d{7})")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, malformed, foreign or does not fit the model; the message names the file."""
 
 
 @dataclass
@@ -113,13 +112,7 @@ def _replace_text(path: Path, text: str) -> None:
 
 
 def _cpu_copies(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    # Copies, so tied weights do not share storage (safetensors refuses shared tensors) and GPU tensors move off.
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-
-
-def frozen_parameter_names(model: nn.Module) -> set[str]:
-    """State-dict names of parameters with ``requires_grad=False`` (tied aliases included)."""
-    return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
 # --------------------------------------------------------------------------------------------------------- save
@@ -143,17 +136,9 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tens
 
 def _write_folder(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
                   include_frozen: bool) -> None:
-    weights = model.state_dict()
-    if not include_frozen:
-        frozen = frozen_parameter_names(model)
-        weights = {k: v for k, v in weights.items() if k not in frozen}
-    meta = {"format": "pt"}
-    if getattr(model, "config", None) is not None:  # lets build_model(weights=...) rebuild the architecture
-        from patseg.build import CONFIG_METADATA_KEY
-        from patseg.config import to_dict
-
-        meta[CONFIG_METADATA_KEY] = json.dumps(to_dict(model.config))
-    save_file(_cpu_copies(weights), folder / MODEL_FILE, metadata=meta)
+    # The architecture record lets build_model(weights=folder) rebuild the model.
+    save_file(state_to_save(model, include_frozen=include_frozen), folder / MODEL_FILE,
+              metadata=architecture_metadata(model))
     optim_tensors, index = _flatten_optimizer(optimizer)
     try:
         index_text = json.dumps(index)
@@ -248,28 +233,13 @@ def read_state(folder: str | Path) -> tuple[TrainState, bool]:
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     if not path.is_file():
         raise CheckpointError(f"{path.parent} is not a patseg checkpoint: {path.name} is missing")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        return load_file(str(path)), metadata
-    except Exception as exc:  # safetensors raises its own error types for any malformed header
-        raise CheckpointError(f"{path} is not a valid safetensors file ({exc})") from None
+    return read_tensors(path)
 
 
 def _check_model_tensors(tensors: dict[str, Tensor], model: nn.Module, allow_missing_frozen: bool,
                          source: Path) -> None:
-    expected = model.state_dict()
-    missing = set(expected) - set(tensors)
-    if allow_missing_frozen:
-        missing -= frozen_parameter_names(model)
-    unexpected = set(tensors) - set(expected)
-    if missing or unexpected:
-        raise CheckpointError(f"{source} does not fit the model: missing keys {sorted(missing)[:8]}, "
-                              f"unexpected keys {sorted(unexpected)[:8]}")
-    for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise CheckpointError(f"{source}: '{key}' has shape {tuple(value.shape)}, "
-                                  f"the model expects {tuple(expected[key].shape)}")
+    check_state(tensors, model.state_dict(), source, may_lack=sorted(frozen_keys(model)) if allow_missing_frozen
+                else ())
 
 
 def load_model_weights(path: str | Path, model: nn.Module) -> None:

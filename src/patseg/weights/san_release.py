@@ -1,9 +1,9 @@
-"""SAN's released checkpoints in patseg: convert them, and start PAT's semantic branch from them.
+"""SAN's released checkpoints: read them safely, rename their keys to patseg's, and start a model's SAN part from one.
 
 MendelXu/SAN publishes detectron2-style files (``san_vit_b_16.pth``, ``san_vit_large_14.pth``) holding
 ``{"model": state_dict, ...}``. The key names follow SAN's module tree (``san/model/san.py``,
 ``san/model/clip_utils/visual.py``, ``san/model/clip_utils/classifier.py``,
-``san/model/side_adapter/side_adapter.py``; the ViT-B/16 table is shared/reference/san_vitb16_state_dict.tsv)::
+``san/model/side_adapter/side_adapter.py``; the ViT-B/16 key table is ``tests/resources/san_vitb16_state_dict.tsv``)::
 
     SAN release                                                  patseg
     side_adapter_network.{query_embed, query_pos_embed}          side.*
@@ -39,8 +39,10 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
+
+from patseg.errors import CheckpointError, MissingFileError
+from patseg.weights.files import check_state, frozen_keys, name_list, read_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +93,6 @@ def _pattern(template: str) -> re.Pattern:
 
 
 _COMPILED = tuple((_pattern(r), r, _pattern(p), p) for r, p in _RULES)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the preset; the message names the file and every bad key."""
 
 
 @dataclass(frozen=True)
@@ -162,11 +160,6 @@ class SanLayout:
         return None
 
 
-def _name_list(kind: str, names: Sequence[str], limit: int = 20) -> str:
-    more = f", ... and {len(names) - limit} more" if len(names) > limit else ""
-    return f"{kind} ({len(names)}): {', '.join(names[:limit])}{more}"
-
-
 def _fail(source: Union[str, Path], problems: list[str]) -> None:
     if problems:
         raise CheckpointError(f"{source}: " + " | ".join(problems))
@@ -183,12 +176,12 @@ def _unpickling_detail(err: Exception) -> str:
 def read_san_release(path: Union[str, Path]) -> dict[str, Tensor]:
     """The ``model`` state dict of a SAN release file, read with ``torch.load(weights_only=True)``.
 
-    Raises FileNotFoundError, or CheckpointError for a file that pickles arbitrary objects (it is never executed),
+    Raises MissingFileError, or CheckpointError for a file that pickles arbitrary objects (it is never executed),
     is not a torch checkpoint, or holds no ``{"model": {name: tensor}}`` mapping.
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"SAN checkpoint not found: {p}")
+        raise MissingFileError(f"SAN checkpoint not found: {p}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # foreign objects, junk, truncated zips
@@ -201,7 +194,7 @@ def read_san_release(path: Union[str, Path]) -> dict[str, Tensor]:
                               f"found {found}")
     state = obj["model"]
     bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
-    _fail(p, [_name_list("entries that are not tensors", bad)] if bad else [])
+    _fail(p, [name_list("entries that are not tensors", bad)] if bad else [])
     return dict(state)
 
 
@@ -233,79 +226,25 @@ def rename_release(release: Mapping[str, Tensor], layout: SanLayout, source: Uni
             clashes.append(f"{origin[name]} and {key} -> {name}")
         else:
             out[name], origin[name] = value, key
-    problems = [_name_list("unknown keys", unknown)] if unknown else []
+    problems = [name_list("unknown keys", unknown)] if unknown else []
     extractor = [int(m.group(1)) for k in release if (m := re.match(r"clip_visual_extractor\.resblocks\.(\d+)\.", k))]
     if extractor and max(extractor) + 1 != layout.rec_start:
         problems.append(f"the CLIP feature extractor holds blocks 0..{max(extractor)}, but the preset's recognition "
                         f"head starts at block rec_start={layout.rec_start} (SAN FEATURE_LAST_LAYER_IDX)")
     if clashes:
-        problems.append(_name_list("keys landing on one name", clashes))
+        problems.append(name_list("keys landing on one name", clashes))
     _fail(source, problems)
     return out
 
 
-def check_state(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], layout: SanLayout,
-                source: Union[str, Path] = "checkpoint", *, may_lack: Sequence[str] = ()) -> None:
-    """Raise CheckpointError unless ``state`` (patseg names) has exactly the keys and shapes of ``expected``.
-
-    Keys in ``may_lack`` may be absent. Names are reported as release keys, with patseg's name after an arrow.
-    """
+def check_release_state(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], layout: SanLayout,
+                        source: Union[str, Path] = "checkpoint", *, may_lack: Sequence[str] = ()) -> None:
+    """:func:`patseg.weights.files.check_state` with each name shown as its release key, then patseg's name."""
     def shown(name: str) -> str:
         release = layout.release_name(name)
         return name if release is None else f"{release} -> {name}"
 
-    optional = set(may_lack)
-    missing = [shown(k) for k in expected if k not in state and k not in optional]
-    unexpected = [shown(k) for k in state if k not in expected]
-    wrong = [f"{shown(k)}: file {tuple(v.shape)} vs preset {tuple(expected[k].shape)}"
-             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    problems = [_name_list(kind, names) for kind, names in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)) if names]
-    _fail(source, problems)
-
-
-# ---------------------------------------------------------------------- conversion
-@dataclass(frozen=True)
-class ConversionReport:
-    """preset: the preset recorded in ``out``; tensors: how many were written; dropped: release keys left out."""
-
-    preset: str
-    out: Path
-    tensors: int
-    dropped: tuple[str, ...]
-
-
-def convert_san_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], *,
-                           preset: Optional[str] = None) -> ConversionReport:
-    """Convert a SAN release into a patseg weights file that ``build_model(weights=out)`` loads strictly.
-
-    The file carries every tensor, CLIP's included, and records its preset (detected when None). Nothing is
-    written unless every release key is known, every preset tensor is present and every shape matches.
-    """
-    from patseg.build import build_model, save_weights  # build imports this module for init_from
-
-    release = read_san_release(checkpoint)
-    preset = preset or detect_preset(release, checkpoint)
-    # Random init is fine: every tensor is overwritten. clip.weights stays unset, so the record needs no CLIP file.
-    model = build_model(preset, overrides={"clip.weights": None})
-    if model.config.is_pat:
-        raise CheckpointError(f"preset '{preset}' is a PAT preset: convert into a SAN preset and start PAT with "
-                              f"build_model(..., init_from=FILE)")
-    if not any(k.startswith("clip.visual.transformer.resblocks.") for k in model.state_dict()):
-        raise CheckpointError(f"preset '{preset}' has no OpenAI-style CLIP ViT; SAN releases use open_clip's "
-                              f"OpenAI ViT-B/16 or ViT-L/14-336")
-    layout = SanLayout.of(model)
-    dropped = tuple(k for k in release if k in DROPPED)
-    state = rename_release(release, layout, checkpoint)
-    del release
-    check_state(state, model.state_dict(), layout, checkpoint)
-    model.load_state_dict(state, strict=True)
-    count = len(state)
-    del state
-    path = save_weights(model, out)
-    logger.info("converted %d tensors of %s into %s (preset %s); dropped %s", count, checkpoint, path, preset,
-                ", ".join(dropped) or "nothing")
-    return ConversionReport(preset=preset, out=path, tensors=count, dropped=dropped)
+    check_state(state, expected, source, may_lack=may_lack, shown=shown, what="the preset")
 
 
 # ---------------------------------------------------------------------- PAT from SAN
@@ -328,28 +267,23 @@ def read_san_state(path: Union[str, Path], layout: SanLayout) -> dict[str, Tenso
     """A SAN checkpoint in patseg names: a patseg ``.safetensors`` file as it is, anything else as a release."""
     p = Path(path)
     if p.suffix == ".safetensors":
-        if not p.is_file():
-            raise FileNotFoundError(f"SAN checkpoint not found: {p}")
-        return load_file(str(p))
+        return read_tensors(p)[0]
     return rename_release(read_san_release(p), layout, p)
 
 
-def init_from_san(model: nn.Module, path: Union[str, Path]) -> InitReport:
+def init_from_san(model: nn.Module, path: Union[str, Path], *, clip_from_file: bool) -> InitReport:
     """Initialise the SAN part of a SAN or PAT model (CLIP, text tower, side adapter, mask decoder, background
     embedding) from a SAN release or a converted patseg SAN checkpoint; every other module keeps its init.
 
     The SAN part must be covered exactly (frozen CLIP tensors may be absent when the model was built with CLIP
-    weights, as in ``load_weights``); the loaded and fresh tensors are logged.
+    weights, ``clip_from_file``, as in ``load_weights``); the loaded and fresh tensors are logged.
     """
-    from patseg.build import frozen_clip_keys  # build imports this module for init_from
-
     layout = SanLayout.of(model)
     state = read_san_state(path, layout)
     expected = model.state_dict()
     san_part = {k: v for k, v in expected.items() if k.startswith(SAN_PARTS)}
-    config = getattr(model, "config", None)
-    may_lack = frozen_clip_keys(model) if config is not None and config.clip.weights else set()
-    check_state(state, san_part, layout, path, may_lack=sorted(may_lack))
+    may_lack = frozen_keys(model) if clip_from_file else set()
+    check_release_state(state, san_part, layout, path, may_lack=sorted(may_lack))
     model.load_state_dict(state, strict=False)
     loaded = tuple(k for k in expected if k in state)
     fresh = tuple(k for k in expected if k not in state)
