@@ -16,16 +16,17 @@ from torch import nn
 
 from patseg.atomic import atomic_save_safetensors
 from patseg.config import ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
+from patseg.losses.pat_criterion import PatCriterion
 from patseg.losses.reconstruction import ReconstructionLoss
 from patseg.losses import SetCriterion
 from patseg.models.clip.backbone import load_clip
-from patseg.models.pat.geometry import STAGES, SIDE_STRIDE, final_stride, log2_int, stage_strides, tap_stride
+from patseg.models.pat.geometry import STAGES, SIDE_STRIDE, final_stride, stage_strides, tap_stride
 from patseg.models.san.mask_decoder import MaskDecoder
-from patseg.models.pat.model import PAT, PatLossWeights, PatOptions, decoder_plan, stage_order_ok
+from patseg.models.pat.model import PAT, PatOptions, decoder_plan, stage_order_ok
 from patseg.models.pat.pixel_branch import PixelBranch
 from patseg.models.pat.pyramid_stage import PyramidStage
 from patseg.models.pat.reconstruction_head import ReconstructionHead
-from patseg.models.layers.resample import PixelStem
+from patseg.models.layers.resample import PixelStem, log2_exact
 from patseg.models.san.model import SAN
 from patseg.models.pat.shared_decoder import SharedDecoder
 from patseg.models.san.side_adapter import SideAdapter
@@ -102,19 +103,21 @@ def _build_san_or_pat(cfg: ModelConfig) -> Union[SAN, PAT]:
     mask_decoder = MaskDecoder(query_dim=s.width, pixel_dim=s.width, dim=d.dim, num_layers=d.num_layers,
                                clip_heads=clip.num_heads, rescale_attn_bias=d.rescale_attn_bias)
     l = cfg.loss
-    criterion = SetCriterion(class_weight=l.class_weight, mask_weight=l.mask_weight, dice_weight=l.dice_weight,
-                             no_object_weight=l.no_object_weight, num_points=l.num_points,
-                             oversample_ratio=l.oversample_ratio, importance_sample_ratio=l.importance_sample_ratio)
-    parts = dict(clip=clip, text=text, side=side, mask_decoder=mask_decoder, criterion=criterion,
-                 resize_ratio=c.resize_ratio, record_blocks=s.deep_supervision, templates=load_templates(c.templates))
+    set_loss = SetCriterion(class_weight=l.class_weight, mask_weight=l.mask_weight, dice_weight=l.dice_weight,
+                            no_object_weight=l.no_object_weight, num_points=l.num_points,
+                            oversample_ratio=l.oversample_ratio, importance_sample_ratio=l.importance_sample_ratio)
+    parts = dict(clip=clip, text=text, side=side, mask_decoder=mask_decoder, resize_ratio=c.resize_ratio,
+                 record_blocks=s.deep_supervision, templates=load_templates(c.templates))
     if cfg.pat is None:
-        return SAN(**parts)
-    return PAT(**parts, **_pat_parts(cfg, cfg.pat, clip_width=clip.width, clip_patch=clip.patch_size,
+        return SAN(**parts, criterion=set_loss)
+    return PAT(**parts, **_pat_parts(cfg, cfg.pat, set_loss, clip_width=clip.width, clip_patch=clip.patch_size,
                                      clip_heads=clip.num_heads))
 
 
-def _pat_parts(cfg: ModelConfig, p: PatConfig, *, clip_width: int, clip_patch: int, clip_heads: int) -> dict:
-    """PAT's own modules; every resolution is derived from ``pyramid_base`` and ``stage_scales``."""
+def _pat_parts(cfg: ModelConfig, p: PatConfig, set_loss: SetCriterion, *, clip_width: int, clip_patch: int,
+               clip_heads: int) -> dict:
+    """PAT's own modules and its criterion (around SAN's ``set_loss``); every resolution is derived from
+    ``pyramid_base`` and ``stage_scales``."""
     if not p.decoder_stages or not stage_order_ok(p.decoder_stages):
         raise ValueError(f"pat.decoder_stages must be a non-empty subset of (late, mid, early) in that order, "
                          f"got {p.decoder_stages}")
@@ -160,17 +163,15 @@ def _pat_parts(cfg: ModelConfig, p: PatConfig, *, clip_width: int, clip_patch: i
         mask_head=MaskDecoder(query_dim=cfg.side.width, pixel_dim=p.decoder_dim, dim=cfg.mask_decoder.dim,
                               num_layers=cfg.mask_decoder.num_layers, clip_heads=clip_heads,
                               rescale_attn_bias=cfg.mask_decoder.rescale_attn_bias),
-        recon_head=ReconstructionHead(p.decoder_dim, num_upsamples=log2_int(out_stride, "final decoder stride")),
-        reconstruction_loss=ReconstructionLoss(l1_weight=l.l1_weight, l2_weight=l.l2_weight,
-                                               perceptual_weight=l.perceptual_weight, lpips_size=l.lpips_size,
-                                               vgg_weights=l.lpips_vgg_weights,
-                                               random_trunk=l.lpips_random_trunk),
+        recon_head=ReconstructionHead(p.decoder_dim, num_upsamples=log2_exact(out_stride, "final decoder stride")),
         options=PatOptions(pyramid_base=p.pyramid_base, stage_scales=p.stage_scales,
-                           decoder_stages=p.decoder_stages, bias_source=p.bias_source, aux_sets=p.aux_sets,
-                           shared_decoder=p.shared_decoder),
-        loss_weights=PatLossWeights(vq=l.vq_weight, spatial=l.spatial_weight, crf=l.crf_weight, tv=l.tv_weight,
-                                    crf_points=l.crf_points, reconstruction=l.rec_weight,
-                                    spatial_alignment=p.spatial_alignment),
+                           decoder_stages=p.decoder_stages, bias_source=p.bias_source, aux_sets=p.aux_sets),
+        criterion=PatCriterion(
+            set_loss=set_loss,
+            reconstruction=ReconstructionLoss(l1_weight=l.l1_weight, l2_weight=l.l2_weight,
+                                              perceptual_weight=l.perceptual_weight, lpips_size=l.lpips_size),
+            vq_weight=l.vq_weight, spatial_weight=l.spatial_weight, crf_weight=l.crf_weight, tv_weight=l.tv_weight,
+            crf_points=l.crf_points, rec_weight=l.rec_weight, spatial_alignment=p.spatial_alignment),
         query_maker=(TokenMixer(in_tokens=sum(p.codebook_sizes), out_tokens=cfg.side.num_queries,
                                 hidden=p.token_mixer_hidden, in_dim=p.code_dim, out_dim=cfg.side.width)
                      if p.unified_tokens else None),

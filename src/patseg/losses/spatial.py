@@ -129,7 +129,7 @@ def spatial_alignment_loss(
     num_points: int = 1000,
     generator: Optional[torch.Generator] = None,
 ) -> SpatialLoss:
-    """CRF + TV of one feature map against the image: the per-stage term of PAT's L_spatial (DESIGN.md §3).
+    """CRF + TV of one feature map against the image: the per-stage term of PAT's L_spatial.
 
     Arguments:
         images01: ``(B, 3, H_img, W_img)`` input images in [0, 1].

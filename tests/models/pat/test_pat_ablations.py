@@ -1,4 +1,4 @@
-"""Every Table II ablation switch of PatConfig changes what it claims to change (issue 7 §3, DESIGN.md §3), and no
+"""Every Table II ablation switch of PatConfig changes what it claims to change (docs/architecture.md), and no
 switch leaves a trainable parameter without a gradient (DistributedDataParallel stalls on one)."""
 from __future__ import annotations
 
