@@ -90,7 +90,7 @@ def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Option
     return model
 
 
-def _build_san_or_pat(cfg: ModelConfig) -> Union[SAN, PAT]:
+def _build_san_or_pat(cfg: ModelConfig) -> SAN | PAT:
     c = cfg.clip
     cache = default_cache_dir() / "text"
     clip, text = load_clip(c.model_name, quick_gelu=c.quick_gelu, weights=c.weights, taps=c.taps,
@@ -106,8 +106,8 @@ def _build_san_or_pat(cfg: ModelConfig) -> Union[SAN, PAT]:
     set_loss = SetCriterion(class_weight=l.class_weight, mask_weight=l.mask_weight, dice_weight=l.dice_weight,
                             no_object_weight=l.no_object_weight, num_points=l.num_points,
                             oversample_ratio=l.oversample_ratio, importance_sample_ratio=l.importance_sample_ratio)
-    parts = dict(clip=clip, text=text, side=side, mask_decoder=mask_decoder, resize_ratio=c.resize_ratio,
-                 record_blocks=s.deep_supervision, templates=load_templates(c.templates))
+    parts = {"clip": clip, "text": text, "side": side, "mask_decoder": mask_decoder, "resize_ratio": c.resize_ratio,
+             "record_blocks": s.deep_supervision, "templates": load_templates(c.templates)}
     if cfg.pat is None:
         return SAN(**parts, criterion=set_loss)
     return PAT(**parts, **_pat_parts(cfg, cfg.pat, set_loss, clip_width=clip.width, clip_patch=clip.patch_size,
@@ -149,33 +149,34 @@ def _pat_parts(cfg: ModelConfig, p: PatConfig, set_loss: SetCriterion, *, clip_w
         decoder_dim=p.decoder_dim, latent_factor=SIDE_STRIDE / strides[first], vmf=p.vmf, groups=p.dysample_groups)
     plan = decoder_plan(strides, p.decoder_stages)
 
-    def decoder(query_dim: Optional[int]) -> SharedDecoder:
+    def decoder(query_dim: int | None) -> SharedDecoder:
         return SharedDecoder(stages=plan, dim=p.decoder_dim, code_dim=p.code_dim, heads=p.decoder_heads,
                              ffn=p.decoder_ffn, spade_hidden=p.spade_hidden, groups=p.dysample_groups,
                              query_dim=query_dim, extra_layers=p.decoder_extra_layers)
 
     out_stride = final_stride(p.pyramid_base, p.stage_scales, p.decoder_stages)
     l = cfg.loss
-    return dict(
-        pixel_branch=pixel_branch,
-        decoder=decoder(cfg.side.width),
-        pixel_decoder=None if p.shared_decoder else decoder(None),
-        mask_head=MaskDecoder(query_dim=cfg.side.width, pixel_dim=p.decoder_dim, dim=cfg.mask_decoder.dim,
-                              num_layers=cfg.mask_decoder.num_layers, clip_heads=clip_heads,
-                              rescale_attn_bias=cfg.mask_decoder.rescale_attn_bias),
-        recon_head=ReconstructionHead(p.decoder_dim, num_upsamples=log2_exact(out_stride, "final decoder stride")),
-        options=PatOptions(pyramid_base=p.pyramid_base, stage_scales=p.stage_scales,
-                           decoder_stages=p.decoder_stages, bias_source=p.bias_source, aux_sets=p.aux_sets),
-        criterion=PatCriterion(
+    return {
+        "pixel_branch": pixel_branch,
+        "decoder": decoder(cfg.side.width),
+        "pixel_decoder": None if p.shared_decoder else decoder(None),
+        "mask_head": MaskDecoder(query_dim=cfg.side.width, pixel_dim=p.decoder_dim, dim=cfg.mask_decoder.dim,
+                                 num_layers=cfg.mask_decoder.num_layers, clip_heads=clip_heads,
+                                 rescale_attn_bias=cfg.mask_decoder.rescale_attn_bias),
+        "recon_head": ReconstructionHead(p.decoder_dim,
+                                         num_upsamples=log2_exact(out_stride, "final decoder stride")),
+        "options": PatOptions(pyramid_base=p.pyramid_base, stage_scales=p.stage_scales,
+                              decoder_stages=p.decoder_stages, bias_source=p.bias_source, aux_sets=p.aux_sets),
+        "criterion": PatCriterion(
             set_loss=set_loss,
             reconstruction=ReconstructionLoss(l1_weight=l.l1_weight, l2_weight=l.l2_weight,
                                               perceptual_weight=l.perceptual_weight, lpips_size=l.lpips_size),
             vq_weight=l.vq_weight, spatial_weight=l.spatial_weight, crf_weight=l.crf_weight, tv_weight=l.tv_weight,
             crf_points=l.crf_points, rec_weight=l.rec_weight, spatial_alignment=p.spatial_alignment),
-        query_maker=(TokenMixer(in_tokens=sum(p.codebook_sizes), out_tokens=cfg.side.num_queries,
-                                hidden=p.token_mixer_hidden, in_dim=p.code_dim, out_dim=cfg.side.width)
-                     if p.unified_tokens else None),
-    )
+        "query_maker": (TokenMixer(in_tokens=sum(p.codebook_sizes), out_tokens=cfg.side.num_queries,
+                                   hidden=p.token_mixer_hidden, in_dim=p.code_dim, out_dim=cfg.side.width)
+                        if p.unified_tokens else None),
+    }
 
 
 # ---------------------------------------------------------------------- weights files

@@ -79,7 +79,7 @@ def figure(image: np.ndarray, maps: StageMaps, title: str, cell: int = 192) -> I
     """One row: image | CLIP PCA | token PCA | code indices | CLIP k-means, each ``cell`` pixels tall."""
     panels = [("image", image), ("CLIP PCA", maps.clip_pca), ("tokens PCA", maps.token_pca),
               ("CLIP k-means", maps.clip_kmeans), ("token clusters", maps.token_clusters)]
-    w = int(round(cell * image.shape[1] / image.shape[0]))
+    w = round(cell * image.shape[1] / image.shape[0])
     canvas = Image.new("RGB", (len(panels) * (w + 4), cell + 36), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 2), title, fill=(0, 0, 0))

@@ -29,7 +29,8 @@ def labels() -> torch.Tensor:
 
 
 def criterion(**kwargs) -> PatCriterion:
-    weights = dict(vq_weight=0.3, spatial_weight=0.7, crf_weight=2.0, tv_weight=5.0, crf_points=16, rec_weight=1.5)
+    weights = {"vq_weight": 0.3, "spatial_weight": 0.7, "crf_weight": 2.0, "tv_weight": 5.0, "crf_points": 16,
+               "rec_weight": 1.5}
     weights.update(kwargs)
     reconstruction = ReconstructionLoss(l1_weight=0.2, l2_weight=3.0, perceptual_weight=0.0)
     return PatCriterion(set_loss=SetCriterion(num_points=16), reconstruction=reconstruction, **weights)
@@ -39,8 +40,8 @@ def step_inputs() -> dict:
     def pred() -> SimpleNamespace:
         return SimpleNamespace(logits=torch.randn(2, 5, 4), masks=torch.randn(2, 5, 4, 4))
 
-    return dict(main=pred(), aux={"side3": pred()}, vq_losses=[torch.rand(()) for _ in range(4)],
-                stage_codes=[torch.randn(2, 6, s, s) for s in (8, 4, 2)], reconstruction=torch.rand(2, 3, 32, 32))
+    return {"main": pred(), "aux": {"side3": pred()}, "vq_losses": [torch.rand(()) for _ in range(4)],
+            "stage_codes": [torch.randn(2, 6, s, s) for s in (8, 4, 2)], "reconstruction": torch.rand(2, 3, 32, 32)}
 
 
 def test_every_term_is_weighted_as_documented() -> None:

@@ -4,11 +4,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_point_sampling import naive_point_sample  # pytest puts this directory on sys.path
 
 from patseg.losses.matcher import HungarianMatcher, SemSegTarget, targets_from_semseg
 from patseg.losses.point_sampling import uncertain_point_coords
 from patseg.losses.set_criterion import SetCriterion, classification_loss, count_masks, dice_loss, sigmoid_bce_loss
-from test_point_sampling import naive_point_sample  # pytest puts this directory on sys.path
 
 
 def naive_weighted_ce(logits: torch.Tensor, classes: torch.Tensor, no_object_weight: float) -> float:

@@ -13,7 +13,7 @@ The model hands over plain tensors and prediction sets, so this layer never impo
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +55,7 @@ class PatCriterion(nn.Module):
                 f"crf_weight={self.crf_weight}, tv_weight={self.tv_weight}, crf_points={self.crf_points}, "
                 f"spatial_alignment={self.spatial_alignment}")
 
-    def prepare(self, lpips_vgg_weights: Optional[str] = None) -> None:
+    def prepare(self, lpips_vgg_weights: str | None = None) -> None:
         """Build LPIPS from torchvision's VGG16 file now; raises MissingFileError when it is needed and missing."""
         self.reconstruction.build(lpips_vgg_weights)
 

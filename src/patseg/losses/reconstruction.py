@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import lpips
 import torch
@@ -42,7 +41,7 @@ def load_vgg16_trunk(trunk: nn.Module, state: dict[str, Tensor]) -> None:
     trunk.load_state_dict(mapped, strict=True)
 
 
-def build_lpips_vgg(vgg_weights: Optional[str], *, random_trunk: bool = False) -> lpips.LPIPS:
+def build_lpips_vgg(vgg_weights: str | None, *, random_trunk: bool = False) -> lpips.LPIPS:
     """LPIPS-VGG (v0.1, shipped linear heads), frozen and in eval mode.
 
     Args:
@@ -101,7 +100,7 @@ class ReconstructionLoss(nn.Module):
         self.random_trunk = random_trunk
         self._perceptual: list[lpips.LPIPS] = []
 
-    def build(self, vgg_weights: Optional[str] = None) -> None:
+    def build(self, vgg_weights: str | None = None) -> None:
         """Build the LPIPS network now from ``vgg_weights`` (torchvision's ``vgg16-397923af.pth``).
 
         Nothing happens when ``perceptual_weight`` is 0 or the network exists. Raises MissingFileError naming the
@@ -112,7 +111,7 @@ class ReconstructionLoss(nn.Module):
             self._perceptual.append(build_lpips_vgg(vgg_weights, random_trunk=self.random_trunk))
 
     @property
-    def lpips_net(self) -> Optional[lpips.LPIPS]:
+    def lpips_net(self) -> lpips.LPIPS | None:
         """The frozen LPIPS network, or None when ``perceptual_weight`` is 0."""
         return self._perceptual[0] if self._perceptual else None
 

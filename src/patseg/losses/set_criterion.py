@@ -12,7 +12,8 @@ never imports the models.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from patseg.losses.matcher import HungarianMatcher, SemSegTarget
 from patseg.losses.point_sampling import point_sample, uncertain_point_coords
 
-__all__ = ["classification_loss", "sigmoid_bce_loss", "dice_loss", "count_masks", "MaskSet", "SetCriterion"]
+__all__ = ["MaskSet", "SetCriterion", "classification_loss", "count_masks", "dice_loss", "sigmoid_bce_loss"]
 
 
 class MaskSet(Protocol):
@@ -123,7 +124,7 @@ class SetCriterion(nn.Module):
         self.importance_sample_ratio = importance_sample_ratio
 
     def forward(self, pred_logits: Tensor, pred_masks: Tensor, targets: list[SemSegTarget],
-                num_masks: Optional[float] = None) -> dict[str, Tensor]:
+                num_masks: float | None = None) -> dict[str, Tensor]:
         """Match, then compute the weighted losses.
 
         Arguments:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from patseg.models.layers.resample import Resample, log2_exact
 from patseg.models.pat.geometry import (
     SIDE_STRIDE,
     base_stride,
@@ -11,7 +12,6 @@ from patseg.models.pat.geometry import (
     stage_strides,
     tap_stride,
 )
-from patseg.models.layers.resample import Resample, log2_exact
 
 
 def clip_grid(image: int, resize_ratio: float, patch: int) -> tuple[int, int]:
@@ -22,8 +22,8 @@ def clip_grid(image: int, resize_ratio: float, patch: int) -> tuple[int, int]:
 
 # The design table (docs/architecture.md, readings 1-2), per backbone, at a 640x640 crop.
 TABLE = {
-    "ViT-B/16": dict(patch=16, ratio=0.5, clip=20, tap=20, tap_stride=32, factors=(4, 2, 1)),
-    "ViT-L/14-336": dict(patch=14, ratio=0.7, clip=32, tap=40, tap_stride=16, factors=(2, 1, 0.5)),
+    "ViT-B/16": {"patch": 16, "ratio": 0.5, "clip": 20, "tap": 20, "tap_stride": 32, "factors": (4, 2, 1)},
+    "ViT-L/14-336": {"patch": 14, "ratio": 0.7, "clip": 32, "tap": 40, "tap_stride": 16, "factors": (2, 1, 0.5)},
 }
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import pytest
 import torch
+from naive import toy_batch, unit_rows
 from torch import nn
 
-from naive import toy_batch, unit_rows
 from patseg.build import build_model
 from patseg.errors import MissingFileError
 from patseg.losses.reconstruction import VGG16_FILE, ReconstructionLoss
@@ -160,7 +160,7 @@ def test_prepare_training_builds_lpips_from_the_given_file_only(tmp_path) -> Non
     assert model.criterion.reconstruction.lpips_net is not None and list(model.state_dict()) == keys
     images, labels = toy_batch()
     losses = model.train().training_losses(images, labels, unit_rows(4, model.clip.out_dim)).losses
-    assert float(losses["loss_lpips"]) > 0
+    assert float(losses["loss_lpips"].detach()) > 0
 
 
 def test_gradients_reach_every_trainable_parameter() -> None:

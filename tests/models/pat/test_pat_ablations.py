@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from naive import attention, nearest_code, toy_batch, unit_rows
 from torch import nn
 
-from naive import attention, nearest_code, toy_batch, unit_rows
 from patseg.build import build_model
 from patseg.models.pat.geometry import final_stride
 from patseg.models.pat.model import PAT

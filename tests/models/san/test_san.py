@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from naive import semantic_inference as naive_semantic_inference
 from naive import toy_batch, unit_rows
+
 from patseg.build import build_model
 from patseg.models.san.model import SAN, SegPrediction, semantic_inference
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -114,7 +113,7 @@ class Resample(nn.Module):
         else:
             self.op = nn.Identity()
 
-    def forward(self, x: Tensor, size: Optional[tuple[int, int]] = None) -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Resample ``x`` (B, C, H, W) to (B, C, H*f, W*f), or exactly to ``size`` when given.
 
         Grids that are not multiples of the factor (odd evaluation sizes) leave the operator's output at most one

@@ -20,8 +20,6 @@ line, softmax(Q K^T / sqrt(d)) V, with no normalisation anywhere.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -33,7 +31,7 @@ def hs_attention(
     *,
     kappa: float = 30.0,
     vmf: bool = True,
-    mask: Optional[Tensor] = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Hyperspherical attention (Eq. 1), or plain attention when ``vmf`` is False.
 

@@ -6,8 +6,8 @@ reconstruction head -> CLIP recognition of the global tokens.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -51,8 +51,8 @@ class PatOutput(SegOutput):
     (B, h, w), z_q (B, 32, h, w), loss, perplexity); ``reconstruction`` is (B, 3, H, W) in [0, 1]."""
 
     quant: dict[str, QuantizerOutput] = field(default_factory=dict)
-    reconstruction: Optional[Tensor] = None
-    grids: Optional[PyramidGrids] = None
+    reconstruction: Tensor | None = None
+    grids: PyramidGrids | None = None
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ class PAT(SAN):
     criterion: PatCriterion
 
     def __init__(self, *, pixel_branch: PixelBranch, decoder: SharedDecoder, mask_head: MaskDecoder,
-                 recon_head: ReconstructionHead, options: PatOptions, pixel_decoder: Optional[SharedDecoder] = None,
-                 query_maker: Optional[TokenMixer] = None, **san_parts) -> None:
+                 recon_head: ReconstructionHead, options: PatOptions, pixel_decoder: SharedDecoder | None = None,
+                 query_maker: TokenMixer | None = None, **san_parts) -> None:
         super().__init__(**san_parts)
         self.pixel_branch = pixel_branch
         self.decoder = decoder
@@ -132,7 +132,7 @@ class PAT(SAN):
         return self.side(enc.x, enc.feats.taps, record_blocks=record_blocks, stage_hook=self.semantic_hook(),
                          initial_queries=self.initial_queries(enc.x.shape[0]))
 
-    def initial_queries(self, batch: int) -> Optional[Tensor]:
+    def initial_queries(self, batch: int) -> Tensor | None:
         """Unified tokens (Table II): global tokens from the concatenated stage codebooks, else SAN's own."""
         if self.query_maker is None:
             return None
@@ -141,7 +141,7 @@ class PAT(SAN):
 
     def semantic_hook(self) -> Callable[[int, Tensor, Tensor, tuple[int, int]], Tensor]:
         """Stage hook for the side ViT: runs each stage's semantic branch right after SAN's fusion."""
-        state: dict[str, Optional[Tensor]] = {"prev": None}
+        state: dict[str, Tensor | None] = {"prev": None}
 
         def hook(stage: int, queries: Tensor, patches: Tensor, grid: tuple[int, int]) -> Tensor:
             if stage > len(STAGES):
@@ -151,8 +151,8 @@ class PAT(SAN):
 
         return hook
 
-    def decode(self, codes: dict[str, Tensor], latent_zq: Tensor, queries: Optional[Tensor] = None,
-               reconstruct: bool = True) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    def decode(self, codes: dict[str, Tensor], latent_zq: Tensor, queries: Tensor | None = None,
+               reconstruct: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Eq. (3).
 
         Arguments:
@@ -179,7 +179,7 @@ class PAT(SAN):
         quant["latent"] = self.pixel_branch.quantize_latent(side.patches[self.side_depth])
         return quant
 
-    def forward(self, images: Tensor, class_embeddings: Tensor, *, reconstruct: Optional[bool] = None) -> PatOutput:
+    def forward(self, images: Tensor, class_embeddings: Tensor, *, reconstruct: bool | None = None) -> PatOutput:
         """images: (B, 3, H, W) in [0, 1], H and W divisible by 32; class_embeddings: (C, D).
 
         ``reconstruct`` defaults to ``self.training``: inference skips the reconstruction head.
@@ -213,7 +213,7 @@ class PAT(SAN):
         return SegPrediction(masks=masks, logits=self.recognize_bias(feats, side_out.attn_bias, class_embeddings))
 
     # ------------------------------------------------------------------ training
-    def prepare_training(self, lpips_vgg_weights: Optional[str] = None) -> None:
+    def prepare_training(self, lpips_vgg_weights: str | None = None) -> None:
         """Build the LPIPS network now from torchvision's VGG16 file ``lpips_vgg_weights``: a missing file
         (MissingFileError) stops training before the first step."""
         self.criterion.prepare(lpips_vgg_weights)

@@ -8,7 +8,7 @@ pyramid.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,7 @@ class ReconstructionHead(nn.Module):
         widths: output width of each step; None halves ``in_channels`` at every step (256 -> 128, 64, 32 for n = 3).
     """
 
-    def __init__(self, in_channels: int = 256, *, num_upsamples: int = 3, widths: Optional[Sequence[int]] = None):
+    def __init__(self, in_channels: int = 256, *, num_upsamples: int = 3, widths: Sequence[int] | None = None):
         super().__init__()
         if num_upsamples < 0:
             raise ValueError(f"num_upsamples must be >= 0, got {num_upsamples}")

@@ -6,8 +6,8 @@ attention biases, recognise every query with the deeper CLIP blocks, and score i
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +15,10 @@ from torch import Tensor, nn
 
 from patseg.losses import SetCriterion, targets_from_semseg
 from patseg.models.clip.backbone import ClipBackbone, ClipFeatures
-from patseg.models.san.mask_decoder import MaskDecoder
-from patseg.models.outputs import StepOutput
-from patseg.models.san.side_adapter import SideAdapter
 from patseg.models.clip.text_encoder import TextEncoder
+from patseg.models.outputs import StepOutput
+from patseg.models.san.mask_decoder import MaskDecoder
+from patseg.models.san.side_adapter import SideAdapter
 
 
 @dataclass
@@ -103,7 +103,7 @@ class SAN(nn.Module):
         return x, clip_in
 
     def recognize(self, feats: ClipFeatures, queries: Tensor, pixels: Tensor,
-                  class_embeddings: Tensor, decoder: Optional[MaskDecoder] = None) -> SegPrediction:
+                  class_embeddings: Tensor, decoder: MaskDecoder | None = None) -> SegPrediction:
         """Decode masks and attention biases from (queries, pixels), recognise the queries with CLIP."""
         out = (decoder or self.mask_decoder)(queries, pixels)
         return SegPrediction(masks=out.masks, logits=self.recognize_bias(feats, out.attn_bias, class_embeddings))
@@ -129,7 +129,7 @@ class SAN(nn.Module):
         return SegOutput(main=main, aux=preds)
 
     # ---------------------------------------------------------------- training / inference
-    def prepare_training(self, lpips_vgg_weights: Optional[str] = None) -> None:
+    def prepare_training(self, lpips_vgg_weights: str | None = None) -> None:
         """Check and build what only training needs; SAN needs nothing beyond its modules.
 
         ``lpips_vgg_weights`` is PAT's LPIPS file (see ``PAT.prepare_training``), accepted so that every model is
