@@ -64,7 +64,7 @@ class SAN(nn.Module):
         text: frozen CLIP text tower that turns class names into prompt-ensembled embeddings.
         side: the side ViT with fusion layers.
         mask_decoder: SAN's MLP mask decoder with the attention-bias head.
-        criterion: the Mask2Former set loss.
+        criterion: the training loss, Mask2Former's set loss (``SetCriterion``; PAT hands its ``PatCriterion``).
         resize_ratio: CLIP sees the padded image scaled by this factor (0.5 for ViT-B/16, 0.7 for ViT-L/14-336).
         record_blocks: side blocks decoded during training; the last one is the main prediction.
         templates: prompt templates averaged for every class name.
