@@ -32,7 +32,7 @@ def test_every_preset_is_listed_and_loads() -> None:
 
 @pytest.mark.parametrize("name, expected", [("san_vitb16", 8_370_866), ("san_vitl14", 9_321_650)])
 def test_san_trainable_parameters_match_san(name: str, expected: int) -> None:
-    """SAN's logged counts (reference/san.md §7): side adapter + mask decoder + CLIP pos-embed + bg embedding."""
+    """SAN's logged counts (its training logs): side adapter + mask decoder + CLIP pos-embed + bg embedding."""
     model = build_model(name)
     assert isinstance(model, SAN) and not isinstance(model, PAT)
     assert trainable(model) == expected
@@ -42,11 +42,11 @@ def test_san_trainable_parameters_match_san(name: str, expected: int) -> None:
 
 
 def test_pat_vitb16_trainable_parameters() -> None:
-    """PAT's SAN part is exactly SAN; the whole integration is close to the paper's "adds 23M" (DESIGN §3)."""
+    """PAT's SAN part is exactly SAN; the whole integration is near the paper's "adds 23M" (docs/architecture.md)."""
     model = build_model("pat_vitb16_clip")
     assert trainable(model, SAN_PREFIXES) == 8_370_866
     total = trainable(model)
-    assert total == 21_118_803  # pins the PAT modules' sizes (DESIGN §3 dims); update with any intended change
+    assert total == 21_118_803  # pins the PAT modules' sizes; update with any intended change
     assert 20e6 < total < 24e6
 
 
@@ -57,7 +57,7 @@ def class_embeddings(model: SAN, num: int = 3) -> torch.Tensor:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FULL_SIZE)
 def test_full_size_forward_at_640(name: str) -> None:
-    """Random weights, eval mode, one 640x640 image: shapes follow DESIGN §1 and every output is finite."""
+    """Random weights, eval mode, one 640x640 image: shapes follow the pyramid grids and every output is finite."""
     start = time.perf_counter()
     model = build_model(name).eval()
     built = time.perf_counter()

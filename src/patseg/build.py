@@ -13,16 +13,17 @@ from typing import Any, Optional, Union
 
 from patseg.config import ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
 from patseg.errors import ConfigError
+from patseg.losses.pat_criterion import PatCriterion
 from patseg.losses.reconstruction import ReconstructionLoss
 from patseg.losses import SetCriterion
 from patseg.models.clip.backbone import load_clip
-from patseg.models.pat.geometry import STAGES, SIDE_STRIDE, final_stride, log2_int, stage_strides, tap_stride
+from patseg.models.pat.geometry import STAGES, SIDE_STRIDE, final_stride, stage_strides, tap_stride
 from patseg.models.san.mask_decoder import MaskDecoder
-from patseg.models.pat.model import PAT, PatLossWeights, PatOptions, decoder_plan, stage_order_ok
+from patseg.models.pat.model import PAT, PatOptions, decoder_plan
 from patseg.models.pat.pixel_branch import PixelBranch
 from patseg.models.pat.pyramid_stage import PyramidStage
 from patseg.models.pat.reconstruction_head import ReconstructionHead
-from patseg.models.layers.resample import PixelStem
+from patseg.models.layers.resample import PixelStem, log2_exact
 from patseg.models.san.model import SAN
 from patseg.models.pat.shared_decoder import SharedDecoder
 from patseg.models.san.side_adapter import SideAdapter
@@ -82,7 +83,7 @@ def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Option
     return model
 
 
-def _build_san_or_pat(cfg: ModelConfig, clip_weights: Optional[str]) -> Union[SAN, PAT]:
+def _build_san_or_pat(cfg: ModelConfig, clip_weights: Optional[str]) -> SAN | PAT:
     c = cfg.clip
     cache = default_cache_dir() / "text"
     clip, text = load_clip(c.model_name, quick_gelu=c.quick_gelu, weights=clip_weights, taps=c.taps,
@@ -95,28 +96,22 @@ def _build_san_or_pat(cfg: ModelConfig, clip_weights: Optional[str]) -> Union[SA
     mask_decoder = MaskDecoder(query_dim=s.width, pixel_dim=s.width, dim=d.dim, num_layers=d.num_layers,
                                clip_heads=clip.num_heads, rescale_attn_bias=d.rescale_attn_bias)
     l = cfg.loss
-    criterion = SetCriterion(class_weight=l.class_weight, mask_weight=l.mask_weight, dice_weight=l.dice_weight,
-                             no_object_weight=l.no_object_weight, num_points=l.num_points,
-                             oversample_ratio=l.oversample_ratio, importance_sample_ratio=l.importance_sample_ratio)
-    parts = dict(clip=clip, text=text, side=side, mask_decoder=mask_decoder, criterion=criterion,
-                 resize_ratio=c.resize_ratio, record_blocks=s.deep_supervision, templates=load_templates(c.templates))
+    set_loss = SetCriterion(class_weight=l.class_weight, mask_weight=l.mask_weight, dice_weight=l.dice_weight,
+                            no_object_weight=l.no_object_weight, num_points=l.num_points,
+                            oversample_ratio=l.oversample_ratio, importance_sample_ratio=l.importance_sample_ratio)
+    parts = {"clip": clip, "text": text, "side": side, "mask_decoder": mask_decoder, "resize_ratio": c.resize_ratio,
+             "record_blocks": s.deep_supervision, "templates": load_templates(c.templates)}
     if cfg.pat is None:
-        return SAN(**parts)
-    return PAT(**parts, **_pat_parts(cfg, cfg.pat, clip_width=clip.width, clip_patch=clip.patch_size,
+        return SAN(**parts, criterion=set_loss)
+    return PAT(**parts, **_pat_parts(cfg, cfg.pat, set_loss, clip_width=clip.width, clip_patch=clip.patch_size,
                                      clip_heads=clip.num_heads))
 
 
-def _pat_parts(cfg: ModelConfig, p: PatConfig, *, clip_width: int, clip_patch: int, clip_heads: int) -> dict:
-    """PAT's own modules; every resolution is derived from ``pyramid_base`` and ``stage_scales``."""
-    if not p.decoder_stages or not stage_order_ok(p.decoder_stages):
-        raise ValueError(f"pat.decoder_stages must be a non-empty subset of (late, mid, early) in that order, "
-                         f"got {p.decoder_stages}")
-    if p.bias_source not in ("decoded", "side"):
-        raise ValueError(f"pat.bias_source must be 'decoded' or 'side', got {p.bias_source!r}")
-    for name in p.aux_sets:
-        block = name.removeprefix("side")
-        if not (name.startswith("side") and block.isdigit() and 1 <= int(block) <= cfg.side.depth):
-            raise ValueError(f"pat.aux_sets entry '{name}' must be side<block> with block in 1..{cfg.side.depth}")
+def _pat_parts(cfg: ModelConfig, p: PatConfig, set_loss: SetCriterion, *, clip_width: int, clip_patch: int,
+               clip_heads: int) -> dict:
+    """PAT's own modules and its criterion (around SAN's ``set_loss``); every resolution is derived from
+    ``pyramid_base`` and ``stage_scales``."""
+    # Value constraints (stage order, aux set names) were checked when the record was read (patseg.config).
     strides = stage_strides(p.pyramid_base, p.stage_scales)
     t_stride = tap_stride(p.pyramid_base, clip_patch, cfg.clip.resize_ratio)
     side_stage_to_tap = {side_stage: tap for tap, side_stage in cfg.side.fusion_map}
@@ -139,32 +134,31 @@ def _pat_parts(cfg: ModelConfig, p: PatConfig, *, clip_width: int, clip_patch: i
         decoder_dim=p.decoder_dim, latent_factor=SIDE_STRIDE / strides[first], vmf=p.vmf, groups=p.dysample_groups)
     plan = decoder_plan(strides, p.decoder_stages)
 
-    def decoder(query_dim: Optional[int]) -> SharedDecoder:
+    def decoder(query_dim: int | None) -> SharedDecoder:
         return SharedDecoder(stages=plan, dim=p.decoder_dim, code_dim=p.code_dim, heads=p.decoder_heads,
                              ffn=p.decoder_ffn, spade_hidden=p.spade_hidden, groups=p.dysample_groups,
                              query_dim=query_dim, extra_layers=p.decoder_extra_layers)
 
     out_stride = final_stride(p.pyramid_base, p.stage_scales, p.decoder_stages)
     l = cfg.loss
-    return dict(
-        pixel_branch=pixel_branch,
-        decoder=decoder(cfg.side.width),
-        pixel_decoder=None if p.shared_decoder else decoder(None),
-        mask_head=MaskDecoder(query_dim=cfg.side.width, pixel_dim=p.decoder_dim, dim=cfg.mask_decoder.dim,
-                              num_layers=cfg.mask_decoder.num_layers, clip_heads=clip_heads,
-                              rescale_attn_bias=cfg.mask_decoder.rescale_attn_bias),
-        recon_head=ReconstructionHead(p.decoder_dim, num_upsamples=log2_int(out_stride, "final decoder stride")),
-        reconstruction_loss=ReconstructionLoss(l1_weight=l.l1_weight, l2_weight=l.l2_weight,
-                                               perceptual_weight=l.perceptual_weight, lpips_size=l.lpips_size,
-                                               vgg_weights=l.lpips_vgg_weights,
-                                               random_trunk=l.lpips_random_trunk),
-        options=PatOptions(pyramid_base=p.pyramid_base, stage_scales=p.stage_scales,
-                           decoder_stages=p.decoder_stages, bias_source=p.bias_source, aux_sets=p.aux_sets,
-                           shared_decoder=p.shared_decoder),
-        loss_weights=PatLossWeights(vq=l.vq_weight, spatial=l.spatial_weight, crf=l.crf_weight, tv=l.tv_weight,
-                                    crf_points=l.crf_points, reconstruction=l.rec_weight,
-                                    spatial_alignment=p.spatial_alignment),
-        query_maker=(TokenMixer(in_tokens=sum(p.codebook_sizes), out_tokens=cfg.side.num_queries,
-                                hidden=p.token_mixer_hidden, in_dim=p.code_dim, out_dim=cfg.side.width)
-                     if p.unified_tokens else None),
-    )
+    return {
+        "pixel_branch": pixel_branch,
+        "decoder": decoder(cfg.side.width),
+        "pixel_decoder": None if p.shared_decoder else decoder(None),
+        "mask_head": MaskDecoder(query_dim=cfg.side.width, pixel_dim=p.decoder_dim, dim=cfg.mask_decoder.dim,
+                                 num_layers=cfg.mask_decoder.num_layers, clip_heads=clip_heads,
+                                 rescale_attn_bias=cfg.mask_decoder.rescale_attn_bias),
+        "recon_head": ReconstructionHead(p.decoder_dim,
+                                         num_upsamples=log2_exact(out_stride, "final decoder stride")),
+        "options": PatOptions(pyramid_base=p.pyramid_base, stage_scales=p.stage_scales,
+                              decoder_stages=p.decoder_stages, bias_source=p.bias_source, aux_sets=p.aux_sets),
+        "criterion": PatCriterion(
+            set_loss=set_loss,
+            reconstruction=ReconstructionLoss(l1_weight=l.l1_weight, l2_weight=l.l2_weight,
+                                              perceptual_weight=l.perceptual_weight, lpips_size=l.lpips_size),
+            vq_weight=l.vq_weight, spatial_weight=l.spatial_weight, crf_weight=l.crf_weight, tv_weight=l.tv_weight,
+            crf_points=l.crf_points, rec_weight=l.rec_weight, spatial_alignment=p.spatial_alignment),
+        "query_maker": (TokenMixer(in_tokens=sum(p.codebook_sizes), out_tokens=cfg.side.num_queries,
+                                   hidden=p.token_mixer_hidden, in_dim=p.code_dim, out_dim=cfg.side.width)
+                        if p.unified_tokens else None),
+    }

@@ -61,14 +61,12 @@ def colour_labels(labels: np.ndarray, n: int) -> np.ndarray:
 def stage_maps(model: PAT, image01: Tensor, k: int = 8) -> dict[str, StageMaps]:
     """image01: (1, 3, H, W) in [0, 1], H and W multiples of 32 -> stage name -> StageMaps."""
     model.eval()
-    x, clip_in = model.preprocess(image01)
-    feats = model.clip.extract(clip_in)
-    pixel = model.pixel_branch.encode_stages(x, feats.taps, model.grids_for(image01, feats.grid))
+    enc = model.encode_pyramid(image01)
     out = {}
     for name, depth in zip(STAGES, model.pixel_branch.tap_indices):
-        tap = feats.taps[depth][0].float()
-        zq = pixel[name].quant.z_q[0].float()
-        codes = pixel[name].quant.indices[0].cpu().numpy()
+        tap = enc.feats.taps[depth][0].float()
+        zq = enc.pixel[name].quant.z_q[0].float()
+        codes = enc.pixel[name].quant.indices[0].cpu().numpy()
         used = np.unique(codes)
         remap = np.searchsorted(used, codes)  # colour by rank among the codes in use
         out[name] = StageMaps(clip_pca=pca_rgb(tap.cpu()), token_pca=pca_rgb(zq.cpu()),
@@ -81,7 +79,7 @@ def figure(image: np.ndarray, maps: StageMaps, title: str, cell: int = 192) -> I
     """One row: image | CLIP PCA | token PCA | code indices | CLIP k-means, each ``cell`` pixels tall."""
     panels = [("image", image), ("CLIP PCA", maps.clip_pca), ("tokens PCA", maps.token_pca),
               ("CLIP k-means", maps.clip_kmeans), ("token clusters", maps.token_clusters)]
-    w = int(round(cell * image.shape[1] / image.shape[0]))
+    w = round(cell * image.shape[1] / image.shape[0])
     canvas = Image.new("RGB", (len(panels) * (w + 4), cell + 36), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 2), title, fill=(0, 0, 0))

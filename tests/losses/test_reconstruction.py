@@ -7,8 +7,9 @@ import pytest
 import torch
 import torchvision
 
-from patseg.losses.reconstruction import VGG16_FILE, ReconstructionLoss, load_vgg16_trunk
-from patseg.models.pat.reconstruction_head import ReconstructionHead, num_upsamples_for
+from patseg.errors import MissingFileError
+from patseg.losses.reconstruction import VGG16_FILE, VGG16_SETTING, ReconstructionLoss, load_vgg16_trunk
+from patseg.models.pat.reconstruction_head import ReconstructionHead
 
 
 def test_head_shape_range_and_parameter_count():
@@ -22,11 +23,8 @@ def test_head_shape_range_and_parameter_count():
     assert out.min() >= 0 and out.max() <= 1 and out.std() > 0
 
 
-def test_head_depth_from_grid_and_custom_widths():
-    assert num_upsamples_for(640, 80) == 3 and num_upsamples_for(640, 20) == 5 and num_upsamples_for(64, 64) == 0
-    with pytest.raises(ValueError, match="power-of-2"):
-        num_upsamples_for(640, 60)
-    head = ReconstructionHead(32, num_upsamples=num_upsamples_for(64, 16), widths=(16, 8))
+def test_head_custom_widths():
+    head = ReconstructionHead(32, num_upsamples=2, widths=(16, 8))
     assert head(torch.randn(1, 32, 16, 16)).shape == (1, 3, 64, 64)
     assert [m.out_channels for m in head.layers if isinstance(m, torch.nn.ConvTranspose2d)] == [16, 8]
     with pytest.raises(ValueError, match="one entry per"):
@@ -53,16 +51,20 @@ def test_l1_l2_terms_match_formulas():
         loss(recon, target[:, :, :3])
 
 
-def test_missing_vgg_file_names_the_file(tmp_path):
+def test_missing_vgg_file_names_the_file_and_the_setting(tmp_path):
     img = torch.rand(1, 3, 16, 16)
     for path in (None, str(tmp_path / "nothing.pth")):
-        loss = ReconstructionLoss(vgg_weights=path)  # building the model (inference, `patseg info`) needs no file
+        loss = ReconstructionLoss()  # building the model (inference, `patseg info`) needs no file
+        with pytest.raises(MissingFileError, match=VGG16_FILE) as info:
+            loss.build(path)  # what training calls (model.prepare_training) before the first step
+        assert isinstance(info.value, FileNotFoundError) and VGG16_SETTING in str(info.value)
+        assert (path or "no file was given") in str(info.value)
         with pytest.raises(FileNotFoundError, match=VGG16_FILE):
-            loss.build()  # what the trainer calls before the first step
-        with pytest.raises(FileNotFoundError, match=VGG16_FILE):
-            loss(img, img)
+            loss(img, img)  # built lazily without a file
+        assert loss.lpips_net is None
     with pytest.raises(ValueError, match="not both"):
-        ReconstructionLoss(vgg_weights=str(tmp_path / "x.pth"), random_trunk=True)
+        ReconstructionLoss(random_trunk=True).build(str(tmp_path / "x.pth"))
+    ReconstructionLoss(perceptual_weight=0.0).build(None)  # no perceptual term: no file needed
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +107,8 @@ def test_lpips_loads_torchvision_vgg16_state_dict(tmp_path):
             tensor.normal_(std=0.05)
     path = tmp_path / VGG16_FILE
     torch.save(state, path)
-    loss = ReconstructionLoss(vgg_weights=str(path), lpips_size=32)
-    loss.build()
+    loss = ReconstructionLoss(lpips_size=32)
+    loss.build(str(path))
     trunk = loss.lpips_net.net
     torch.testing.assert_close(getattr(trunk.slice1, "0").weight, vgg.features[0].weight)
     torch.testing.assert_close(getattr(trunk.slice3, "14").bias, vgg.features[14].bias)

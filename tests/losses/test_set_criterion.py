@@ -1,13 +1,14 @@
 """SetCriterion: each loss term against a float64 formula, the whole forward against a replay, and training."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from test_point_sampling import naive_point_sample  # pytest puts this directory on sys.path
 
 from patseg.losses.matcher import HungarianMatcher, SemSegTarget, targets_from_semseg
 from patseg.losses.point_sampling import uncertain_point_coords
 from patseg.losses.set_criterion import SetCriterion, classification_loss, count_masks, dice_loss, sigmoid_bce_loss
-from test_point_sampling import naive_point_sample  # pytest puts this directory on sys.path
 
 
 def naive_weighted_ce(logits: torch.Tensor, classes: torch.Tensor, no_object_weight: float) -> float:
@@ -131,6 +132,33 @@ def test_num_masks_normalises_mask_terms():
     assert halved["loss_mask"].item() == pytest.approx(default["loss_mask"].item() / 2, rel=1e-6)
     assert halved["loss_dice"].item() == pytest.approx(default["loss_dice"].item() / 2, rel=1e-6)
     assert halved["loss_ce"].item() == pytest.approx(default["loss_ce"].item(), rel=1e-6)
+
+
+def test_sets_match_each_set_on_its_own_with_one_mask_count(monkeypatch):
+    """``sets``: the main terms, then each auxiliary set's terms suffixed with its name, every set matched on its
+    own; the mask count is computed once and handed to every set."""
+    targets = targets_from_semseg(label_maps(), ignore_index=255)
+    main = SimpleNamespace(logits=torch.randn(2, 5, 5), masks=torch.randn(2, 5, 4, 4))  # any MaskSet will do
+    aux = {name: SimpleNamespace(logits=torch.randn(2, 5, 5), masks=torch.randn(2, 5, 4, 4))
+           for name in ("side3", "side7")}
+    criterion = SetCriterion(num_points=16)
+    torch.manual_seed(5)
+    expected = {"": criterion(main.logits, main.masks, targets, 4.0)}
+    for name, pred in aux.items():
+        expected["_" + name] = criterion(pred.logits, pred.masks, targets, 4.0)
+
+    counted = []
+    monkeypatch.setattr("patseg.losses.set_criterion.count_masks", lambda t, d: counted.append(1) or 4.0)
+    torch.manual_seed(5)
+    got = criterion.sets(main, aux, targets)
+    assert counted == [1]
+    assert list(got) == [f"{k}{suffix}" for suffix in ("", "_side3", "_side7")
+                         for k in ("loss_ce", "loss_mask", "loss_dice")]
+    for suffix, terms in expected.items():
+        for k, v in terms.items():
+            torch.testing.assert_close(got[k + suffix], v, rtol=0, atol=0)
+    assert not torch.allclose(got["loss_dice"], got["loss_dice_side3"])  # the sets differ: not one value copied
+    assert set(criterion.sets(main, {}, targets)) == {"loss_ce", "loss_mask", "loss_dice"}
 
 
 def test_rejects_labels_outside_the_vocabulary():

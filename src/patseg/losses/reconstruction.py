@@ -1,26 +1,29 @@
 """PAT's reconstruction loss: L_rec = 0.1 * L1 + 1.0 * L2 + 0.1 * LPIPS-VGG on images in [0, 1].
 
 The paper weights L1, L2 and a perceptual loss "as in ViT-VQGAN" (Yu et al. 2021: 0.1 logit-Laplace ~ L1, 1.0 L2,
-0.1 perceptual; ``reference/components.md`` §6). The perceptual term is read as LPIPS with a VGG16 trunk, as
-VQGAN-family code does (DESIGN.md §3), computed on a ``lpips_size`` x ``lpips_size`` resize of both images because at
-640² it costs as much as the rest of a training step.
+0.1 perceptual). The perceptual term is read as LPIPS with a VGG16 trunk, as VQGAN-family code does, computed on a
+``lpips_size`` x ``lpips_size`` resize of both images because at 640² it costs as much as the rest of a training
+step.
 
 LPIPS comes from the ``lpips`` package (0.1.4), whose wheel ships the calibrated linear heads but not the VGG16
 trunk: ``lpips.LPIPS(pretrained=True)`` would download torchvision's ``vgg16-397923af.pth``. patseg never downloads,
-so the network is built with a random trunk and the trunk is filled from a local copy of that file.
+so the network is built with a random trunk and the trunk is filled from a local copy of that file. The file is a
+training input, not part of the architecture: it reaches the loss through ``model.prepare_training``.
 """
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import lpips
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from patseg.errors import MissingFileError
+
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16 weights, the trunk LPIPS was calibrated on
+VGG16_SETTING = "model.lpips_vgg_weights"  # where a training config names that file
 
 
 def load_vgg16_trunk(trunk: nn.Module, state: dict[str, Tensor]) -> None:
@@ -38,23 +41,24 @@ def load_vgg16_trunk(trunk: nn.Module, state: dict[str, Tensor]) -> None:
     trunk.load_state_dict(mapped, strict=True)
 
 
-def build_lpips_vgg(vgg_weights: Optional[str], *, random_trunk: bool = False) -> lpips.LPIPS:
+def build_lpips_vgg(vgg_weights: str | None, *, random_trunk: bool = False) -> lpips.LPIPS:
     """LPIPS-VGG (v0.1, shipped linear heads), frozen and in eval mode.
 
     Args:
         vgg_weights: path of torchvision's ``vgg16-397923af.pth`` (a plain state dict).
-        random_trunk: keep lpips' random trunk instead (unit tests only; the metric is then meaningless).
+        random_trunk: keep lpips' random trunk instead (tests and timing only; the metric is then meaningless).
     Raises:
-        FileNotFoundError: ``vgg_weights`` is None or not a file (and ``random_trunk`` is False).
+        MissingFileError: ``vgg_weights`` is None or not a file (and ``random_trunk`` is False).
     """
     if random_trunk and vgg_weights is not None:
         raise ValueError("give either vgg_weights or random_trunk=True, not both")
     path = None if vgg_weights is None else Path(vgg_weights).expanduser()
     if not random_trunk and (path is None or not path.is_file()):
-        raise FileNotFoundError(
-            f"LPIPS-VGG needs torchvision's ImageNet VGG16 weights '{VGG16_FILE}' as a local file "
-            f"(loss.lpips_vgg_weights = {vgg_weights!r}); place the file and set that path, "
-            "or set loss.perceptual_weight to 0"
+        given = "no file was given" if path is None else f"'{path}' is not a file"
+        raise MissingFileError(
+            f"LPIPS-VGG needs torchvision's ImageNet VGG16 weights '{VGG16_FILE}' as a local file, but {given}: "
+            f"set {VGG16_SETTING} in the training config (or pass lpips_vgg_weights to "
+            "model.prepare_training), or set loss.perceptual_weight to 0"
         )
     with warnings.catch_warnings():  # lpips still calls torchvision's deprecated `pretrained=` argument
         warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
@@ -71,13 +75,14 @@ class ReconstructionLoss(nn.Module):
 
     The LPIPS network is frozen and held outside the module tree (a plain attribute), so it is neither in
     ``parameters()`` nor in ``state_dict()``; ``.to()`` / ``.cuda()`` / ``.half()`` still move it (see ``_apply``),
-    and it stays in eval mode (no dropout) whatever ``train()`` says.
+    and it stays in eval mode (no dropout) whatever ``train()`` says. It is built by :meth:`build`, which takes the
+    VGG16 file, or lazily on the first perceptual term (then only ``random_trunk`` can do without the file).
 
     Args:
         l1_weight, l2_weight, perceptual_weight: term weights (ViT-VQGAN: 0.1, 1.0, 0.1).
         lpips_size: both images are resized (bilinear, antialiased when shrinking) to this square side for LPIPS.
-        vgg_weights: local ``vgg16-397923af.pth``; required when ``perceptual_weight > 0`` unless ``random_trunk``.
-        random_trunk: tests only, see :func:`build_lpips_vgg`.
+        random_trunk: LPIPS with lpips' random VGG trunk and no file (tests and timing only, see
+            :func:`build_lpips_vgg`).
     """
 
     def __init__(
@@ -87,28 +92,26 @@ class ReconstructionLoss(nn.Module):
         l2_weight: float = 1.0,
         perceptual_weight: float = 0.1,
         lpips_size: int = 256,
-        vgg_weights: Optional[str] = None,
         random_trunk: bool = False,
     ):
         super().__init__()
         self.l1_weight, self.l2_weight, self.perceptual_weight = l1_weight, l2_weight, perceptual_weight
         self.lpips_size = lpips_size
-        if vgg_weights is not None and random_trunk:
-            raise ValueError("give vgg_weights or random_trunk=True, not both")
-        self.vgg_weights, self.random_trunk = vgg_weights, random_trunk
+        self.random_trunk = random_trunk
         self._perceptual: list[lpips.LPIPS] = []
 
-    def build(self) -> None:
-        """Build the LPIPS network now (it is built lazily otherwise, so inference never needs the VGG file).
+    def build(self, vgg_weights: str | None = None) -> None:
+        """Build the LPIPS network now from ``vgg_weights`` (torchvision's ``vgg16-397923af.pth``).
 
-        Raises FileNotFoundError naming the expected file when the perceptual term is on and the file is missing;
-        the trainer calls this before the first step so that training refuses to start.
+        Nothing happens when ``perceptual_weight`` is 0 or the network exists. Raises MissingFileError naming the
+        expected file when the perceptual term is on, ``random_trunk`` is False and the file is missing; training
+        calls this (through ``model.prepare_training``) before the first step, so that it refuses to start.
         """
         if self.perceptual_weight > 0 and not self._perceptual:
-            self._perceptual.append(build_lpips_vgg(self.vgg_weights, random_trunk=self.random_trunk))
+            self._perceptual.append(build_lpips_vgg(vgg_weights, random_trunk=self.random_trunk))
 
     @property
-    def lpips_net(self) -> Optional[lpips.LPIPS]:
+    def lpips_net(self) -> lpips.LPIPS | None:
         """The frozen LPIPS network, or None when ``perceptual_weight`` is 0."""
         return self._perceptual[0] if self._perceptual else None
 

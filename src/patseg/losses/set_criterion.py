@@ -3,13 +3,17 @@
 After Hungarian matching, matched queries are trained to predict their target's class and mask, unmatched queries
 to predict no-object (class weight 0.1). Mask losses are evaluated at PointRend uncertain points: the predicted
 1/16-resolution logits and the full-resolution binary targets are read at the same normalised coordinates. Ignore
-and padded pixels are plain negatives of every target mask (``reference/san.md`` §3). Facts from Mask2Former
-``mask2former/modeling/criterion.py`` (``SetCriterion``, ``sigmoid_ce_loss``, ``dice_loss``) as used by
+and padded pixels are plain negatives of every target mask, as in SAN (no ignore mask reaches the loss). Facts from
+Mask2Former ``mask2former/modeling/criterion.py`` (``SetCriterion``, ``sigmoid_ce_loss``, ``dice_loss``) as used by
 MendelXu/SAN ``san/model/criterion.py``.
+
+A model hands over its prediction sets (anything with ``masks`` and ``logits``, see :class:`MaskSet`), so this layer
+never imports the models.
 """
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -19,7 +23,17 @@ from torch import Tensor, nn
 from patseg.losses.matcher import HungarianMatcher, SemSegTarget
 from patseg.losses.point_sampling import point_sample, uncertain_point_coords
 
-__all__ = ["classification_loss", "sigmoid_bce_loss", "dice_loss", "count_masks", "SetCriterion"]
+__all__ = ["MaskSet", "SetCriterion", "classification_loss", "count_masks", "dice_loss", "sigmoid_bce_loss"]
+
+
+class MaskSet(Protocol):
+    """One set of mask proposals as a model predicts it (e.g. ``SegPrediction``).
+
+    masks: ``(B, Q, h, w)`` mask logits; logits: ``(B, Q, C + 1)`` class logits, the last column no-object.
+    """
+
+    masks: Tensor
+    logits: Tensor
 
 
 def classification_loss(pred_logits: Tensor, target_classes: Tensor, no_object_weight: float) -> Tensor:
@@ -110,7 +124,7 @@ class SetCriterion(nn.Module):
         self.importance_sample_ratio = importance_sample_ratio
 
     def forward(self, pred_logits: Tensor, pred_masks: Tensor, targets: list[SemSegTarget],
-                num_masks: Optional[float] = None) -> dict[str, Tensor]:
+                num_masks: float | None = None) -> dict[str, Tensor]:
         """Match, then compute the weighted losses.
 
         Arguments:
@@ -140,6 +154,22 @@ class SetCriterion(nn.Module):
             "loss_mask": self.mask_weight * loss_mask,
             "loss_dice": self.dice_weight * loss_dice,
         }
+
+    def sets(self, main: MaskSet, aux: Mapping[str, MaskSet], targets: list[SemSegTarget]) -> dict[str, Tensor]:
+        """Set losses of the main prediction and of every auxiliary (deep-supervision) set.
+
+        Each set is matched on its own; the mask count is shared, so it is all-reduced once under DDP.
+
+        Returns:
+            ``loss_ce``, ``loss_mask``, ``loss_dice`` of ``main``, and the same terms of each auxiliary set with its
+            name appended (``loss_ce_side7``), in ``aux``'s order.
+        """
+        num_masks = count_masks(targets, main.masks.device)
+        losses = dict(self(main.logits, main.masks, targets, num_masks))
+        for name, pred in aux.items():
+            terms = self(pred.logits, pred.masks, targets, num_masks)
+            losses.update({f"{k}_{name}": v for k, v in terms.items()})
+        return losses
 
     @staticmethod
     def _check_inputs(pred_logits: Tensor, pred_masks: Tensor, targets: list[SemSegTarget]) -> None:

@@ -18,7 +18,7 @@ losses run in float32 under autocast, as the Gram form cancels catastrophically 
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +48,8 @@ def sample_pixels(
     width: int,
     num_points: int,
     *,
-    generator: Optional[torch.Generator] = None,
-    device: Optional[torch.device] = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
 ) -> Tensor:
     """The pixels :func:`crf_loss` samples: ``(num_points,)`` flat indices ``row * width + col``, uniform, with
     replacement. Drawn on the generator's device when one is given (then moved to ``device``)."""
@@ -75,7 +75,7 @@ def crf_loss(
     gamma: float = 0.005,
     w1: float = 10.0,
     w2: float = 3.0,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Sampled dense-CRF energy pulling features together where the image is alike and pixels are close.
 
@@ -127,9 +127,9 @@ def spatial_alignment_loss(
     crf_weight: float = 1.0,
     tv_weight: float = 1.0,
     num_points: int = 1000,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> SpatialLoss:
-    """CRF + TV of one feature map against the image: the per-stage term of PAT's L_spatial (DESIGN.md §3).
+    """CRF + TV of one feature map against the image: the per-stage term of PAT's L_spatial.
 
     Arguments:
         images01: ``(B, 3, H_img, W_img)`` input images in [0, 1].

@@ -13,13 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patseg.models.clip.backbone import (BLOCKED, ClipBackbone, clip_trainable_parameters, load_clip,
-                                         recognition_attn_mask)
+from patseg.models.clip.backbone import (
+    BLOCKED,
+    ClipBackbone,
+    clip_trainable_parameters,
+    load_clip,
+    recognition_attn_mask,
+)
 from patseg.models.clip.open_clip_loader import create_open_clip, resize_pos_embed
 
 VIT, EVA = "patseg-tiny-ViT", "patseg-tiny-EVA"
-SETUPS = {VIT: dict(taps=(0, 2, 3, 4), rec_start=4, size=64, depth=6),
-          EVA: dict(taps=(0, 3, 6, 9), rec_start=9, size=224, depth=12)}
+SETUPS = {VIT: {"taps": (0, 2, 3, 4), "rec_start": 4, "size": 64, "depth": 6},
+          EVA: {"taps": (0, 3, 6, 9), "rec_start": 9, "size": 224, "depth": 12}}
 
 
 def _build(name: str):
@@ -338,7 +343,7 @@ def test_mismatched_weights_file_names_file_and_model(tmp_path):
 def test_full_size_architectures_match_open_clip(name, quick_gelu, taps, rec_start, pos_numel):
     model, _ = create_open_clip(name, quick_gelu=quick_gelu, weights=None)
     bb = ClipBackbone(copy.deepcopy(model.visual), taps=taps, rec_start=rec_start)
-    assert clip_trainable_parameters(bb) == pos_numel  # SAN's count includes it (reference/san.md §7)
+    assert clip_trainable_parameters(bb) == pos_numel  # SAN's logged trainable count includes it
     size = model.visual.image_size[0]
     x = torch.randn(1, 3, size, size)
     feats = bb.extract(x)

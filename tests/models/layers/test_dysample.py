@@ -57,7 +57,7 @@ def _bilinear_border(img, py, px):
 
 
 def _naive_dysample(up, x):
-    """Explicit per-output-pixel loop following components.md §1, in float64."""
+    """Explicit per-output-pixel loop following tiny-smart/dysample's ``dysample.py``, in float64."""
     x = x.double()
     b, c, h, w = x.shape
     s, g = up.scale, up.groups

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from patseg.models.layers.dysample import DySample
-from patseg.models.layers.resample import ConvDown, PixelStem, Resample
+from patseg.models.layers.resample import ConvDown, PixelStem, Resample, log2_exact
 
 
 def test_pixel_stem_matches_functional_form():
@@ -21,6 +21,13 @@ def test_pixel_stem_matches_functional_form():
     out = stem(image)
     assert out.shape == (2, 64, 4, 5)
     torch.testing.assert_close(out, h)
+
+
+def test_log2_exact_accepts_only_powers_of_two():
+    assert [log2_exact(v, "v") for v in (1, 2, 8, 1024, 2**60, 32.0)] == [0, 1, 3, 10, 60, 5]
+    for bad in (0, -4, 3, 12, 2**60 + 1, 8.5):
+        with pytest.raises(ValueError, match=f"stride must be a power of 2, got {bad}"):
+            log2_exact(bad, "stride")
 
 
 def test_pixel_stem_small_width_and_bad_stride():

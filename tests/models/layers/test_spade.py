@@ -21,7 +21,7 @@ def test_init_is_close_to_plain_norm_and_parameter_count():
     spade = SPADE(256, cond_channels=32, hidden=128)
     x, cond = torch.randn(1, 256, 8, 8), torch.randn(1, 32, 8, 8)
     assert (spade(x, cond) - F.group_norm(x, 32)).abs().max() < 0.05
-    # components.md §5 for ks = 3: shared 9*128*Cs + 128, gamma and beta 9*128*Cx + Cx each.
+    # NVlabs/SPADE with ks = 3: shared 9*128*Cs + 128, gamma and beta 9*128*Cx + Cx each.
     assert sum(p.numel() for p in spade.parameters()) == (9 * 128 * 32 + 128) + 2 * (9 * 128 * 256 + 256)
 
 

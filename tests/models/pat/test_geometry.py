@@ -1,19 +1,17 @@
-"""PAT's pyramid resolutions against DESIGN.md §1's table (ViT-B/16 and ViT-L/14-336 at 640x640) and the ablations."""
+"""PAT's pyramid resolutions against the design table (ViT-B/16 and ViT-L/14-336 at 640x640) and the ablations."""
 from __future__ import annotations
 
 import pytest
 
+from patseg.models.layers.resample import Resample, log2_exact
 from patseg.models.pat.geometry import (
     SIDE_STRIDE,
     base_stride,
     final_stride,
-    log2_int,
     pyramid_grids,
     stage_strides,
     tap_stride,
 )
-from patseg.models.pat.reconstruction_head import num_upsamples_for
-from patseg.models.layers.resample import Resample
 
 
 def clip_grid(image: int, resize_ratio: float, patch: int) -> tuple[int, int]:
@@ -22,10 +20,10 @@ def clip_grid(image: int, resize_ratio: float, patch: int) -> tuple[int, int]:
     return side, side
 
 
-# DESIGN.md §1: the table rows, per backbone, at a 640x640 crop.
+# The design table (docs/architecture.md, readings 1-2), per backbone, at a 640x640 crop.
 TABLE = {
-    "ViT-B/16": dict(patch=16, ratio=0.5, clip=20, tap=20, tap_stride=32, factors=(4, 2, 1)),
-    "ViT-L/14-336": dict(patch=14, ratio=0.7, clip=32, tap=40, tap_stride=16, factors=(2, 1, 0.5)),
+    "ViT-B/16": {"patch": 16, "ratio": 0.5, "clip": 20, "tap": 20, "tap_stride": 32, "factors": (4, 2, 1)},
+    "ViT-L/14-336": {"patch": 14, "ratio": 0.7, "clip": 32, "tap": 40, "tap_stride": 16, "factors": (2, 1, 0.5)},
 }
 
 
@@ -52,7 +50,7 @@ def test_default_strides_and_final_grid() -> None:
     assert base_stride("clip") == 32 and base_stride("side") == SIDE_STRIDE == 16
     assert stage_strides("clip", (4, 2, 1)) == {"early": 8, "mid": 16, "late": 32}
     assert final_stride("clip", (4, 2, 1), ("late", "mid", "early")) == 8  # mask grid H/8 = 80 at 640
-    assert num_upsamples_for(640, 640 // 8) == 3  # reconstruction head 256 -> 128 -> 64 -> 32
+    assert log2_exact(640 // (640 // 8), "final stride") == 3  # reconstruction head 256 -> 128 -> 64 -> 32
 
 
 @pytest.mark.parametrize("scales, stage_grid, final, head_depth", [
@@ -63,7 +61,7 @@ def test_equal_stage_scales(scales, stage_grid, final, head_depth) -> None:
     grids = pyramid_grids((640, 640), (20, 20), pyramid_base="clip", stage_scales=scales)
     assert set(grids.stages.values()) == {(stage_grid, stage_grid)}
     assert final_stride("clip", scales, ("late", "mid", "early")) == final
-    assert log2_int(final, "final stride") == head_depth
+    assert log2_exact(final, "final stride") == head_depth
     # Down between equal scales is a stride-1 conv: factor 1 between consecutive stages
     strides = stage_strides("clip", scales)
     assert strides["early"] == strides["mid"] == strides["late"] == final
@@ -103,5 +101,5 @@ def test_bad_values_raise() -> None:
         stage_strides("clip", (3, 2, 1))
     with pytest.raises(ValueError, match="at least one stage"):
         final_stride("clip", (4, 2, 1), ())
-    with pytest.raises(ValueError, match="power of two"):
-        log2_int(12, "final stride")
+    with pytest.raises(ValueError, match="final stride must be a power of 2, got 12"):
+        log2_exact(12, "final stride")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from patseg.models.pat.hsattn import HSAttention, hs_attention
+from patseg.models.pat.hsattn import hs_attention
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -95,18 +95,16 @@ def test_mask_bool_and_additive(qkv, vmf):
     assert not torch.allclose(hs_attention(q, k, v, vmf=vmf), expected, atol=1e-3)
 
 
-def test_module_wrapper_and_gradients(qkv):
+def test_gradients_and_bad_arguments(qkv):
     q, k, v = (t.clone().requires_grad_(True) for t in qkv)
-    module = HSAttention(kappa=20.0)
-    assert list(module.parameters()) == []
-    out = module(q, k, v)
-    assert torch.allclose(out, hs_attention(q, k, v, kappa=20.0))
+    out = hs_attention(q, k, v, kappa=20.0)
     (out * torch.randn_like(out)).sum().backward()
     for t in (q, k, v):
         assert t.grad is not None and t.grad.abs().sum() > 0
     # the gradient w.r.t. q is tangent to q's sphere: scaling q does not change the output
     assert torch.allclose((q.grad * q).sum(-1), torch.zeros(2, 5, dtype=torch.float64), atol=1e-10)
-    with pytest.raises(ValueError):
-        HSAttention(kappa=0.0)
+    with pytest.raises(ValueError, match="kappa"):
+        hs_attention(*qkv, kappa=0.0)
+    hs_attention(*qkv, kappa=0.0, vmf=False)  # the plain-attention ablation has no kappa
     with pytest.raises(ValueError, match="widths"):
         hs_attention(qkv[0], qkv[1][..., :3], qkv[2])

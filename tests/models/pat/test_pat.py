@@ -1,15 +1,18 @@
-"""PAT composed (issue 7 §6): decoupled stage codes, decoding without global tokens, a tiny model overfits one batch
+"""PAT composed: decoupled stage codes, decoding without global tokens, a tiny model overfits one batch
 (segmentation and reconstruction), and every trainable tensor — each codebook included — receives a gradient."""
 from __future__ import annotations
 
-from typing import Iterable
+import re
+from collections.abc import Iterable
 
 import pytest
 import torch
+from naive import toy_batch, unit_rows
 from torch import nn
 
-from naive import toy_batch, unit_rows
 from patseg.build import build_model
+from patseg.errors import MissingFileError
+from patseg.losses.reconstruction import VGG16_FILE, ReconstructionLoss
 from patseg.models.pat.geometry import STAGES
 from patseg.models.pat.model import PAT
 from patseg.tokenizer import PyramidTokenizer
@@ -141,6 +144,23 @@ def test_tiny_pat_overfits_one_batch() -> None:
           f"reconstruction {rec[0]:.4f} -> {rec[20]:.4f} -> {rec[-1]:.4f}")
     assert seg[-1] < 0.5 * seg[0]
     assert rec[-1] < 0.6 * rec[0]
+
+
+def test_prepare_training_builds_lpips_from_the_given_file_only(tmp_path) -> None:
+    """The VGG16 file is an argument of prepare_training, not of the architecture; LPIPS stays out of the state."""
+    model = tiny_pat(**{"loss.perceptual_weight": 0.1})
+    keys = list(model.state_dict())
+    missing = tmp_path / VGG16_FILE
+    with pytest.raises(MissingFileError, match=re.escape(str(missing))):
+        model.prepare_training(str(missing))
+    with pytest.raises(MissingFileError, match="lpips_vgg_weights"):
+        model.prepare_training()
+    model.criterion.reconstruction = ReconstructionLoss(perceptual_weight=0.1, lpips_size=32, random_trunk=True)
+    model.prepare_training()
+    assert model.criterion.reconstruction.lpips_net is not None and list(model.state_dict()) == keys
+    images, labels = toy_batch()
+    losses = model.train().training_losses(images, labels, unit_rows(4, model.clip.out_dim)).losses
+    assert float(losses["loss_lpips"].detach()) > 0
 
 
 def test_gradients_reach_every_trainable_parameter() -> None:

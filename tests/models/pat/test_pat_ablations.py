@@ -1,12 +1,12 @@
-"""Every Table II ablation switch of PatConfig changes what it claims to change (issue 7 §3, DESIGN.md §3), and no
+"""Every Table II ablation switch of PatConfig changes what it claims to change (docs/architecture.md), and no
 switch leaves a trainable parameter without a gradient (DistributedDataParallel stalls on one)."""
 from __future__ import annotations
 
 import pytest
 import torch
+from naive import attention, nearest_code, toy_batch, unit_rows
 from torch import nn
 
-from naive import attention, nearest_code, toy_batch, unit_rows
 from patseg.build import build_model
 from patseg.models.pat.geometry import final_stride
 from patseg.models.pat.model import PAT

@@ -1,12 +1,12 @@
-"""SAN, the baseline and PAT's semantic branch (issue 2 §7): a tiny model overfits one batch, semantic inference
-equals a naive loop, eval runs only the last block set, scores are sane and every trainable tensor learns."""
+"""SAN, the baseline and PAT's semantic branch: a tiny model overfits one batch, semantic inference equals a naive
+loop, eval runs only the last block set, scores are sane and every trainable tensor learns."""
 from __future__ import annotations
 
 import pytest
 import torch
-
 from naive import semantic_inference as naive_semantic_inference
 from naive import toy_batch, unit_rows
+
 from patseg.build import build_model
 from patseg.models.san.model import SAN, SegPrediction, semantic_inference
 
@@ -83,19 +83,26 @@ def test_eval_forward_runs_only_the_last_block_set(san: SAN, monkeypatch: pytest
     assert not torch.allclose(train_out.aux["side3"].masks, train_out.main.masks)
 
 
-def test_predict_scores_shape_and_values(san: SAN) -> None:
+def test_eval_scores_of_the_model_are_sane(san: SAN) -> None:
     images, _ = toy_batch()
     emb = unit_rows(5, san.clip.out_dim)
-    san.eval()
-    scores = san.predict_scores(images, emb)
-    assert scores.shape == (2, 5, 64, 64) and not scores.requires_grad
+    with torch.no_grad():
+        main = san.eval()(images, emb).main
+    scores = semantic_inference(main, (64, 64))
+    assert scores.shape == (2, 5, 64, 64)
     assert torch.isfinite(scores).all() and float(scores.min()) >= 0
     # sum_c score <= sum_q sigmoid(mask) <= Q: probabilities over classes and no-object sum to one per query
     assert float(scores.sum(1).max()) <= san.side.num_queries
-    with torch.no_grad():
-        expected = semantic_inference(san(images, emb).main, (64, 64))
-    torch.testing.assert_close(scores, expected)
-    torch.testing.assert_close(san.predict_scores(images, emb), scores)  # deterministic
+    expected = naive_semantic_inference(main.masks, main.logits, (64, 64))
+    torch.testing.assert_close(scores.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_prepare_training_accepts_the_lpips_file_and_changes_nothing(san: SAN) -> None:
+    before = {k: v.clone() for k, v in san.state_dict().items()}
+    san.prepare_training(lpips_vgg_weights="no/such/file.pth")  # PAT's file; SAN has no perceptual loss
+    san.prepare_training()
+    after = san.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_classify_is_scaled_cosine_with_no_object_last(san: SAN) -> None:

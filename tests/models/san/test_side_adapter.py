@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from naive import bilinear_resize
 
 from patseg.models.san.mask_decoder import MaskDecoder
@@ -20,8 +19,8 @@ def count(module: torch.nn.Module) -> int:
 
 
 def tiny(**kwargs) -> SideAdapter:
-    cfg = dict(clip_width=32, width=48, depth=4, heads=4, patch_size=4, num_queries=5, pretrain_grid=4,
-               fusion_map=TINY_MAP)
+    cfg = {"clip_width": 32, "width": 48, "depth": 4, "heads": 4, "patch_size": 4, "num_queries": 5,
+           "pretrain_grid": 4, "fusion_map": TINY_MAP}
     cfg.update(kwargs)
     return SideAdapter(**cfg).eval()
 
@@ -66,7 +65,7 @@ def manual_loop(side: SideAdapter, images, taps, *, readd_pos: bool) -> list[tor
 @pytest.mark.parametrize("clip_width, heads, fusion, total", [(768, 12, 744_384, 8_219_058),
                                                              (1024, 16, 992_192, 8_730_034)])
 def test_san_parameter_counts(clip_width: int, heads: int, fusion: int, total: int) -> None:
-    # san.md §7; the ViT-L total 8,730,034 = 9,321,650 - 590,848 (CLIP pos-embed) - 768 (bg_embed)
+    # SAN's logged counts; the ViT-L total 8,730,034 = 9,321,650 - 590,848 (CLIP pos-embed) - 768 (bg_embed)
     side = SideAdapter(clip_width=clip_width)
     dec = MaskDecoder(query_dim=240, pixel_dim=240, clip_heads=heads)
     assert count(side.blocks) == 5_554_560 and count(side.patch_embed) == 184_560

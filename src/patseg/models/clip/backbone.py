@@ -1,7 +1,7 @@
 """The frozen CLIP image tower: shallow-block taps for the side adapter and SAN's [SOS] recognition path.
 
 Facts from MendelXu/SAN ``san/model/clip_utils/visual.py`` (``FeatureExtractor``, ``RecWithAttnbiasHead``) and
-``san/model/attn_helper.py`` (reference/san.md §1.1, §1.5). The blocks are open_clip 3.3.0's own modules, run one
+``san/model/attn_helper.py``. The blocks are open_clip 3.3.0's own modules, run one
 by one here:
 
 - ``extract`` runs blocks ``[0, rec_start)`` and keeps patch-token maps at the tap depths (0 = the embedding
@@ -16,9 +16,9 @@ norm). Everything is frozen except the absolute positional embedding, which SAN 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +105,7 @@ class ClipBackbone(nn.Module):
         self.trunk.pos_embed.requires_grad_(True)
         self.train(False)
 
-    def train(self, mode: bool = True) -> "ClipBackbone":
+    def train(self, mode: bool = True) -> ClipBackbone:
         """The frozen tower always stays in eval mode (no patch dropout or drop-path, as in SAN)."""
         return super().train(False)
 
@@ -179,8 +179,8 @@ def clip_trainable_parameters(*modules: nn.Module) -> int:
     return sum(seen.values())
 
 
-def load_clip(model_name: str, *, quick_gelu: bool, weights: Optional[str], taps: Sequence[int], rec_start: int,
-              cache_dir: Optional[Path] = None) -> tuple[ClipBackbone, TextEncoder]:
+def load_clip(model_name: str, *, quick_gelu: bool, weights: str | None, taps: Sequence[int], rec_start: int,
+              cache_dir: Path | None = None) -> tuple[ClipBackbone, TextEncoder]:
     """Frozen CLIP image tower and text encoder of one open_clip model.
 
     Args:

@@ -1,6 +1,6 @@
 """The frozen CLIP text tower as SAN's open-vocabulary classifier: prompt-ensembled class embeddings.
 
-Facts from MendelXu/SAN ``san/model/clip_utils/classifier.py`` and ``utils.py`` (reference/san.md §2): a class
+Facts from MendelXu/SAN ``san/model/clip_utils/classifier.py`` and ``utils.py``: a class
 embedding is the mean over templates of the L2-normalised text embeddings of ``template.format(name)``,
 re-normalised. Names are used verbatim. The tower is frozen and stays in eval mode; encoding runs without grad.
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,7 @@ class TextEncoder(nn.Module):
         batch_size: prompts per text-tower call.
     """
 
-    def __init__(self, clip_model: nn.Module, tokenizer: Tokenizer, *, cache_dir: Optional[Path], cache_key: str,
+    def __init__(self, clip_model: nn.Module, tokenizer: Tokenizer, *, cache_dir: Path | None, cache_key: str,
                  batch_size: int = 256) -> None:
         super().__init__()
         if getattr(clip_model, "visual", None) is not None:
@@ -73,7 +73,7 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._model_key = cache_key
-        self._digest: Optional[str] = None  # computed on first use: weights are often loaded after construction
+        self._digest: str | None = None  # computed on first use: weights are often loaded after construction
         self.batch_size = batch_size
         self._memory: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}
         # Any load_state_dict that reaches this module (the whole model's included) invalidates both caches' keys.
@@ -92,7 +92,7 @@ class TextEncoder(nn.Module):
         self._digest = None
         self._memory.clear()
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         """The frozen text tower always stays in eval mode (SAN overrides ``train`` the same way)."""
         return super().train(False)
 
@@ -133,7 +133,7 @@ class TextEncoder(nn.Module):
         device = self.clip.logit_scale.device
         self._memory[key] = F.normalize(embeddings.detach().float(), dim=-1).to(device)
 
-    def cache_path(self, class_names: Sequence[str], templates: Sequence[str]) -> Optional[Path]:
+    def cache_path(self, class_names: Sequence[str], templates: Sequence[str]) -> Path | None:
         """The disk-cache file for this model, weights and vocabulary (None without a cache folder)."""
         if self.cache_dir is None:
             return None

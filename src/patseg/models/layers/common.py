@@ -10,7 +10,7 @@ class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a ``(B, C, H, W)`` map (ConvNeXt's "channels_first" LayerNorm).
 
     Deliberately not an ``nn.LayerNorm`` subclass: SAN's fusion norm is detectron2's own LayerNorm, so SAN's
-    optimizer applies weight decay to it (san.md §4); an optimizer that exempts ``nn.LayerNorm`` keeps that.
+    optimizer applies weight decay to it; an optimizer that exempts ``nn.LayerNorm`` keeps that.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:

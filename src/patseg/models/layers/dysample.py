@@ -6,13 +6,11 @@ predicts a small offset per output sub-pixel and per channel group, the offset i
 upsampling would use, and ``grid_sample`` reads the input there.
 
 Facts (layer shapes, offset layout, initial positions, init, scope factors) come from tiny-smart/dysample,
-file ``dysample.py`` (commit 81a1de5), as summarised in ``reference/components.md`` §1. Paper names:
+file ``dysample.py`` (commit 81a1de5). Paper names:
 DySample = ``lp`` + static scope, DySample+ = ``lp`` + dynamic, DySample-S = ``pl`` + static, DySample-S+ = ``pl`` +
 dynamic.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +20,7 @@ _STYLES = ("lp", "pl")
 
 
 def initial_positions(
-    scale: int, groups: int, *, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    scale: int, groups: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
 ) -> Tensor:
     """Sub-pixel offsets, in input pixels, at which bilinear upsampling samples each output sub-pixel.
 

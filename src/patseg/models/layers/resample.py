@@ -2,14 +2,13 @@
 
 PAT's pixel branch (Eq. 2, top) starts from a convolutional stem on the image (``x_early``) and strides down from
 stage to stage (``x_mid = DownSampler(x_early)``); the CLIP taps and the decoder's features move between grids with
-DySample going up and a strided conv going down. Every factor here is derived from the config (DESIGN.md §1:
-stem stride = H / (scale_early * r), Down stride = scale_{s-1} / scale_s), never hard-coded.
+DySample going up and a strided conv going down. Every factor here is derived from the config (stem stride =
+H / (scale_early * r), Down stride = scale_{s-1} / scale_s, see ``patseg.models.pat.geometry``), never hard-coded.
 """
 from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,11 +16,12 @@ from torch import Tensor, nn
 from patseg.models.layers.dysample import DySample
 
 
-def _log2_exact(value: int, what: str) -> int:
-    """k with 2**k == value, or ValueError naming ``what``."""
-    if value < 1 or value & (value - 1):
+def log2_exact(value: float, what: str) -> int:
+    """k with 2**k == value for a positive integer ``value`` (an int, or a float holding one); else ValueError
+    naming ``what``. Bit arithmetic, so exact at any size (a float log2 can round)."""
+    if value < 1 or int(value) != value or int(value) & (int(value) - 1):
         raise ValueError(f"{what} must be a power of 2, got {value}")
-    return value.bit_length() - 1
+    return int(value).bit_length() - 1
 
 
 class PixelStem(nn.Module):
@@ -37,7 +37,7 @@ class PixelStem(nn.Module):
 
     def __init__(self, *, out_channels: int, stride: int):
         super().__init__()
-        depth = _log2_exact(stride, "PixelStem stride")
+        depth = log2_exact(stride, "PixelStem stride")
         if depth == 0:
             raise ValueError("PixelStem stride must be at least 2")
         self.stride = stride
@@ -70,7 +70,7 @@ class ConvDown(nn.Module):
 
     def __init__(self, channels: int, *, factor: int):
         super().__init__()
-        steps = _log2_exact(factor, "ConvDown factor")
+        steps = log2_exact(factor, "ConvDown factor")
         self.factor = factor
         if steps == 0:
             self.convs = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=3, padding=1))
@@ -113,7 +113,7 @@ class Resample(nn.Module):
         else:
             self.op = nn.Identity()
 
-    def forward(self, x: Tensor, size: Optional[tuple[int, int]] = None) -> Tensor:
+    def forward(self, x: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Resample ``x`` (B, C, H, W) to (B, C, H*f, W*f), or exactly to ``size`` when given.
 
         Grids that are not multiples of the factor (odd evaluation sizes) leave the operator's output at most one

@@ -5,9 +5,9 @@ are normalised without learned affine parameters, then re-scaled and re-shifted 
 predicted from the codes. Facts (nearest resize of the condition, shared 3x3 conv + ReLU with 128 hidden channels,
 separate 3x3 gamma / beta convs, ``out = norm(x) * (1 + gamma) + beta``, xavier-normal init with gain 0.02 and zero
 biases so SPADE starts as plain normalisation) come from NVlabs/SPADE ``models/networks/normalization.py`` and
-``models/networks/base_network.py`` (``reference/components.md`` §5).
+``models/networks/base_network.py``.
 
-PAT-side choice (DESIGN.md §3 table): the parameter-free norm is GroupNorm(32) rather than SPADE's BatchNorm, so a
+PAT-side choice: the parameter-free norm is GroupNorm(32) rather than SPADE's BatchNorm, so a
 decoder stage behaves the same for batch size 1 at evaluation as in training.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Attention blocks of PAT's shared decoder (Eq. 3): the Transformer layer on a feature map, the 2-D sine position
 encoding it uses, and the residual cross-attention through which the global tokens read a feature map.
 
-DESIGN.md §3: 256-d, 8 heads, FFN 1024, pre-norm, 2-D sine position, ``scaled_dot_product_attention``; at
+PAT's decoder layer: 256-d, 8 heads, FFN 1024, pre-norm, 2-D sine position, ``scaled_dot_product_attention``; at
 evaluation a 640x2560 image puts 25,600 tokens in the early grid, so self-attention can be split along the query
 axis (``chunk_tokens``) without changing the result.
 
@@ -12,7 +12,6 @@ written into the features that SPADE and the heads consume.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 
 
 def sine_position_encoding(
-    h: int, w: int, dim: int, *, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    h: int, w: int, dim: int, *, device: torch.device | None = None, dtype: torch.dtype | None = None
 ) -> Tensor:
     """DETR's normalised 2-D sine position encoding (facebookresearch/detr ``models/position_encoding.py``).
 
@@ -49,7 +48,7 @@ def sine_position_encoding(
 
 
 def multi_head_attention(
-    q: Tensor, k: Tensor, v: Tensor, heads: int, chunk_tokens: Optional[int] = None
+    q: Tensor, k: Tensor, v: Tensor, heads: int, chunk_tokens: int | None = None
 ) -> Tensor:
     """Scaled dot-product attention over ``heads`` heads, optionally in chunks of queries.
 
@@ -88,7 +87,7 @@ class TransformerLayer(nn.Module):
             evaluator may set it on a trained model.
     """
 
-    def __init__(self, dim: int = 256, *, heads: int = 8, ffn: int = 1024, chunk_tokens: Optional[int] = None):
+    def __init__(self, dim: int = 256, *, heads: int = 8, ffn: int = 1024, chunk_tokens: int | None = None):
         super().__init__()
         if dim % heads:
             raise ValueError(f"TransformerLayer dim ({dim}) must be divisible by heads ({heads})")
@@ -118,7 +117,7 @@ class QueryCrossAttention(nn.Module):
 
     ``q' = q + Proj(Attn(Wq(LN(q) + pos), Wk(f), Wv(f)))``: the optional ``query_pos`` (PAT: TokenMixer_g of the stage
     codebook) only shapes the attention query, and the feature map is read as it is (keys and values are linear
-    projections of the features, without a norm or a position encoding), as DESIGN.md §3 writes the update.
+    projections of the features, without a norm or a position encoding), as PAT's Eq. (2) writes the update.
 
     Args:
         query_dim: Cq, width of the global tokens (240 for SAN ViT-B/16), divisible by ``heads``.
@@ -137,7 +136,7 @@ class QueryCrossAttention(nn.Module):
         self.v = nn.Linear(kv_dim, query_dim)
         self.proj = nn.Linear(query_dim, query_dim)
 
-    def forward(self, queries: Tensor, feats: Tensor, query_pos: Optional[Tensor] = None) -> Tensor:
+    def forward(self, queries: Tensor, feats: Tensor, query_pos: Tensor | None = None) -> Tensor:
         """Update the global tokens from a feature map.
 
         Args:

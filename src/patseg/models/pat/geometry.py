@@ -1,4 +1,4 @@
-"""Resolutions of PAT's feature pyramid, derived from two config fields (DESIGN.md §1).
+"""Resolutions of PAT's feature pyramid, derived from two config fields (``docs/architecture.md``).
 
 Every grid is computed here from the input size, ``pyramid_base`` and ``stage_scales``; no module hard-codes a
 resolution. With the default reading (``pyramid_base="clip"``, scales (4, 2, 1)) and a 640x640 input:
@@ -6,7 +6,6 @@ base grid r = 20, stages early/mid/late = 80/40/20, side and latent grid = 40, f
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 STAGES = ("early", "mid", "late")
@@ -38,13 +37,6 @@ def final_stride(pyramid_base: str, stage_scales: tuple[int, ...], decoder_stage
     if not decoder_stages:
         raise ValueError("decoder_stages must keep at least one stage")
     return min(strides[s] for s in decoder_stages)
-
-
-def log2_int(value: float, what: str) -> int:
-    n = round(math.log2(value))
-    if 2 ** n != value:
-        raise ValueError(f"{what} must be a power of two, got {value}")
-    return n
 
 
 @dataclass(frozen=True)

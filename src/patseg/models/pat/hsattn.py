@@ -10,18 +10,18 @@ softmax only rescales each row, which the final g() removes anyway.
 Facts from MSMFormer (YoungSean/UnseenObjectsWithMeanShift, ``meanshiftformer/modeling/transformer_decoder/
 attention_util.py``): q and k are normalised with eps 1e-12, v is not normalised, the softmax is over the keys
 (not over the queries as in slot attention), the output is re-normalised, and κ is a constant (30), not learned.
-PAT uses a single head in the 32-d code space with no output projection (DESIGN.md §3), so Eq. (1) holds exactly.
-With unit q and k the logits lie in [-κ, κ], so the softmax cannot overflow even in half precision.
+PAT uses a single head in the 32-d code space with no output projection, so Eq. (1) holds exactly; the projection
+around it (K = V = a 240 -> 32 linear of the side tokens) belongs to the caller, ``PyramidStage``. HSAttn itself has
+no parameter, hence a function rather than a module. With unit q and k the logits lie in [-κ, κ], so the softmax
+cannot overflow even in half precision.
 
 ``vmf=False`` is the Table II ablation "No vMF meanshift": the plain scaled dot-product attention of Eq. (1)'s third
 line, softmax(Q K^T / sqrt(d)) V, with no normalisation anywhere.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def hs_attention(
@@ -31,7 +31,7 @@ def hs_attention(
     *,
     kappa: float = 30.0,
     vmf: bool = True,
-    mask: Optional[Tensor] = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Hyperspherical attention (Eq. 1), or plain attention when ``vmf`` is False.
 
@@ -49,6 +49,8 @@ def hs_attention(
     """
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"query and key widths differ: {q.shape[-1]} vs {k.shape[-1]}")
+    if vmf and kappa <= 0:
+        raise ValueError(f"kappa must be positive, got {kappa}")
     if not vmf:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     q_unit = F.normalize(q, dim=-1)
@@ -56,25 +58,3 @@ def hs_attention(
     # SDPA computes softmax(scale * q k^T + mask) v; with unit q, k and scale = κ that is the inside of Eq. (1).
     mean = F.scaled_dot_product_attention(q_unit, k_unit, v, attn_mask=mask, scale=kappa)
     return F.normalize(mean, dim=-1)
-
-
-class HSAttention(nn.Module):
-    """Module form of :func:`hs_attention` holding the fixed κ and the ``vmf`` switch; it has no parameters.
-
-    The projections around it (PAT: K = V = a 240 -> 32 linear of the side tokens) belong to the caller, so that
-    this module is exactly Eq. (1).
-    """
-
-    def __init__(self, *, kappa: float = 30.0, vmf: bool = True) -> None:
-        super().__init__()
-        if kappa <= 0:
-            raise ValueError(f"kappa must be positive, got {kappa}")
-        self.kappa = kappa
-        self.vmf = vmf
-
-    def extra_repr(self) -> str:
-        return f"kappa={self.kappa}, vmf={self.vmf}"
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """``(B, Nq, D)``, ``(B, Nk, D)``, ``(B, Nk, Dv)`` -> ``(B, Nq, Dv)``; see :func:`hs_attention`."""
-        return hs_attention(q, k, v, kappa=self.kappa, vmf=self.vmf, mask=mask)

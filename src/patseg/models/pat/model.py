@@ -6,48 +6,43 @@ reconstruction head -> CLIP recognition of the global tokens.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from patseg.losses.reconstruction import ReconstructionLoss
-from patseg.losses.spatial import spatial_alignment_loss
-from patseg.models.pat.geometry import STAGES, PyramidGrids, pyramid_grids
-from patseg.models.san.mask_decoder import MaskDecoder
+from patseg.losses import targets_from_semseg
+from patseg.losses.pat_criterion import PatCriterion
+from patseg.models.clip.backbone import ClipFeatures
 from patseg.models.outputs import StepOutput
+from patseg.models.pat.geometry import STAGES, PyramidGrids, pyramid_grids
 from patseg.models.pat.pixel_branch import PixelBranch
+from patseg.models.pat.pyramid_stage import PixelStageOutput
 from patseg.models.pat.reconstruction_head import ReconstructionHead
-from patseg.models.san.model import SAN, SegOutput, SegPrediction, prediction_thunk
 from patseg.models.pat.shared_decoder import SharedDecoder
 from patseg.models.pat.token_mixer import TokenMixer
 from patseg.models.pat.vmf_quantizer import QuantizerOutput
-from patseg.losses import targets_from_semseg
+from patseg.models.san.mask_decoder import MaskDecoder
+from patseg.models.san.model import SAN, SegOutput, SegPrediction, prediction_thunk
+from patseg.models.san.side_adapter import SideOutput
 
 
 @dataclass(frozen=True)
 class PatOptions:
-    """Size-independent facts the forward needs (all from PatConfig)."""
+    """What the forward reads from PatConfig beyond module sizes.
 
-    pyramid_base: str = "clip"
-    stage_scales: tuple[int, int, int] = (4, 2, 1)
-    decoder_stages: tuple[str, ...] = ("late", "mid", "early")
-    bias_source: str = "decoded"
-    aux_sets: tuple[str, ...] = ("side8",)
-    shared_decoder: bool = True
+    pyramid_base, stage_scales: how the pyramid grids follow from the input size (see ``geometry``).
+    decoder_stages: the stages the decoder consumes, coarse to fine.
+    bias_source: "decoded" (CLIP attention bias from the decoded head) or "side" (from SAN's last side block).
+    aux_sets: auxiliary prediction sets, "side<block>".
+    """
 
-
-@dataclass(frozen=True)
-class PatLossWeights:
-    vq: float = 0.1
-    spatial: float = 0.1
-    crf: float = 1.0
-    tv: float = 1.0
-    crf_points: int = 1000
-    reconstruction: float = 1.0
-    spatial_alignment: bool = True
+    pyramid_base: str
+    stage_scales: tuple[int, ...]
+    decoder_stages: tuple[str, ...]
+    bias_source: str
+    aux_sets: tuple[str, ...]
 
 
 @dataclass
@@ -56,8 +51,24 @@ class PatOutput(SegOutput):
     (B, h, w), z_q (B, 32, h, w), loss, perplexity); ``reconstruction`` is (B, 3, H, W) in [0, 1]."""
 
     quant: dict[str, QuantizerOutput] = field(default_factory=dict)
-    reconstruction: Optional[Tensor] = None
-    grids: Optional[PyramidGrids] = None
+    reconstruction: Tensor | None = None
+    grids: PyramidGrids | None = None
+
+
+@dataclass(frozen=True)
+class PyramidEncoding:
+    """The encoder's prologue for one batch: everything computed before the side ViT.
+
+    x: (B, 3, H, W) normalised image (the side ViT's and the pixel stem's input).
+    feats: the CLIP taps and the recognition tokens of the image at ``resize_ratio``.
+    grids: this input's pyramid grids.
+    pixel: stage name -> the pixel branch's output (codes z_q_s (B, D, h_s, w_s), indices (B, h_s, w_s)).
+    """
+
+    x: Tensor
+    feats: ClipFeatures
+    grids: PyramidGrids
+    pixel: dict[str, PixelStageOutput]
 
 
 class PAT(SAN):
@@ -65,28 +76,28 @@ class PAT(SAN):
 
     Arguments (beyond SAN's):
         pixel_branch: stem, stage tokenizers (with their semantic halves) and the latent quantizer.
-        decoder: the shared decoder (with query cross-attention); when ``options.shared_decoder`` is False it is
-            the semantic decoder and ``pixel_decoder`` (no queries) feeds the reconstruction.
+        decoder: the shared decoder (with query cross-attention); when ``pixel_decoder`` is given it is the semantic
+            decoder only and ``pixel_decoder`` (no queries) feeds the reconstruction (Table II "shared decoder").
         mask_head: a second SAN MLP mask decoder on the decoded features (256-d pixels).
         recon_head: transposed-convolution head to the full-resolution image.
-        reconstruction_loss: L1 + L2 + LPIPS.
+        options: the forward's choices, see :class:`PatOptions`.
         query_maker: with ``unified_tokens`` the global tokens are made from the concatenated stage codebooks.
+        criterion: PAT's loss (set losses, VQ, spatial alignment, reconstruction), in place of SAN's set loss.
     """
 
+    criterion: PatCriterion
+
     def __init__(self, *, pixel_branch: PixelBranch, decoder: SharedDecoder, mask_head: MaskDecoder,
-                 recon_head: ReconstructionHead, reconstruction_loss: ReconstructionLoss, options: PatOptions,
-                 loss_weights: PatLossWeights, pixel_decoder: Optional[SharedDecoder] = None,
-                 query_maker: Optional[TokenMixer] = None, **san_parts) -> None:
+                 recon_head: ReconstructionHead, options: PatOptions, pixel_decoder: SharedDecoder | None = None,
+                 query_maker: TokenMixer | None = None, **san_parts) -> None:
         super().__init__(**san_parts)
         self.pixel_branch = pixel_branch
         self.decoder = decoder
         self.pixel_decoder = pixel_decoder
         self.mask_head = mask_head
         self.recon_head = recon_head
-        self.reconstruction_loss = reconstruction_loss
         self.query_maker = query_maker
         self.options = options
-        self.loss_weights = loss_weights
         last = self.side.depth
         aux_blocks = [int(name.removeprefix("side")) for name in options.aux_sets]
         self.aux_blocks = tuple(aux_blocks)
@@ -104,20 +115,33 @@ class PAT(SAN):
             self.mask_head.bias_scaling.requires_grad_(False)
 
     # ------------------------------------------------------------------ pieces of the forward
-    def grids_for(self, images: Tensor, clip_grid: tuple[int, int]) -> PyramidGrids:
-        return pyramid_grids(tuple(images.shape[-2:]), clip_grid, pyramid_base=self.options.pyramid_base,
-                             stage_scales=self.options.stage_scales)
+    def encode_pyramid(self, images: Tensor) -> PyramidEncoding:
+        """Normalise, run CLIP's shallow blocks for the taps, derive the grids and tokenize the pixel pyramid.
 
-    def initial_queries(self, batch: int) -> Optional[Tensor]:
+        images: (B, 3, H, W) in [0, 1], H and W divisible by 32. Nothing here reads the global tokens.
+        """
+        x, clip_in = self.preprocess(images)
+        feats = self.clip.extract(clip_in)
+        grids = pyramid_grids(tuple(images.shape[-2:]), feats.grid, pyramid_base=self.options.pyramid_base,
+                              stage_scales=self.options.stage_scales)
+        return PyramidEncoding(x=x, feats=feats, grids=grids,
+                               pixel=self.pixel_branch.encode_stages(x, feats.taps, grids))
+
+    def run_side(self, enc: PyramidEncoding, record_blocks: tuple[int, ...]) -> SideOutput:
+        """The side ViT with each stage's semantic branch hooked in after SAN's fusion."""
+        return self.side(enc.x, enc.feats.taps, record_blocks=record_blocks, stage_hook=self.semantic_hook(),
+                         initial_queries=self.initial_queries(enc.x.shape[0]))
+
+    def initial_queries(self, batch: int) -> Tensor | None:
         """Unified tokens (Table II): global tokens from the concatenated stage codebooks, else SAN's own."""
         if self.query_maker is None:
             return None
         codes = torch.cat([stage.quantizer.codes() for stage in self.pixel_branch.stages], 0)  # (sum K, D)
         return self.query_maker(codes).unsqueeze(0).expand(batch, -1, -1)
 
-    def semantic_hook(self):
+    def semantic_hook(self) -> Callable[[int, Tensor, Tensor, tuple[int, int]], Tensor]:
         """Stage hook for the side ViT: runs each stage's semantic branch right after SAN's fusion."""
-        state: dict[str, Optional[Tensor]] = {"prev": None}
+        state: dict[str, Tensor | None] = {"prev": None}
 
         def hook(stage: int, queries: Tensor, patches: Tensor, grid: tuple[int, int]) -> Tensor:
             if stage > len(STAGES):
@@ -127,8 +151,8 @@ class PAT(SAN):
 
         return hook
 
-    def decode(self, codes: dict[str, Tensor], latent_zq: Tensor, queries: Optional[Tensor] = None,
-               reconstruct: bool = True) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    def decode(self, codes: dict[str, Tensor], latent_zq: Tensor, queries: Tensor | None = None,
+               reconstruct: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Eq. (3).
 
         Arguments:
@@ -149,80 +173,66 @@ class PAT(SAN):
     def encode(self, images: Tensor) -> dict[str, QuantizerOutput]:
         """The tokenizer's encoder: early/mid/late codes from CLIP and the pixel branch only; the latent codes
         from the side ViT (whose patches attend to the global tokens, so they depend on the semantic branch)."""
-        x, clip_in = self.preprocess(images)
-        feats = self.clip.extract(clip_in)
-        pixel = self.pixel_branch.encode_stages(x, feats.taps, self.grids_for(images, feats.grid))
-        side = self.side(x, feats.taps, record_blocks=(self.side_depth,), stage_hook=self.semantic_hook(),
-                         initial_queries=self.initial_queries(images.shape[0]))
-        quant = {name: pixel[name].quant for name in STAGES}
+        enc = self.encode_pyramid(images)
+        side = self.run_side(enc, (self.side_depth,))
+        quant = {name: enc.pixel[name].quant for name in STAGES}
         quant["latent"] = self.pixel_branch.quantize_latent(side.patches[self.side_depth])
         return quant
 
-    def forward(self, images: Tensor, class_embeddings: Tensor, *, reconstruct: Optional[bool] = None) -> PatOutput:
+    def forward(self, images: Tensor, class_embeddings: Tensor, *, reconstruct: bool | None = None) -> PatOutput:
         """images: (B, 3, H, W) in [0, 1], H and W divisible by 32; class_embeddings: (C, D).
 
         ``reconstruct`` defaults to ``self.training``: inference skips the reconstruction head.
         """
-        x, clip_in = self.preprocess(images)
-        feats = self.clip.extract(clip_in)
-        grids = self.grids_for(images, feats.grid)
-
-        pixel = self.pixel_branch.encode_stages(x, feats.taps, grids)
-        side = self.side(x, feats.taps, record_blocks=self.record_blocks, stage_hook=self.semantic_hook(),
-                         initial_queries=self.initial_queries(images.shape[0]))
+        enc = self.encode_pyramid(images)
+        side = self.run_side(enc, self.record_blocks)
         last = self.side_depth
         latent = self.pixel_branch.quantize_latent(side.patches[last])
 
-        codes = {name: pixel[name].quant.z_q for name in self.options.decoder_stages}
+        codes = {name: enc.pixel[name].quant.z_q for name in self.options.decoder_stages}
         reconstruct = self.training if reconstruct is None else reconstruct
         z, queries, recon = self.decode(codes, latent.z_q, side.queries[last], reconstruct)
 
-        main = self.recognize_decoded(feats, queries, z, side, class_embeddings)
+        main = self.recognize_decoded(enc.feats, queries, z, side, class_embeddings)
         aux = {}
         if self.training:  # SAN's side heads are auxiliary losses only
-            aux = {name: self.recognize(feats, side.queries[b], side.patches[b], class_embeddings)
+            aux = {name: self.recognize(enc.feats, side.queries[b], side.patches[b], class_embeddings)
                    for name, b in zip(self.options.aux_sets, self.aux_blocks)}
-        quant = {name: pixel[name].quant for name in STAGES}
+        quant = {name: enc.pixel[name].quant for name in STAGES}
         quant["latent"] = latent
-        return PatOutput(main=main, aux=aux, quant=quant, reconstruction=recon, grids=grids)
+        return PatOutput(main=main, aux=aux, quant=quant, reconstruction=recon, grids=enc.grids)
 
-    def recognize_decoded(self, feats, queries: Tensor, z: Tensor, side, class_embeddings: Tensor):
+    def recognize_decoded(self, feats: ClipFeatures, queries: Tensor, z: Tensor, side: SideOutput,
+                          class_embeddings: Tensor) -> SegPrediction:
         """Main prediction: masks from the decoded map; CLIP bias from it too, or from SAN's last side block."""
         if self.options.bias_source == "decoded":
             return self.recognize(feats, queries, z, class_embeddings, decoder=self.mask_head)
         last = self.side_depth
         side_out = self.mask_decoder(side.queries[last], side.patches[last])
         masks = self.mask_head(queries, z).masks
-        bias = F.adaptive_max_pool2d(side_out.attn_bias.flatten(0, 1), feats.grid)
-        bias = bias.view(*side_out.attn_bias.shape[:3], *feats.grid)
-        return SegPrediction(masks=masks, logits=self.classify(self.clip.recognize(feats, bias), class_embeddings))
+        return SegPrediction(masks=masks, logits=self.recognize_bias(feats, side_out.attn_bias, class_embeddings))
 
-    # ------------------------------------------------------------------ losses
-    def prepare_training(self) -> None:
-        """Build the LPIPS network now: a missing VGG16 file stops training before the first step."""
-        self.reconstruction_loss.build()
+    # ------------------------------------------------------------------ training
+    def prepare_training(self, lpips_vgg_weights: str | None = None) -> None:
+        """Build the LPIPS network now from torchvision's VGG16 file ``lpips_vgg_weights``: a missing file
+        (MissingFileError) stops training before the first step."""
+        self.criterion.prepare(lpips_vgg_weights)
 
     def training_losses(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *,
                         ignore_index: int = 255) -> StepOutput:
+        """PAT's weighted loss terms (see :class:`PatCriterion`), codebook perplexities and TensorBoard panels.
+
+        images: (B, 3, H, W) in [0, 1]; labels: (B, H, W) class indices, ``ignore_index`` for void pixels.
+        """
         out = self(images, class_embeddings)
-        losses = self.set_losses(out, targets_from_semseg(labels, ignore_index))
-        w = self.loss_weights
-        losses["loss_vq"] = w.vq * sum(q.loss for q in out.quant.values())
-        if w.spatial_alignment:
-            losses["loss_spatial"] = w.spatial * self.spatial_loss(images, out)
-        rec = self.reconstruction_loss(out.reconstruction, images)
-        losses.update({k: w.reconstruction * v for k, v in rec.items()})
+        losses = self.criterion(images, targets_from_semseg(labels, ignore_index), main=out.main, aux=out.aux,
+                                vq_losses=[q.loss for q in out.quant.values()],
+                                stage_codes=[out.quant[name].z_q for name in STAGES],
+                                reconstruction=out.reconstruction)
         stats = {f"perplexity_{k}": float(q.perplexity) for k, q in out.quant.items()}
         visuals = {"reconstruction": out.reconstruction.detach(), "prediction": prediction_thunk(out.main),
                    **{f"tokens_{name}": out.quant[name].indices for name in STAGES}}
         return StepOutput(losses=losses, stats=stats, visuals=visuals)
-
-    def spatial_loss(self, images: Tensor, out: PatOutput) -> Tensor:
-        """Mean over the stages of CRF + TV on z_q_s against the image at the stage grid."""
-        w = self.loss_weights
-        terms = [spatial_alignment_loss(images, out.quant[name].z_q, crf_weight=w.crf, tv_weight=w.tv,
-                                        num_points=w.crf_points).total for name in STAGES]
-        return torch.stack(terms).mean()
 
 
 def decoder_plan(stage_strides: dict[str, int], decoder_stages: tuple[str, ...]) -> list[tuple[str, float]]:

@@ -1,24 +1,17 @@
 """PAT's reconstruction head: decoded features -> the full-resolution image.
 
 The shared decoder's final map ẑ (B, 256, H/2^n, W/2^n) is turned back into pixels by n stride-2 transposed
-convolutions (DESIGN.md §3: 256 -> 128 -> 64 -> 32 for n = 3) and a 3x3 conv to RGB, with a sigmoid so the output
-lies in [0, 1] like the target image of the reconstruction loss. The depth n is derived, never fixed: n = log2(H /
-final grid) (DESIGN.md §1), e.g. 3 for the default H/8 grid and 5 for Table II's (1x, 1x, 1x) pyramid.
+convolutions (widths halving: 256 -> 128 -> 64 -> 32 for n = 3) and a 3x3 conv to RGB, with a sigmoid so the output
+lies in [0, 1] like the target image of the reconstruction loss. The depth n is derived, never fixed: n = log2 of the
+final decoder stride (``geometry.final_stride``), e.g. 3 for the default H/8 grid and 5 for Table II's (1x, 1x, 1x)
+pyramid.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-
-
-def num_upsamples_for(image_size: int, grid: int) -> int:
-    """Depth n of the head so that ``grid * 2**n == image_size``; ValueError if that is not a power of 2."""
-    ratio, rem = divmod(image_size, grid)
-    if rem or ratio < 1 or ratio & (ratio - 1):
-        raise ValueError(f"image size {image_size} is not a power-of-2 multiple of the decoded grid {grid}")
-    return ratio.bit_length() - 1
 
 
 class ReconstructionHead(nn.Module):
@@ -29,11 +22,11 @@ class ReconstructionHead(nn.Module):
 
     Args:
         in_channels: width of the decoded features (PatConfig.decoder_dim, 256).
-        num_upsamples: n, the number of x2 steps (see :func:`num_upsamples_for`).
+        num_upsamples: n, the number of x2 steps: ``log2_exact`` of the final decoder stride.
         widths: output width of each step; None halves ``in_channels`` at every step (256 -> 128, 64, 32 for n = 3).
     """
 
-    def __init__(self, in_channels: int = 256, *, num_upsamples: int = 3, widths: Optional[Sequence[int]] = None):
+    def __init__(self, in_channels: int = 256, *, num_upsamples: int = 3, widths: Sequence[int] | None = None):
         super().__init__()
         if num_upsamples < 0:
             raise ValueError(f"num_upsamples must be >= 0, got {num_upsamples}")

@@ -5,11 +5,9 @@ become 64 mid-stage tokens, and later 32 late-stage tokens; TokenMixer_g turns a
 global tokens and widens them from the 32-d code space to the side ViT's 240 channels. The paper says only
 "3-layer MLP"; like MLP-Mixer's token-mixing block, it acts on the token axis with weights shared over channels, so
 every output token is a learned combination of all input tokens (the number of tokens, not their width, changes).
-Hidden width 256 and GELU are our choice (DESIGN.md §3), as is the separate channel Linear for TokenMixer_g.
+Hidden width 256 and GELU are our choice, as is the separate channel Linear for TokenMixer_g.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 from torch import Tensor, nn
 
@@ -34,8 +32,8 @@ class TokenMixer(nn.Module):
         in_tokens: int,
         out_tokens: int,
         hidden: int = 256,
-        in_dim: Optional[int] = None,
-        out_dim: Optional[int] = None,
+        in_dim: int | None = None,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         if (in_dim is None) != (out_dim is None):
@@ -49,7 +47,7 @@ class TokenMixer(nn.Module):
             nn.GELU(),
             nn.Linear(hidden, out_tokens),
         )
-        self.channel_proj: Optional[nn.Linear] = None
+        self.channel_proj: nn.Linear | None = None
         if in_dim is not None and out_dim is not None:
             self.channel_proj = nn.Linear(in_dim, out_dim)
 

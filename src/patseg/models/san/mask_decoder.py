@@ -1,6 +1,6 @@
 """SAN's MLP mask decoder: mask logits and per-CLIP-head attention biases from query tokens and a pixel map.
 
-Port of ``MLPMaskDecoder`` in MendelXu/SAN ``san/model/side_adapter/side_adapter.py`` (reference/san.md §1.4).
+Port of ``MLPMaskDecoder`` in MendelXu/SAN ``san/model/side_adapter/side_adapter.py``.
 Three MLPs embed the queries (``query_mlp``), the pixels (``pix_mlp``) and per-head attention keys (``attn_mlp``):
 
     masks[b, q, y, x]   = sum_c Q[b, q, c] P[b, c, y, x]

@@ -1,24 +1,24 @@
 """SAN: the side adapter network on a frozen CLIP — PAT's semantic branch and our baseline.
 
-Facts from MendelXu/SAN `san/model/san.py` (see shared/reference/san.md). The forward reads like SAN's figure:
+Facts from MendelXu/SAN ``san/model/san.py``. The forward reads like SAN's figure:
 normalise, run the shallow CLIP blocks for the taps, run the side ViT fused with those taps, decode masks and
 attention biases, recognise every query with the deeper CLIP blocks, and score it against the text embeddings.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from patseg.losses import SemSegTarget, SetCriterion, count_masks, targets_from_semseg
+from patseg.losses import SetCriterion, targets_from_semseg
 from patseg.models.clip.backbone import ClipBackbone, ClipFeatures
-from patseg.models.san.mask_decoder import MaskDecoder
-from patseg.models.outputs import StepOutput
-from patseg.models.san.side_adapter import SideAdapter
 from patseg.models.clip.text_encoder import TextEncoder
+from patseg.models.outputs import StepOutput
+from patseg.models.san.mask_decoder import MaskDecoder
+from patseg.models.san.side_adapter import SideAdapter
 
 
 @dataclass
@@ -64,7 +64,7 @@ class SAN(nn.Module):
         text: frozen CLIP text tower that turns class names into prompt-ensembled embeddings.
         side: the side ViT with fusion layers.
         mask_decoder: SAN's MLP mask decoder with the attention-bias head.
-        criterion: the Mask2Former set loss.
+        criterion: the training loss, Mask2Former's set loss (``SetCriterion``; PAT hands its ``PatCriterion``).
         resize_ratio: CLIP sees the padded image scaled by this factor (0.5 for ViT-B/16, 0.7 for ViT-L/14-336).
         record_blocks: side blocks decoded during training; the last one is the main prediction.
         templates: prompt templates averaged for every class name.
@@ -103,13 +103,19 @@ class SAN(nn.Module):
         return x, clip_in
 
     def recognize(self, feats: ClipFeatures, queries: Tensor, pixels: Tensor,
-                  class_embeddings: Tensor, decoder: Optional[MaskDecoder] = None) -> SegPrediction:
+                  class_embeddings: Tensor, decoder: MaskDecoder | None = None) -> SegPrediction:
         """Decode masks and attention biases from (queries, pixels), recognise the queries with CLIP."""
         out = (decoder or self.mask_decoder)(queries, pixels)
-        bias = F.adaptive_max_pool2d(out.attn_bias.flatten(0, 1), feats.grid)  # SAN REC_DOWNSAMPLE_METHOD="max"
-        bias = bias.view(*out.attn_bias.shape[:3], *feats.grid)
-        embeddings = self.clip.recognize(feats, bias)
-        return SegPrediction(masks=out.masks, logits=self.classify(embeddings, class_embeddings))
+        return SegPrediction(masks=out.masks, logits=self.recognize_bias(feats, out.attn_bias, class_embeddings))
+
+    def recognize_bias(self, feats: ClipFeatures, attn_bias: Tensor, class_embeddings: Tensor) -> Tensor:
+        """Class logits (B, Q, C + 1) of the queries whose CLIP attention bias is ``attn_bias`` (B, heads, Q, h, w).
+
+        The bias is max-pooled from the decoder's grid to the CLIP grid (SAN's REC_DOWNSAMPLE_METHOD "max").
+        """
+        bias = F.adaptive_max_pool2d(attn_bias.flatten(0, 1), feats.grid)
+        bias = bias.view(*attn_bias.shape[:3], *feats.grid)
+        return self.classify(self.clip.recognize(feats, bias), class_embeddings)
 
     def forward(self, images: Tensor, class_embeddings: Tensor) -> SegOutput:
         """images: (B, 3, H, W) in [0, 1], H and W divisible by 32; class_embeddings: (C, D)."""
@@ -123,30 +129,22 @@ class SAN(nn.Module):
         return SegOutput(main=main, aux=preds)
 
     # ---------------------------------------------------------------- training / inference
-    def prepare_training(self) -> None:
-        """Check and build what only training needs; SAN needs nothing beyond its modules."""
+    def prepare_training(self, lpips_vgg_weights: str | None = None) -> None:
+        """Check and build what only training needs; SAN needs nothing beyond its modules.
+
+        ``lpips_vgg_weights`` is PAT's LPIPS file (see ``PAT.prepare_training``), accepted so that every model is
+        prepared alike; SAN ignores it.
+        """
 
     def training_losses(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *,
                         ignore_index: int = 255) -> StepOutput:
-        """Set losses on the main prediction and every auxiliary set (each with its own matching)."""
-        out = self(images, class_embeddings)
-        targets = targets_from_semseg(labels, ignore_index)
-        return StepOutput(losses=self.set_losses(out, targets), visuals={"prediction": prediction_thunk(out.main)})
+        """Set losses on the main prediction and every auxiliary set (each with its own matching).
 
-    def set_losses(self, out: SegOutput, targets: list[SemSegTarget]) -> dict[str, Tensor]:
-        """Each set is matched on its own; the mask count is shared (and all-reduced under DDP)."""
-        num_masks = count_masks(targets, out.main.masks.device)
-        losses = dict(self.criterion(out.main.logits, out.main.masks, targets, num_masks))
-        for name, pred in out.aux.items():
-            aux = self.criterion(pred.logits, pred.masks, targets, num_masks)
-            losses.update({f"{k}_{name}": v for k, v in aux.items()})
-        return losses
-
-    @torch.inference_mode()
-    def predict_scores(self, images: Tensor, class_embeddings: Tensor) -> Tensor:
-        """(B, 3, H, W) padded images in [0, 1] -> (B, C, H, W) class scores at the input resolution."""
+        images: (B, 3, H, W) in [0, 1]; labels: (B, H, W) class indices, ``ignore_index`` for void pixels.
+        """
         out = self(images, class_embeddings)
-        return semantic_inference(out.main, images.shape[-2:])
+        losses = self.criterion.sets(out.main, out.aux, targets_from_semseg(labels, ignore_index))
+        return StepOutput(losses=losses, visuals={"prediction": prediction_thunk(out.main)})
 
 
 def prediction_thunk(pred: SegPrediction, max_items: int = 4) -> Callable[[], Tensor]:

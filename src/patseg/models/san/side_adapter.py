@@ -1,10 +1,10 @@
 """SAN's side adapter network: a small plain ViT whose patch tokens receive CLIP features.
 
 Port of MendelXu/SAN ``san/model/side_adapter/side_adapter.py`` (``RegionwiseSideAdapterNetwork``) and the
-``AddFusion`` layer of ``san/model/layers.py`` (facts in reference/san.md §1.2-§1.3). The side ViT is randomly
+``AddFusion`` layer of ``san/model/layers.py``. The side ViT is randomly
 initialised; learnable query tokens (PAT's *global tokens*) are prepended to the patch tokens and attend jointly
 with them. After side stage 0 (the embedding) and after some blocks, a CLIP tap is projected and added to the
-patch tokens. PAT's semantic branch (DESIGN.md §3) hooks in right after the fusions at stages >= 1.
+patch tokens. PAT's semantic branch (``PyramidStage.semantic``) hooks in right after the fusions at stages >= 1.
 
 Submodule names follow SAN's checkpoint keys (``side_adapter_network.vit_model.*`` -> ``blocks.N.*``,
 ``patch_embed.proj``, ``pos_embed``; ``fusion_layers.layer_S.input_proj.{0,1}`` -> ``fusion_layers.N.{norm,proj}``
@@ -12,8 +12,8 @@ where N is the position of (tap, S) in ``fusion_map``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -145,7 +145,7 @@ class SideAdapter(nn.Module):
         return x
 
     def forward(self, images: Tensor, clip_taps: dict[int, Tensor], *, record_blocks: Sequence[int] = (7, 8),
-                stage_hook: Optional[StageHook] = None, initial_queries: Optional[Tensor] = None) -> SideOutput:
+                stage_hook: StageHook | None = None, initial_queries: Tensor | None = None) -> SideOutput:
         """Run the side ViT, fusing CLIP taps and recording the tokens after ``record_blocks``.
 
         Args:
