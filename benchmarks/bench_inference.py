@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from patseg.atomic import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -50,7 +52,7 @@ def main() -> int:
             argv += [f"--{flag}", str(getattr(args, flag))]
     code = patseg_main(argv)
     if code == 0 and not args.quick and set(args.sections) >= set(SECTIONS):
-        (RESULTS / "README_table.md").write_text((RESULTS / f"{stem}.md").read_text())
+        atomic_write_text(RESULTS / "README_table.md", (RESULTS / f"{stem}.md").read_text())
     return code
 
 
@@ -73,8 +75,8 @@ def merge(device: str) -> int:
         return 1
     report["targets"] = check_targets(report, BenchPlan())
     report["command"] = " ; ".join(commands)
-    (RESULTS / f"{device}-full-merged.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / "README_table.md").write_text(format_markdown(report))
+    atomic_write_text(RESULTS / f"{device}-full-merged.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(RESULTS / "README_table.md", format_markdown(report))
     return 0
 
 

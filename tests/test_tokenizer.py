@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from naive import toy_batch
+
 from patseg.build import build_model
-from patseg.weights.files import save_weights
 from patseg.models.pat.model import PAT
+from patseg.resize import resize_to_multiple
+from patseg.weights.files import save_weights
 from patseg.tokenizer import LEVELS, PyramidTokenizer, TokenPyramid, load_pyramids, save_pyramids
 
 # pat_tiny at 64x64: stages H/8, H/16, H/32; latent at the side grid H/16 (codebooks 32 / 16 / 8 / 64)
@@ -109,3 +110,32 @@ def test_large_codebooks_use_uint16() -> None:
     arrays = pyramid.to_numpy()
     assert arrays["early"].dtype == np.uint16 and arrays["early"].tolist() == [[[0, 300]]]
     assert arrays["mid"].dtype == np.uint8
+
+
+def test_resize_to_multiple_sizes_and_values() -> None:
+    ramp = np.broadcast_to(np.linspace(0, 255, 70).astype(np.uint8)[None, :, None], (50, 70, 3)).copy()
+    x = resize_to_multiple(ramp, 64)  # shortest edge: (64, 90); each side to the nearest multiple of 32
+    assert x.shape == (1, 3, 64, 96) and x.dtype == torch.float32
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    row = x[0, 0, 10]
+    assert bool((row[1:] >= row[:-1] - 1e-6).all()) and float(row[0]) < 0.02 and float(row[-1]) > 0.98
+    flat = np.full((40, 300, 3), 51, dtype=np.uint8)  # long side capped at 2560 first: (64, 480)
+    assert torch.allclose(resize_to_multiple(flat, 64), torch.full((1, 3, 64, 480), 0.2), atol=1e-6)
+    assert resize_to_multiple(flat, 64, max_long_side=256).shape == (1, 3, 32, 256)  # (34, 256) -> (32, 256)
+    exact = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    assert torch.equal(resize_to_multiple(exact, 64)[0], torch.from_numpy(exact).permute(2, 0, 1).float() / 255)
+    with pytest.raises(ValueError, match="uint8"):
+        resize_to_multiple(exact.astype(np.float32), 64)
+
+
+def test_encode_image_resizes_then_encodes(model: PAT) -> None:
+    tok = PyramidTokenizer(model)
+    images, _ = toy_batch()
+    rgb = (images[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)  # (64, 64, 3): already a multiple
+    pyramid = tok.encode_image(rgb, 64)
+    want = tok.encode(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)
+    assert pyramid.image_size == (64, 64) and pyramid.grids == GRIDS
+    for level in LEVELS:
+        assert torch.equal(pyramid.codes[level], want.codes[level]), level
+    wide = tok.encode_image(np.ascontiguousarray(np.concatenate([rgb, rgb[:, :40]], axis=1)), 64)  # 64 x 104
+    assert wide.image_size == (64, 96) and wide.codes["early"].shape == (1, 8, 12)

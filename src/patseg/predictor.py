@@ -2,13 +2,13 @@
 
 The vocabulary's text embeddings are computed once (and cached on disk by the text encoder), as SAM's predictor
 caches the image embedding; ``predict`` and ``scores`` can then be called on many images. The protocol is SAN's
-(DESIGN.md §5): short side to 640 (long side at most 2560), pad to a multiple of 32, one forward pass on the whole
-image, mask logits upsampled before the sigmoid, per-class scores resized to the original size, argmax.
+test protocol (detectron2's test mapper and SAN's semantic inference): short side to 640 (long side at most 2560),
+pad to a multiple of 32, one forward pass on the whole image, mask logits upsampled before the sigmoid, per-class
+scores resized to the original size, argmax.
 """
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,14 +17,13 @@ from torch import Tensor, nn
 
 from patseg.models.san.model import SegPrediction
 from patseg.models.san.semantic_argmax import semantic_argmax
+from patseg.resize import ceil_to_multiple, shortest_edge_size
 
 
 def test_resize_shape(h: int, w: int, short: int = 640, max_long: int = 2560) -> tuple[int, int]:
-    """detectron2 ResizeShortestEdge for testing: short side -> ``short``, long side capped at ``max_long``."""
-    scale = short / min(h, w)
-    if max(h, w) * scale > max_long:
-        scale = max_long / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    """Former name of :func:`patseg.resize.shortest_edge_size`, kept only while ``patseg.cli.tokenize`` and
+    ``patseg.cli.visualize`` import it; delete it when they call :func:`patseg.resize.resize_to_multiple`."""
+    return shortest_edge_size(h, w, short, max_long)
 
 
 class Segmenter:
@@ -55,10 +54,10 @@ class Segmenter:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
-        size = test_resize_shape(h, w, self.short_side, self.max_long_side)
+        size = shortest_edge_size(h, w, self.short_side, self.max_long_side)
         if size != (h, w):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-        ph, pw = math.ceil(size[0] / 32) * 32, math.ceil(size[1] / 32) * 32
+        ph, pw = ceil_to_multiple(size[0]), ceil_to_multiple(size[1])
         # Pad with CLIP's mean colour so the padding is 0 after normalisation, as SAN pads normalised images.
         mean = self.model.clip.mean.to(x).view(1, 3, 1, 1)
         padded = mean.expand(1, 3, ph, pw).clone()
@@ -82,7 +81,7 @@ class Segmenter:
         return probs, masks
 
     def _class_scores(self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int],
-                      out_size: tuple[int, int]):
+                      out_size: tuple[int, int]) -> Iterator[tuple[int, Tensor]]:
         """Yield (first class index, (c, H, W) float32 scores at ``out_size``) chunk by chunk."""
         probs, masks = self._mask_logits(pred, padded, valid, out_size)
         masks = masks.sigmoid_().flatten(1)  # (Q, H*W)

@@ -1,10 +1,12 @@
 """The detachable multi-scale tokenizer: PAT's pixel branch and decoder used on their own.
 
 ``encode`` turns images into integer code maps at four resolutions (early/mid/late from CLIP and the pixel branch,
-latent from the side ViT); ``decode`` turns code maps back into images without any global token (DESIGN.md §3).
+latent from the side ViT); ``decode`` turns code maps back into images through the decoder alone: the global
+tokens (SAN's queries) take no part, so the code maps are the whole description of an image.
 
     tok = PyramidTokenizer.from_checkpoint("pat.safetensors")
     pyramid = tok.encode(images)          # images (B, 3, H, W) in [0, 1], H and W multiples of 32
+    pyramid = tok.encode_image(rgb, 640)  # or one (H, W, 3) uint8 image, resized to multiples of 32
     recon = tok.decode(pyramid)           # (B, 3, H', W') in [0, 1]
 """
 from __future__ import annotations
@@ -12,14 +14,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from patseg.atomic import atomic_path
 from patseg.models.pat.geometry import STAGES
 from patseg.models.pat.model import PAT
+from patseg.resize import resize_to_multiple
 
 LEVELS = (*STAGES, "latent")
 
@@ -50,8 +53,8 @@ class PyramidTokenizer:
         self.model = model.eval()
 
     @classmethod
-    def from_checkpoint(cls, weights: str, *, preset: Optional[str] = None,
-                        clip_weights: Optional[str] = None) -> "PyramidTokenizer":
+    def from_checkpoint(cls, weights: str, *, preset: str | None = None,
+                        clip_weights: str | None = None) -> PyramidTokenizer:
         from patseg.build import build_model
 
         return cls(build_model(preset, weights=weights, clip_weights=clip_weights))
@@ -69,6 +72,11 @@ class PyramidTokenizer:
         return TokenPyramid(codes={name: quant[name].indices for name in LEVELS},
                             image_size=tuple(images.shape[-2:]))
 
+    def encode_image(self, image: np.ndarray, short_side: int = 640) -> TokenPyramid:
+        """One (H, W, 3) uint8 RGB image -> TokenPyramid of batch 1. The image is resized with
+        :func:`patseg.resize.resize_to_multiple`: short side ``short_side``, both sides rounded to multiples of 32."""
+        return self.encode(resize_to_multiple(image, short_side))
+
     @torch.inference_mode()
     def decode(self, pyramid: TokenPyramid) -> Tensor:
         """TokenPyramid -> (B, 3, H, W) reconstruction in [0, 1]; no global tokens are involved."""
@@ -82,17 +90,14 @@ class PyramidTokenizer:
 
 def save_pyramids(path: Path, pyramids: list[TokenPyramid], meta: dict) -> None:
     """One .npz for several images: arrays ``{i}/{level}`` and a JSON ``meta`` entry (atomic write)."""
-    from patseg.atomic import atomic_path
-
     arrays = {}
     for i, p in enumerate(pyramids):
         for level, a in p.to_numpy().items():
             arrays[f"{i}/{level}"] = a
     meta = dict(meta, count=len(pyramids), image_sizes=[list(p.image_size) for p in pyramids])
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    with atomic_path(Path(path)) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 def load_pyramids(path: Path) -> tuple[list[TokenPyramid], dict]:

@@ -3,12 +3,22 @@ import pytest
 import torch
 from PIL import Image
 
-from patseg.data import DATASETS, DatasetError, SemSegDataset, TestTransform, data_root, get_dataset_spec
+from patseg.data import (
+    DATASETS,
+    DatasetError,
+    SemSegDataset,
+    TrainTransform,
+    build_dataset,
+    data_root,
+    get_dataset_spec,
+    list_datasets,
+)
+from patseg.data.transforms import resize_image
 
 
-def write_sample(root, name, stem, label, size=(6, 8)):
+def write_sample(root, name, stem, label, size=(6, 8), split="val"):
     spec = get_dataset_spec(name)
-    layout = spec.split("val")
+    layout = spec.split(split)
     (root / layout.image_dir).mkdir(parents=True, exist_ok=True)
     (root / layout.label_dir).mkdir(parents=True, exist_ok=True)
     rgb = np.random.default_rng(len(stem)).integers(0, 256, (*size, 3), dtype=np.uint8)
@@ -86,7 +96,8 @@ def test_items_png_and_uint16_tiff(tmp_path, monkeypatch):
     extra = tmp_path / DATASETS["voc_20"].splits["val"].image_dir / "2007_999999.jpg"
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(extra)
     with pytest.warns(UserWarning) as record:
-        voc = SemSegDataset("voc_20", transform=TestTransform(short_side=12, max_size=100), allow_partial=True)
+        voc = SemSegDataset("voc_20", transform=lambda im, lab: (resize_image(im, (12, 16)), lab),
+                            allow_partial=True)
     assert "no label" not in str(record[0].message)
     item = voc[0]
     assert item["image"].shape == (3, 12, 16)
@@ -99,3 +110,37 @@ def test_wrong_label_dtype_is_reported(tmp_path):
         ds = SemSegDataset("ade20k_847", root=tmp_path, allow_partial=True)
     with pytest.raises(DatasetError, match="expected a 2-D uint16 map"):
         ds[0]
+
+
+def test_build_dataset_opens_every_registered_name(tmp_path):
+    for i, name in enumerate(list_datasets()):
+        spec = get_dataset_spec(name)
+        label = np.full((6, 8), i, dtype=np.dtype(spec.label_dtype))
+        write_sample(tmp_path, name, f"s{i}", label)
+        with pytest.warns(UserWarning, match="expected"):
+            ds = build_dataset(name, "val", root=tmp_path, allow_partial=True)
+        assert isinstance(ds, SemSegDataset) and ds.spec is spec and ds.split == "val" and len(ds) == 1
+        assert ds[0]["name"] == f"s{i}" and torch.equal(ds[0]["label"], torch.full((6, 8), i))
+
+
+def test_build_dataset_passes_the_split_and_the_transform(tmp_path):
+    label = np.full((40, 48), 7, dtype=np.uint8)
+    write_sample(tmp_path, "coco_stuff_171", "t", label, size=(40, 48), split="train")
+    transform = TrainTransform(crop_size=32, short_sides=(40,), max_size=400, color_jitter=False, flip_prob=0.0)
+    with pytest.warns(UserWarning, match="expected 118287"):
+        ds = build_dataset("coco_stuff_171", "train", root=tmp_path, transform=transform, allow_partial=True)
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 32) and torch.equal(item["label"], torch.full((32, 32), 7))
+    with pytest.raises(DatasetError, match="expected 118287"):
+        build_dataset("coco_stuff_171", "train", root=tmp_path)  # strict by default
+
+
+def test_build_dataset_errors_name_the_choices(tmp_path):
+    with pytest.raises(DatasetError) as info:
+        build_dataset("ade20k", "val", root=tmp_path)
+    assert "unknown dataset 'ade20k'" in str(info.value)
+    assert all(name in str(info.value) for name in list_datasets())
+    with pytest.raises(DatasetError, match="'voc_20' has no split 'train'; its splits: val"):
+        build_dataset("voc_20", "train", root=tmp_path)
+    with pytest.raises(DatasetError, match="patseg prepare pcontext_59"):
+        build_dataset("pcontext_59", "val", root=tmp_path)

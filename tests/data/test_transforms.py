@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from patseg.data import ColorAugSSD, TestTransform, TrainTransform, collate_semseg, san_short_sides
+from patseg.data import ColorAugSSD, TrainTransform, collate_semseg, san_short_sides
 from patseg.data.color import hsv8_to_rgb, rgb_to_hsv8
-from patseg.data.transforms import resize_label, shortest_edge_size
+from patseg.data.transforms import resize_label
+from patseg.resize import ceil_to_multiple, round_to_multiple, shortest_edge_size
 
 
 def test_san_short_sides_and_shortest_edge_rule():
@@ -16,14 +17,15 @@ def test_san_short_sides_and_shortest_edge_rule():
     assert shortest_edge_size(375, 500, 640, 2560) == (640, 853)
     assert shortest_edge_size(100, 1000, 640, 2560) == (256, 2560)  # long side capped
     assert shortest_edge_size(700, 300, 64, 1000) == (149, 64)
+    # exact halves round as detectron2's get_output_shape does (its float arithmetic, not the exact value)
+    assert shortest_edge_size(29, 1024, 640, 2560) == (72, 2560)  # 29 * 2.5 = 72.5
+    assert shortest_edge_size(161, 1024, 128, 512) == (81, 512)  # 161 / 2 = 80.5
 
 
-def test_test_transform_resizes_image_only():
-    image = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8)
-    label = torch.randint(0, 5, (30, 40))
-    out_image, out_label = TestTransform(short_side=48, max_size=200)(image, label)
-    assert out_image.shape == (3, 48, 64) and out_image.dtype == torch.uint8
-    assert out_label is label
+def test_multiples_of_32():
+    assert [ceil_to_multiple(n) for n in (1, 32, 33, 64, 853)] == [32, 32, 64, 64, 864]
+    assert [round_to_multiple(n) for n in (1, 15, 47, 48, 49, 80, 112, 853)] == [32, 32, 32, 64, 64, 64, 128, 864]
+    assert round_to_multiple(20, 16) == 16 and ceil_to_multiple(20, 16) == 32
 
 
 def test_resize_label_is_nearest():
@@ -74,7 +76,7 @@ def test_hsv_conversion_matches_colorsys_and_round_trips():
     rgb = rng.integers(0, 256, (20, 3), dtype=np.uint8)
     hsv = rgb_to_hsv8(rgb[None])[0]
     for (r, g, b), (h8, s8, v8) in zip(rgb, hsv):
-        h, s, v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+        h, s, _ = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
         assert v8 == max(r, g, b)
         assert abs(s8 - s * 255) <= 0.5
         assert min(abs(h8 - h * 180), 180 - abs(h8 - h * 180)) <= 0.5

@@ -52,5 +52,3 @@ def test_single_process_reductions_are_identities():
     out = D.all_reduce_mean(t)
     assert torch.equal(out, t) and out.data_ptr() != t.data_ptr()
     assert D.all_gather_json({"a": [1, 2]}, torch.device("cpu")) == [{"a": [1, 2]}]
-    wrapped = torch.nn.Linear(2, 2)
-    assert D.unwrap(wrapped) is wrapped

@@ -1,10 +1,35 @@
 """OVSS-mini: a seconds-long run of the whole pipeline through `patseg mini`."""
 import json
+import os
 
 import pytest
 
 from patseg.cli import main
-from patseg.mini.benchmark import RandomTextEncoder, format_table, summarize
+from patseg.mini import benchmark
+from patseg.mini.benchmark import QUICK, RandomTextEncoder, format_table, summarize
+from patseg.mini.clip_pretrain import SHIPPED_DIR, WEIGHTS_FILE
+from patseg.mini.world import WorldConfig, world_hash
+
+
+def absolute_paths(obj):
+    """Every string inside ``obj`` (nested dicts and lists) that is an absolute or home-relative path."""
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in absolute_paths(k) + absolute_paths(v)]
+    if isinstance(obj, (list, tuple)):
+        return [p for v in obj for p in absolute_paths(v)]
+    return [obj] if isinstance(obj, str) and (os.path.isabs(obj) or obj.startswith("~")) else []
+
+
+def test_benchmark_record_holds_no_absolute_path(tmp_path, monkeypatch):
+    shipped = SHIPPED_DIR / WEIGHTS_FILE
+    assert shipped.is_absolute()  # what the loader hands over; the record must not keep it so
+    monkeypatch.setattr(benchmark, "load_or_pretrain_mini_clip", lambda world, steps: shipped)
+    monkeypatch.setattr(benchmark, "run_one", lambda run, seed, *args: (None, {"seen": 1.0, "dir": "runs/x"}))
+    report = benchmark.run_benchmark(QUICK, tmp_path / "out", benchmark.DEFAULT_RUNS[:1])
+    assert report["clip_weights"] == "patseg/resources/mini_clip/mini_clip.safetensors"
+    assert report["results"] == {"SAN": [{"seen": 1.0, "dir": "runs/x", "seed": 0}]}
+    assert absolute_paths(report) == []
+    assert absolute_paths({"a": [str(tmp_path)], "b": "~/x"}) == [str(tmp_path), "~/x"]  # the check can fail
 
 
 def test_random_text_encoder_is_fixed_per_name():
@@ -35,6 +60,8 @@ def test_mini_pipeline_smoke(tmp_path, monkeypatch):
     assert code == 0
     report = json.loads((out / "results.json").read_text())
     assert set(report["results"]) == {"SAN", "PAT", "SAN, random text (control)"}
+    cached = f"$PATSEG_CACHE/mini_clip/{world_hash(WorldConfig())}/mini_clip.safetensors"
+    assert report["clip_weights"] == cached and absolute_paths(report) == []
     for rows in report["results"].values():
         assert len(rows) == 1 and {"seen", "unseen", "all", "hIoU"} <= set(rows[0])
     md = (out / "results.md").read_text()

@@ -13,9 +13,10 @@ import contextlib
 import ctypes
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
@@ -31,7 +32,7 @@ def _register_attention_formulas() -> None:
     torch 2.14's counter knows the CUDA SDPA kernels only; without these, CLIP's attention (``nn.MultiheadAttention``
     takes the fused ``_native_multi_head_attention`` path in inference) and every CPU SDPA call would count as zero.
     """
-    missing = lambda op: op not in torch.utils.flop_counter.flop_registry  # noqa: E731
+    missing = lambda op: op not in torch.utils.flop_counter.flop_registry
 
     if missing(aten._scaled_dot_product_flash_attention_for_cpu):
         @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
@@ -80,13 +81,14 @@ def _rss_kb(field_name: str) -> int:
 def cpu_peak_supported() -> bool:
     """Linux lets a process reset its resident-set high-water mark (``echo 5 > /proc/self/clear_refs``)."""
     try:
+        # A kernel control file, not a file of results: it cannot be replaced, only written in place.
         Path("/proc/self/clear_refs").write_text("5")
         return True
     except OSError:
         return False
 
 
-def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[float]:
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
     """Peak memory of one call above the level before it: CUDA allocator peak, or CPU resident-set growth."""
     if device.type == "cuda":
         synchronize(device)
@@ -111,8 +113,8 @@ class Measurement:
 
     median_ms: float
     runs_ms: list[float]
-    peak_mb: Optional[float] = None
-    gflops: Optional[float] = None
+    peak_mb: float | None = None
+    gflops: float | None = None
 
 
 def time_runs(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int) -> list[float]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,7 +82,7 @@ def train_step(model: nn.Module, image_size: int, device: torch.device, *, num_c
     return result
 
 
-def compiled_predict(model: nn.Module, name: str, plan: "BenchPlan", device: torch.device, *, warmup: int,
+def compiled_predict(model: nn.Module, name: str, plan: BenchPlan, device: torch.device, *, warmup: int,
                      repeats: int) -> dict[str, Any]:
     """``predict`` at ``plan.size`` with the model eager and under ``torch.compile``, side by side. The first compiled
     call (tracing and code generation) is timed apart; labels are compared, as fused kernels round differently."""
@@ -133,7 +134,8 @@ def as_dict(obj: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------- the suite
 @dataclass
 class BenchPlan:
-    """What one ``patseg bench`` run measures. ``full()`` is issue 6's list; ``quick()`` the tiny presets."""
+    """What one ``patseg bench`` run measures. The defaults are the full run (ViT-B/16 presets at SAN's 640x640,
+    ADE20K-150's vocabulary, the sizes and vocabularies of ``docs/performance.md``); ``quick()`` the tiny presets."""
 
     san: str = "san_vitb16"
     pat: str = "pat_vitb16_clip"
@@ -148,7 +150,7 @@ class BenchPlan:
     repeats: int = 3
 
     @classmethod
-    def quick(cls) -> "BenchPlan":
+    def quick(cls) -> BenchPlan:
         return cls(san="san_tiny", pat="pat_tiny", size=(128, 128), sizes=((128, 128), (256, 256), (128, 512)),
                    vocabularies=(20, 150, 847), train_presets=(("san_tiny", 128), ("pat_tiny", 128)),
                    memory_case=((128, 512), 847), warmup=2, repeats=5)
@@ -243,7 +245,9 @@ def _target(name: str, value: float, limit: float, note: str) -> dict[str, Any]:
 
 
 def check_targets(report: dict[str, Any], plan: BenchPlan) -> list[dict[str, Any]]:
-    """Issue 6's targets, each a ratio measured in this run (or the memory bound in MB)."""
+    """The performance targets, each a ratio measured in this run (or the memory bound in MB): glue at most 15% of
+    the parts, PAT/SAN latency no worse than their FLOPs ratio, 847 classes at most 10% slower than 20, and the
+    bounded post-processing's peak memory under 4 GB (see ``docs/performance.md``)."""
     out = []
     models = report.get("models", {})
     if plan.pat in models and plan.san in models:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -27,8 +27,6 @@ from patseg.errors import DatasetError
 PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 _SHOWN = 10  # file names listed in an error before "... and N more"
-
-
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ def _stems(folder: Path, ext: str) -> dict[str, Path]:
     return {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ext and not p.name.startswith(".")}
 
 
-def find_samples(spec: DatasetSpec, split: str, root: Optional[str | os.PathLike] = None) -> PairingReport:
+def find_samples(spec: DatasetSpec, split: str, root: str | os.PathLike | None = None) -> PairingReport:
     """Pair the images and labels of ``spec``'s ``split`` under the data root by file stem."""
     layout = spec.split(split)
     base = data_root(root)
@@ -113,7 +111,7 @@ class SemSegDataset(Dataset):
         name: registry name (``ade20k_150``, ``coco_stuff_171``, ...).
         split: ``val`` or ``train`` (COCO-Stuff only).
         root: data root; default ``$PATSEG_DATA`` or ``./datasets``.
-        transform: callable ``(image, label) -> (image, label)``, e.g. :class:`patseg.data.TestTransform`.
+        transform: callable ``(image, label) -> (image, label)``, e.g. :class:`patseg.data.TrainTransform`.
         allow_partial: accept missing files or a different count (tests, subsets); the problems become a
             warning instead of a :class:`DatasetError`.
     """
@@ -122,8 +120,8 @@ class SemSegDataset(Dataset):
         self,
         name: str,
         split: str = "val",
-        root: Optional[str | os.PathLike] = None,
-        transform: Optional[PairTransform] = None,
+        root: str | os.PathLike | None = None,
+        transform: PairTransform | None = None,
         allow_partial: bool = False,
     ) -> None:
         self.spec = get_dataset_spec(name)

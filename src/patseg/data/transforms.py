@@ -1,23 +1,25 @@
-"""Paired image/label transforms of SAN's training and test pipelines, and the batch collate.
+"""Paired image/label transforms of SAN's training pipeline, and the batch collate.
 
 Training (Mask2Former's ``MaskFormerSemanticDatasetMapper`` as configured by MendelXu/SAN
 ``configs/Base-coco-stuff-164K-171.yaml``): resize the shorter side to a size drawn from {320, 384, ..., 960}
 (long side <= 2560), random 640x640 crop, SSD colour jitter, horizontal flip, pad to 640x640 with 128 (image) and the
-ignore label. Test (detectron2's default mapper): shorter side 640, long side <= 2560, label left at full size.
-Every size is a parameter so that tiny tests and the OVSS-mini benchmark can use 64-128 px crops.
+ignore label. The test resize (detectron2's default mapper) is not a dataset transform: ``patseg.Segmenter`` resizes
+each whole image itself. Every size is a parameter so that tiny tests and the OVSS-mini benchmark can use 64-128 px
+crops.
 
 Images are uint8 tensors (3, H, W), labels int64 tensors (H, W). Resizing goes through PIL (bilinear for images,
 nearest for labels), which is what detectron2's ``ResizeTransform`` uses.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from patseg.data.color import ColorAugSSD
+from patseg.resize import shortest_edge_size
 
 IMAGE_PAD_VALUE = 128  # uint8 value of padded image pixels (Mask2Former semantic mapper)
 
@@ -25,16 +27,6 @@ IMAGE_PAD_VALUE = 128  # uint8 value of padded image pixels (Mask2Former semanti
 def san_short_sides(crop_size: int) -> tuple[int, ...]:
     """SAN's short-side choices: int(x * 0.1 * crop) for x = 5..15, i.e. 320..960 for a 640 crop."""
     return tuple(int(x * 0.1 * crop_size) for x in range(5, 16))
-
-
-def shortest_edge_size(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
-    """Output (H, W) of detectron2's ResizeShortestEdge: short side -> ``short_side``, long side <= ``max_size``."""
-    scale = short_side / min(height, width)
-    new_h, new_w = height * scale, width * scale
-    if max(new_h, new_w) > max_size:
-        shrink = max_size / max(new_h, new_w)
-        new_h, new_w = new_h * shrink, new_w * shrink
-    return int(new_h + 0.5), int(new_w + 0.5)
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -67,21 +59,6 @@ def pad_pair(
     return image, label
 
 
-class TestTransform:
-    """SAN's test resize: shorter side ``short_side``, longer side at most ``max_size``; the label is not resized
-    because predictions are upsampled to the ground-truth size before the argmax."""
-
-    __test__ = False  # not a pytest class despite the name
-
-    def __init__(self, short_side: int = 640, max_size: int = 2560) -> None:
-        self.short_side = short_side
-        self.max_size = max_size
-
-    def __call__(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        size = shortest_edge_size(image.shape[1], image.shape[2], self.short_side, self.max_size)
-        return resize_image(image, size), label
-
-
 class TrainTransform:
     """SAN's training augmentation: short-side jitter, random crop, SSD colour jitter, flip, pad with ignore.
 
@@ -97,7 +74,7 @@ class TrainTransform:
     def __init__(
         self,
         crop_size: int = 640,
-        short_sides: Optional[Sequence[int]] = None,
+        short_sides: Sequence[int] | None = None,
         max_size: int = 2560,
         ignore_label: int = 255,
         color_jitter: bool = True,
@@ -111,7 +88,7 @@ class TrainTransform:
         self.flip_prob = flip_prob
 
     def __call__(
-        self, image: torch.Tensor, label: torch.Tensor, generator: Optional[torch.Generator] = None
+        self, image: torch.Tensor, label: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         short = self.short_sides[int(torch.randint(len(self.short_sides), (1,), generator=generator))]
         size = shortest_edge_size(image.shape[1], image.shape[2], short, self.max_size)
@@ -135,8 +112,8 @@ class TrainTransform:
 def collate_semseg(samples: Sequence[dict], ignore_label: int = 255) -> dict:
     """Stack dataset items into a batch, padding bottom/right to the largest image (and label) of the batch.
 
-    Images and labels are padded independently, so test batches, whose labels keep their original size while
-    the images are resized, collate too.
+    Images and labels are padded independently, so items whose label kept its original size while the image was
+    resized collate too.
 
     Args:
         samples: items ``{"image": uint8 (3, H_i, W_i), "label": int64 (h_i, w_i), "name": str}``.

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import Sampler
 
 
@@ -70,11 +71,6 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def all_reduce_mean(tensor: Tensor) -> Tensor:
     """Mean of ``tensor`` over all ranks (a copy; the identity in single-process runs)."""
     out = tensor.detach().clone()
@@ -101,11 +97,6 @@ def all_gather_json(obj: Any, device: torch.device) -> list[Any]:
     chunks = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(chunks, padded)
     return [json.loads(bytes(c[: int(s.item())].tolist()).decode()) for c, s in zip(chunks, sizes)]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside a DDP wrapper (what checkpoints store)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 class InfiniteSampler(Sampler[int]):

@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,10 +29,18 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from patseg.atomic import atomic_write_text
 from patseg.config import ConfigError, to_dict
 from patseg.engine import distributed as D
-from patseg.engine.checkpoint import (TrainState, capture_rng_state, last_checkpoint, load_checkpoint,
-                                      load_model_weights, restore_rng_state, save_checkpoint)
+from patseg.engine.checkpoint import (
+    TrainState,
+    capture_rng_state,
+    last_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    restore_rng_state,
+    save_checkpoint,
+)
 from patseg.engine.schedule import PolySchedule, build_param_groups
 from patseg.engine.train_config import TrainConfig, dump_train_config
 from patseg.engine.writers import ProgressBar, TrainingWriter
@@ -47,7 +56,7 @@ class TrainResult:
     iteration: int  # optimizer steps completed
     losses: dict[str, float]  # the last logged loss terms (mean over ranks), "total" included
     lr: float  # learning rate of the last step
-    checkpoint: Optional[Path]  # the last checkpoint folder of this call (written by rank 0), None if none
+    checkpoint: Path | None  # the last checkpoint folder of this call (written by rank 0), None if none
 
 
 class _LossForward(nn.Module):
@@ -73,12 +82,12 @@ class _Run:
     optimizer: torch.optim.Optimizer
     schedule: PolySchedule
     scaler: torch.amp.GradScaler
-    autocast_dtype: Optional[torch.dtype]
+    autocast_dtype: torch.dtype | None
     class_embeddings: Tensor  # (C, D)
     dataset: Dataset
     collate_fn: Callable
     micro_batch: int  # images per rank per forward
-    writer: Optional[TrainingWriter]
+    writer: TrainingWriter | None
 
 
 @dataclass
@@ -104,7 +113,7 @@ def _micro_batch(cfg: TrainConfig, world_size: int) -> int:
     return cfg.solver.batch_size // per_step
 
 
-def _autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+def _autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "off":
         return None
     if device.type != "cuda":
@@ -257,10 +266,10 @@ def _save(run: _Run, done: int, position: int) -> Path:
     return folder
 
 
-def _loop(run: _Run, start: int, position: int, evaluate: Optional[Evaluate]) -> TrainResult:
+def _loop(run: _Run, start: int, position: int, evaluate: Evaluate | None) -> TrainResult:
     cfg = run.cfg
     bar = ProgressBar(start, cfg.solver.iters, enabled=run.info.is_main)
-    batches: Optional[Iterator] = None
+    batches: Iterator | None = None
     result = TrainResult(start, {}, run.schedule.lr_at(start) if start < cfg.solver.iters else 0.0, None)
     try:
         for it in range(start, cfg.solver.iters):
@@ -294,8 +303,8 @@ def _loop(run: _Run, start: int, position: int, evaluate: Optional[Evaluate]) ->
 
 
 def train(cfg: TrainConfig, model: nn.Module, dataset: Dataset, class_names: Sequence[str], *,
-          evaluate: Optional[Evaluate] = None, resume: bool = False,
-          collate_fn: Optional[Callable[[list[Any]], dict[str, Tensor]]] = None) -> TrainResult:
+          evaluate: Evaluate | None = None, resume: bool = False,
+          collate_fn: Callable[[list[Any]], dict[str, Tensor]] | None = None) -> TrainResult:
     """Train ``model`` on ``dataset`` for ``cfg.solver.iters`` optimizer steps (see the module docstring).
 
     Arguments:
@@ -314,8 +323,7 @@ def train(cfg: TrainConfig, model: nn.Module, dataset: Dataset, class_names: Seq
     try:
         run = _setup(cfg, model, dataset, class_names, collate_fn, info, device)
         if info.is_main:
-            Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(cfg.output_dir) / "config.yaml").write_text(dump_train_config(cfg))
+            atomic_write_text(Path(cfg.output_dir) / "config.yaml", dump_train_config(cfg))
         start, position = _resume_or_load(run, resume)
         try:
             return _loop(run, start, position, evaluate)

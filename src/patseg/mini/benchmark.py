@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,13 +23,21 @@ from torch import Tensor, nn
 
 from patseg.build import build_model
 from patseg.config import load_preset
-from patseg.mini.scenes import SyntheticSegmentation
-from patseg.mini.world import WorldConfig
-from patseg.mini.clip_pretrain import MODEL_NAME, load_or_pretrain_mini_clip
-from patseg.engine.train_config import (CheckpointConfig, DataConfig, EvalConfig, LogConfig, ModelChoice,
-                                        SolverConfig, TrainConfig)
+from patseg.engine.train_config import (
+    CheckpointConfig,
+    DataConfig,
+    EvalConfig,
+    LogConfig,
+    ModelChoice,
+    SolverConfig,
+    TrainConfig,
+)
 from patseg.engine.trainer import train
 from patseg.evaluation import SemSegEvaluator
+from patseg.mini.clip_pretrain import MODEL_NAME, load_or_pretrain_mini_clip
+from patseg.mini.scenes import SyntheticSegmentation
+from patseg.mini.world import WorldConfig
+from patseg.paths import portable_path
 from patseg.predictor import Segmenter
 
 VAL_SEED = 10_000  # the evaluation scenes are the same for every training seed
@@ -155,8 +163,10 @@ def run_one(run: MiniRun, seed: int, world: WorldConfig, settings: MiniSettings,
 
 
 def run_benchmark(settings: MiniSettings, out_dir: Path, runs: Sequence[MiniRun] = DEFAULT_RUNS,
-                  world: Optional[WorldConfig] = None, on_model: Optional[Callable] = None) -> dict:
-    """Every run for every seed; returns {"world", "settings", "results": {run name: [metrics per seed]}}."""
+                  world: WorldConfig | None = None, on_model: Callable | None = None) -> dict:
+    """Every run for every seed; returns {"world", "clip_weights", "settings", "results": {run name: [metrics per
+    seed]}}. ``clip_weights`` is recorded by :func:`patseg.paths.portable_path` (``patseg/...`` for the shipped
+    mini CLIP, ``$PATSEG_CACHE/...`` for a cached one), so the record holds no absolute path of this machine."""
     world = world or WorldConfig()
     torch.set_num_threads(settings.threads)
     clip_weights = load_or_pretrain_mini_clip(world, steps=settings.clip_steps)
@@ -169,7 +179,7 @@ def run_benchmark(settings: MiniSettings, out_dir: Path, runs: Sequence[MiniRun]
             results[run.name].append(metrics)
             if on_model is not None:
                 on_model(run, seed, model)
-    return {"world": world.name, "clip_weights": str(clip_weights), "results": results,
+    return {"world": world.name, "clip_weights": portable_path(clip_weights), "results": results,
             "settings": {k: v for k, v in settings.__dict__.items()}}
 
 

@@ -26,16 +26,17 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
 
+from patseg import paths
+from patseg.atomic import atomic_save_safetensors, atomic_write_text
 from patseg.mini.scenes import render_scene, scene_rng
 from patseg.mini.world import WorldConfig, make_caption, world_hash
-from patseg.atomic import atomic_save_safetensors, atomic_write_text
 from patseg.resources import CLIP_CONFIG_DIR, RESOURCE_DIR, load_templates
 
 MODEL_NAME = "patseg-mini-ViT"
@@ -69,7 +70,7 @@ def _register_config() -> None:
         open_clip.add_model_config(CLIP_CONFIG_DIR)
 
 
-def create_mini_clip(weights: Optional[Path] = None) -> open_clip.CLIP:
+def create_mini_clip(weights: Path | None = None) -> open_clip.CLIP:
     """open_clip CLIP built from ``patseg-mini-ViT``; random init, or the given safetensors file (strict)."""
     _register_config()
     if weights is not None and not Path(weights).is_file():
@@ -107,7 +108,7 @@ def _crop_box(label: np.ndarray, num_stuff: int, rng: np.random.Generator) -> tu
         cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
         y0, x0 = (int(np.clip(round(c - side / 2), 0, size - side)) for c in (cy, cx))
         return y0, x0, side
-    side = int(round(size * np.sqrt(rng.uniform(*CROP_AREA))))
+    side = round(size * np.sqrt(rng.uniform(*CROP_AREA)))
     y0, x0 = rng.integers(0, size - side + 1, size=2)
     return int(y0), int(x0), side
 
@@ -269,7 +270,7 @@ def evaluate_zero_shot(
 SHIPPED_DIR = RESOURCE_DIR / "mini_clip"  # regenerate: see the README's OVSS-mini section
 
 
-def shipped_mini_clip(world: WorldConfig) -> Optional[Path]:
+def shipped_mini_clip(world: WorldConfig) -> Path | None:
     """The mini CLIP shipped with patseg, if it was trained on ``world`` with the current model config.
 
     Set PATSEG_NO_SHIPPED_MINI_CLIP=1 to ignore it (the tests do, to exercise pretraining and caching)."""
@@ -283,9 +284,8 @@ def shipped_mini_clip(world: WorldConfig) -> Optional[Path]:
 
 
 def cache_dir_for(world: WorldConfig) -> Path:
-    """``$PATSEG_CACHE/mini_clip/<world-hash>`` (PATSEG_CACHE defaults to ``~/.cache/patseg``)."""
-    root = Path(os.environ.get("PATSEG_CACHE", Path.home() / ".cache" / "patseg")).expanduser()
-    return root / "mini_clip" / world_hash(world)
+    """``<cache>/mini_clip/<world-hash>``, the cache being :func:`patseg.paths.cache_dir`."""
+    return paths.cache_dir() / "mini_clip" / world_hash(world)
 
 
 def _model_config() -> dict:
@@ -294,7 +294,7 @@ def _model_config() -> dict:
 
 def pretrain_mini_clip(
     world: WorldConfig, *, steps: int = 600, batch_size: int = 64, seed: int = 0, lr: float = 1e-3,
-    out_dir: Optional[Path] = None, eval_scenes: int = 256, log_every: int = 0, half: bool = False,
+    out_dir: Path | None = None, eval_scenes: int = 256, log_every: int = 0, half: bool = False,
 ) -> Path:
     """Train the mini CLIP on ``world``, evaluate it, and write weights + metadata into ``out_dir``.
 
@@ -339,7 +339,7 @@ def read_metadata(weights: Path) -> dict:
 
 def load_or_pretrain_mini_clip(
     world: WorldConfig, *, steps: int = 600, batch_size: int = 64, seed: int = 0,
-    cache_dir: Optional[Path] = None, eval_scenes: int = 256,
+    cache_dir: Path | None = None, eval_scenes: int = 256,
 ) -> Path:
     """Weights path of the cached mini CLIP for ``world``, training it first when no valid cache exists.
 
@@ -376,7 +376,7 @@ def _summary(meta: dict) -> str:
     )
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Pretrain the OVSS-mini CLIP on the default world and cache it.")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=64)

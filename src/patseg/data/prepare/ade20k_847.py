@@ -21,6 +21,7 @@ from PIL import Image
 
 from patseg.data.prepare.common import Job, check_same_size, output_paths, require_dir, write_jpeg, write_label
 from patseg.data.registry import TIFF_IGNORE
+from patseg.resize import shortest_edge_size
 from patseg.resources import CLASSNAME_DIR
 
 DATASET = "ade20k_847"
@@ -50,13 +51,10 @@ def decode_class_mask(seg_rgb: np.ndarray) -> np.ndarray:
 
 def target_size(height: int, width: int, max_short: int = MAX_SHORT_SIDE) -> tuple[int, int]:
     """(H, W) after limiting the shorter side to ``max_short`` (unchanged when already small enough)."""
-    short = min(height, width)
-    if short <= max_short:
+    if min(height, width) <= max_short:
         return height, width
-    scale = max_short / short
-    if height <= width:
-        return max_short, int(width * scale + 0.5)
-    return int(height * scale + 0.5), max_short
+    # A shrink never lengthens the long side, so the cap max(height, width) never binds.
+    return shortest_edge_size(height, width, max_short, max(height, width))
 
 
 def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -242,10 +242,3 @@ def decoder_plan(stage_strides: dict[str, int], decoder_stages: tuple[str, ...])
         plan.append((name, 1.0 if prev is None else prev / stage_strides[name]))
         prev = stage_strides[name]
     return plan
-
-
-def stage_order_ok(decoder_stages: tuple[str, ...]) -> bool:
-    """Decoder stages must run coarse to fine (late, mid, early), any subset."""
-    order = [s for s in ("late", "mid", "early") if s in decoder_stages]
-    return list(decoder_stages) == order and len(set(decoder_stages)) == len(decoder_stages)
-
