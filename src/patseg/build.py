@@ -7,13 +7,12 @@ fields of the record, so a weights file stores the architecture alone.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Optional, Union
 
 from patseg.config import ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
 from patseg.errors import ConfigError
 from patseg.losses.pat_criterion import PatCriterion
+from patseg.paths import cache_dir
 from patseg.losses.reconstruction import ReconstructionLoss
 from patseg.losses import SetCriterion
 from patseg.models.clip.backbone import load_clip
@@ -31,11 +30,6 @@ from patseg.models.pat.token_mixer import TokenMixer
 from patseg.resources import load_templates
 from patseg.weights.files import load_weights, read_architecture
 from patseg.weights.san_release import init_from_san
-
-
-def default_cache_dir() -> Path:
-    """Where patseg caches text embeddings and generated artifacts (env PATSEG_CACHE, else ~/.cache/patseg)."""
-    return Path(os.environ.get("PATSEG_CACHE", Path.home() / ".cache" / "patseg"))
 
 
 def resolve_config(preset: Union[str, ModelConfig, None], weights: Optional[str] = None,
@@ -85,7 +79,7 @@ def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Option
 
 def _build_san_or_pat(cfg: ModelConfig, clip_weights: Optional[str]) -> SAN | PAT:
     c = cfg.clip
-    cache = default_cache_dir() / "text"
+    cache = cache_dir() / "text"
     clip, text = load_clip(c.model_name, quick_gelu=c.quick_gelu, weights=clip_weights, taps=c.taps,
                            rec_start=c.rec_start, cache_dir=cache)
     s = cfg.side

@@ -156,7 +156,7 @@ def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.op
                     *, include_frozen: bool = False, keep_last: int = 3) -> Path:
     """Write ``directory/ckpt_{state.iteration:07d}`` atomically, point ``last_checkpoint`` at it, prune old ones.
 
-    ``model`` must be the plain module (see :func:`patseg.engine.distributed.unwrap`). Returns the folder.
+    ``model`` must be the plain module, not its DistributedDataParallel wrapper. Returns the folder.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

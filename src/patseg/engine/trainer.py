@@ -1,6 +1,6 @@
 """The training loop: AdamW + poly schedule, autocast, accumulation, clipping, logging, checkpoints, eval.
 
-One process per GPU under torchrun (nanoGPT's recipe, see :mod:`patseg.engine.distributed`)::
+One process per GPU under torchrun (nanoGPT's recipe, see :mod:`patseg.distributed`)::
 
     patseg train cfg.yaml                                   # one GPU or CPU
     torchrun --standalone --nproc_per_node=4 -m patseg train cfg.yaml
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from patseg.atomic import atomic_write_text
 from patseg.config import ConfigError, to_dict
-from patseg.engine import distributed as D
+from patseg import distributed as D
 from patseg.engine.checkpoint import (
     TrainState,
     capture_rng_state,

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from patseg.data.datasets import SemSegDataset
-from patseg.engine import distributed as D
+from patseg import distributed as D
 from patseg.evaluation import SemSegEvaluator
 from patseg.predictor import Segmenter
 

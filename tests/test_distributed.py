@@ -4,7 +4,7 @@ from itertools import islice
 import pytest
 import torch
 
-from patseg.engine import distributed as D
+from patseg import distributed as D
 
 
 def _take(sampler, n):
