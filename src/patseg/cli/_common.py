@@ -62,9 +62,9 @@ def keys_for_preset(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if k.split(".")[0] != "pat"}
 
 
-def build_from_args(args: argparse.Namespace, weights: str | None, *, preset: str | None = None,
+def build_from_args(args: argparse.Namespace, weights: str | None, *,
                     overrides: dict[str, Any] | None = None) -> Any:
-    """``build_model`` with the command's ``--preset``, ``--clip-weights`` and ``--set`` (or the given values).
+    """``build_model`` with the command's ``--preset``, ``--clip-weights`` and ``--set`` (or ``overrides``).
 
     Raises:
         UsageError: neither a preset nor a weights file (which records its preset) was given.
@@ -72,7 +72,7 @@ def build_from_args(args: argparse.Namespace, weights: str | None, *, preset: st
     from patseg.build import build_model
     from patseg.errors import UsageError
 
-    preset = preset or getattr(args, "preset", None)
+    preset = args.preset
     if preset is None and weights is None:
         raise UsageError("give --preset, or --weights from a file that records its preset")
     return build_model(preset, weights=weights, clip_weights=args.clip_weights,
