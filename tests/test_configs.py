@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from patseg.config import ConfigError, list_presets
+from patseg.config import ConfigError, list_presets, parse_assignments
 from patseg.engine.train_config import load_train_config, model_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -29,10 +29,17 @@ def test_config_loads_with_the_paper_recipe(path):
         assert (cfg.solver.iters, cfg.solver.batch_size) == (60000, 32)
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_file_paths_are_run_options_not_model_keys(path):
+    """CLIP and LPIPS files are training keys under model: (set by --clip-weights / --lpips-weights), left empty."""
+    cfg = load_train_config(path)
+    assert cfg.model.clip_weights is None and cfg.model.lpips_weights is None
+    assert not any("weights" in key for key in cfg.model.overrides)
+    assert "clip_weights: null" in path.read_text()
+
+
 def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
-    with pytest.raises(ConfigError, match="solver.lrr"):
-        load_train_config(CONFIGS[0], ["solver.lrr=1"])
-    with pytest.raises(ConfigError, match="solver.iters"):
-        load_train_config(CONFIGS[0], ["solver.iters=many"])
-    with pytest.raises(ConfigError, match="pat.vmff"):
-        model_config(load_train_config(CONFIGS[0], ["model.preset=pat_tiny", "model.overrides.pat.vmff=false"]))
+    for items, key in ((["solver.lrr=1"], "'solver.lrr'"), (["solver.iters=many"], "'solver.iters'"),
+                       (["model.preset=pat_tiny", "pat.vmff=false"], "'pat.vmff'")):
+        with pytest.raises(ConfigError, match=key):
+            load_train_config(CONFIGS[0], parse_assignments(items))

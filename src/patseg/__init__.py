@@ -18,7 +18,7 @@ _EXPORTS = {
     "TokenPyramid": "patseg.tokenizer",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["PyramidTokenizer", "Segmenter", "TokenPyramid", "build_model", "list_presets", "load_preset"]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,7 @@ from PIL import Image
 from patseg.build import build_model
 from patseg.weights.files import save_weights
 from patseg.cli import main
+from patseg.tokenizer import load_pyramids
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +82,25 @@ def test_tokenize_detokenize_round_trip(tmp_path, pat_weights):
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     tokens = tmp_path / "t.npz"
     assert main(["tokenize", str(tmp_path / "a.png"), "--weights", str(pat_weights), "--size", "64",
-                 "--out", str(tokens)]) == 0
+                 "--set", "loss.vq_weight=0.5", "--out", str(tokens)]) == 0
     with np.load(tokens, allow_pickle=False) as data:
         assert data["0/early"].shape == (1, 8, 12) and data["0/late"].shape == (1, 2, 3)
         assert data["0/latent"].shape == (1, 4, 6)
+    meta = load_pyramids(tokens)[1]
+    assert meta["overrides"] == {"loss.vq_weight": 0.5} and meta["preset"] == "pat_tiny"  # detokenize rebuilds it
     assert main(["detokenize", str(tokens), "--out", str(tmp_path / "rec")]) == 0
     rec = np.asarray(Image.open(tmp_path / "rec" / "a_recon.png"))
     assert rec.shape == (64, 96, 3)
+
+
+@pytest.mark.parametrize("command", ["tokenize", "visualize"])
+def test_pat_only_commands_refuse_san(tmp_path, capsys, command):
+    san = save_weights(build_model("san_tiny"), tmp_path / "san.safetensors")
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    extra = ["--out", str(tmp_path / "out.npz")] if command == "tokenize" else ["--out", str(tmp_path / "viz")]
+    assert main([command, str(tmp_path / "a.png"), "--weights", str(san), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err == f"patseg: error: patseg {command} needs a PAT model; 'san_tiny' is SAN (no tokens)\n"
 
 
 def test_visualize_writes_stage_figures(tmp_path, pat_weights):

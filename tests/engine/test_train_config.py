@@ -1,9 +1,19 @@
-"""Training config: YAML + dotted overrides, with errors that name the key (e)."""
+"""Training config: YAML + ``--set`` assignments (training keys and model keys), with errors that name the key."""
 import pytest
 
-from patseg.config import ConfigError
-from patseg.engine.train_config import (TrainConfig, dump_train_config, load_train_config, model_config,
-                                        parse_overrides, train_config_from_dict)
+from patseg.config import ConfigError, parse_assignments
+from patseg.engine.train_config import (
+    TrainConfig,
+    dump_train_config,
+    load_train_config,
+    model_config,
+    split_assignments,
+    train_config_from_dict,
+)
+
+
+def load(path=None, *items):
+    return load_train_config(path, parse_assignments(items))
 
 
 def test_defaults_follow_the_paper_recipe():
@@ -18,8 +28,7 @@ def test_yaml_file_and_overrides(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("solver:\n  lr: 2e-4\n  amp: fp16\nmodel:\n  preset: san_vitb16\n  overrides:\n"
                     "    pat: {vmf: false}\neval:\n  datasets: [ade20k_150]\n")
-    cfg = load_train_config(path, ["solver.iters=10", "log.period=5", "model.overrides.pat.kappa=20",
-                                   "output_dir=/tmp/x y"])
+    cfg = load(path, "solver.iters=10", "log.period=5", "model.overrides.pat.kappa=20", "output_dir=/tmp/x y")
     assert cfg.solver.lr == 2e-4 and isinstance(cfg.solver.lr, float)  # "2e-4" is a float, not a string
     assert (cfg.solver.amp, cfg.solver.iters, cfg.log.period) == ("fp16", 10, 5)
     assert cfg.model.overrides == {"pat.vmf": False, "pat.kappa": 20}
@@ -29,6 +38,27 @@ def test_yaml_file_and_overrides(tmp_path):
     again = tmp_path / "again.yaml"
     again.write_text(dump_train_config(cfg))
     assert load_train_config(again) == cfg
+
+
+def test_model_keys_join_the_yaml_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("model:\n  preset: pat_tiny\n  overrides:\n    pat: {vmf: false, kappa: 20}\n")
+    cfg = load(path, "pat.kappa=10", "loss.vq_weight=1e-4", "pat.stage_scales=[4,4,4]", "solver.iters=7",
+               "model.clip_weights=ViT-B-16.bin", "model.lpips_weights=vgg.pth")
+    assert cfg.model.overrides == {"pat.vmf": False, "pat.kappa": 10, "loss.vq_weight": 1e-4,
+                                   "pat.stage_scales": [4, 4, 4]}  # the command line wins over the YAML
+    assert (cfg.solver.iters, cfg.model.clip_weights, cfg.model.lpips_weights) == (7, "ViT-B-16.bin", "vgg.pth")
+    mc = model_config(cfg)
+    assert (mc.pat.vmf, mc.pat.kappa, mc.pat.stage_scales, mc.loss.vq_weight) == (False, 10.0, (4, 4, 4), 1e-4)
+
+
+def test_assignments_are_routed_by_their_first_part():
+    keys = split_assignments({"solver.lr": 1.0, "output_dir": "o", "model.preset": "p", "pat.vmf": False,
+                              "model.overrides.side.depth": 3, "clip.taps": [0]})
+    assert keys.train == {"solver.lr": 1.0, "output_dir": "o", "model.preset": "p"}
+    assert keys.model == {"pat.vmf": False, "side.depth": 3, "clip.taps": [0]}
+    with pytest.raises(ConfigError, match="'solverr.lr'.*training keys start with.*solver.*model keys with.*pat"):
+        split_assignments({"solverr.lr": 1})
 
 
 @pytest.mark.parametrize("override, key", [
@@ -42,17 +72,23 @@ def test_yaml_file_and_overrides(tmp_path):
     ("solver.lr=-1", "solver.lr"),
     ("eval.datasets=ade", "eval.datasets"),
     ("model.overrides=3", "model.overrides"),
+    ("pat.vmff=false", "pat.vmff"),  # model keys are checked against the preset when the config is loaded
+    ("model.overrides.loss.vq=1", "loss.vq"),
+    ("pat.vmf=1", "pat.vmf"),
+    ("model.lpips_weights=3", "model.lpips_weights"),
+    ("eval.limit=some", "eval.limit"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
-        load_train_config(overrides=[override])
+        load(None, "model.preset=pat_tiny", override)
+
+
+def test_weights_and_init_from_exclude_each_other():
+    with pytest.raises(ConfigError, match="'model.weights'.*'model.init_from'"):
+        load(None, "model.weights=a.safetensors", "model.init_from=san.pth")
 
 
 def test_bad_yaml_and_syntax(tmp_path):
-    with pytest.raises(ConfigError, match="key=value"):
-        parse_overrides(["solver.lr"])
-    with pytest.raises(ConfigError, match="solver.lr"):
-        parse_overrides(["solver.lr=[1"])
     with pytest.raises(ConfigError, match="not found"):
         load_train_config(tmp_path / "missing.yaml")
     path = tmp_path / "nested.yaml"

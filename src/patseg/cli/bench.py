@@ -2,23 +2,26 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
+
+from patseg.cli._common import add_set_option, model_overrides
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ("models", "sizes", "vocab", "train")
 OPTIONAL_SECTIONS = ("compile",)  # asked for by name: compiling the full models takes minutes
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench", help="measure latency, peak memory and FLOPs (per stage, sizes, vocabularies, training step)",
         description="Measure, in one process and side by side, the bare CLIP image encoder, SAN and PAT with random "
                     "weights: a per-stage breakdown at 640x640, image sizes, vocabulary sizes (cached text "
-                    "embeddings) and a training step; prints a table and the targets of issue 6. Full-size runs "
-                    "take minutes on a CPU: --quick measures the tiny presets.")
+                    "embeddings) and a training step; prints a table and checks the speed and memory targets of "
+                    "docs/performance.md. Full-size runs take minutes on a CPU: --quick measures the tiny presets.")
     p.add_argument("--quick", action="store_true", help="tiny presets at 128 px (seconds, for a smoke check)")
     p.add_argument("--sections", nargs="+", choices=SECTIONS + OPTIONAL_SECTIONS, default=list(SECTIONS),
                    help="what to measure (default: all but 'compile', which times predict with the model forward "
@@ -27,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs before timing (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs; the median is reported (default 3)")
+    add_set_option(p, "model config keys for every model measured (pat.* keys for the PAT models only), e.g. "
+                      "pat.vmf=false (values are YAML; repeatable)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
     p.add_argument("--markdown", type=Path, default=None, help="also write the markdown table to this file")
     p.set_defaults(func=run)
@@ -35,6 +40,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from patseg.atomic import atomic_write_json, atomic_write_text
     from patseg.bench import BenchPlan, run_suite
 
     if args.threads is not None:
@@ -45,20 +51,18 @@ def run(args: argparse.Namespace) -> int:
         plan.warmup = args.warmup
     if args.repeats is not None:
         plan.repeats = args.repeats
-    report = run_suite(plan, device, sections=args.sections, log=lambda s: print(s, file=sys.stderr))
+    report = run_suite(plan, device, sections=args.sections, overrides=model_overrides(args), log=logger.info)
     report["command"] = command_line(args, device)
     table = format_markdown(report)
     print(table)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+        atomic_write_json(args.json, report)
     if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table)
+        atomic_write_text(args.markdown, table)
     return 0
 
 
-def command_line(args: argparse.Namespace, device) -> str:
+def command_line(args: argparse.Namespace, device: Any) -> str:
     """The ``patseg bench`` command that reproduces this run (output files left out)."""
     parts = ["patseg", "bench"] + (["--quick"] if args.quick else []) + ["--device", str(device)]
     if list(args.sections) != list(SECTIONS):
@@ -66,6 +70,8 @@ def command_line(args: argparse.Namespace, device) -> str:
     for flag in ("threads", "warmup", "repeats"):
         if getattr(args, flag) is not None:
             parts += [f"--{flag}", str(getattr(args, flag))]
+    if args.set:
+        parts += ["--set", *args.set]
     return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -91,9 +97,9 @@ def _case_rows(cases: list[dict[str, Any]]) -> list[list[Any]]:
 def format_markdown(report: dict[str, Any]) -> str:
     """The report as markdown tables: environment, per-stage breakdown, sizes, vocabularies, training, targets."""
     env = report["environment"]
-    lines = [f"Measured on {env['device_name']} ({env['device']}, {env['threads']} threads, {env['precision']}), "
-             f"torch {env['torch']}, random weights, batch 1. Times are medians in ms; peak memory is "
-             f"{env['cpu_peak_memory'] if env['device'] == 'cpu' else 'the CUDA allocator peak'} in MB.", ""]
+    lines = [(f"Measured on {env['device_name']} ({env['device']}, {env['threads']} threads, {env['precision']}), "
+              f"torch {env['torch']}, random weights, batch 1. Times are medians in ms; peak memory is "
+              f"{env['cpu_peak_memory'] if env['device'] == 'cpu' else 'the CUDA allocator peak'} in MB."), ""]
     if "command" in report:
         lines += [f"Command: `{report['command']}`", ""]
     models = report.get("models")
@@ -112,9 +118,9 @@ def format_markdown(report: dict[str, Any]) -> str:
         rows.append(["peak memory MB"] + [_mb(models[n]["end_to_end"]["peak_mb"]) for n in names] + [""] * len(names))
         clip = report["clip_image_encoder"]
         size = report["plan"]["size"]
-        lines += [f"Per-part breakdown at {size[0]}x{size[1]}, {report['plan']['classes']} classes "
-                  f"(bare CLIP image encoder at SAN's CLIP input: {clip['median_ms']:.0f} ms, "
-                  f"{clip['gflops']:.3g} GFLOPs):", ""]
+        lines += [(f"Per-part breakdown at {size[0]}x{size[1]}, {report['plan']['classes']} classes "
+                   f"(bare CLIP image encoder at SAN's CLIP input: {clip['median_ms']:.0f} ms, "
+                   f"{clip['gflops']:.3g} GFLOPs):"), ""]
         lines += _table(header, rows)
     case_header = ["preset", "image", "classes", "forward ms", "predict ms", "predict GFLOPs", "peak MB"]
     if report.get("sizes"):
@@ -143,5 +149,5 @@ def format_markdown(report: dict[str, Any]) -> str:
     if report.get("targets"):
         rows = [[t["target"], t["value"], t["limit"], "yes" if t["passed"] else "**no**", t["note"]]
                 for t in report["targets"]]
-        lines += ["Targets (issue 6):", ""] + _table(["target", "value", "limit", "met", "note"], rows)
+        lines += ["Targets (docs/performance.md):", ""] + _table(["target", "value", "limit", "met", "note"], rows)
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert-san", help="convert a released SAN checkpoint (.pth) into patseg weights",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -22,15 +22,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patseg.cli import CLIError
     from patseg.convert import convert_san_checkpoint
+    from patseg.errors import UsageError
 
     if not str(args.out).endswith(".safetensors"):
-        raise CLIError(f"--out must name a .safetensors file, got {args.out}")
-    try:
-        report = convert_san_checkpoint(args.checkpoint, args.out, preset=args.preset)
-    except ValueError as exc:  # CheckpointError and ConfigError included
-        raise CLIError(str(exc)) from None
+        raise UsageError(f"--out must name a .safetensors file, got {args.out}")
+    report = convert_san_checkpoint(args.checkpoint, args.out, preset=args.preset)
     dropped = ", ".join(report.dropped) or "nothing"
     print(f"wrote {report.out}: {report.tensors} tensors, preset {report.preset} (dropped {dropped})")
     return 0

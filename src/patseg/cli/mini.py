@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import math
 import platform
+import shlex
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+from patseg.cli._common import add_set_option, keys_for_preset, model_overrides
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "mini", help="OVSS-mini: train SAN and PAT on a generated world, evaluate zero-shot on unseen concepts",
         description="Generate a procedural world of named concepts, pretrain (once, cached) a tiny CLIP on "
@@ -24,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--train-scenes", type=int, help="generated training scenes per run")
     p.add_argument("--val-scenes", type=int, help="generated evaluation scenes (all concepts)")
     p.add_argument("--clip-steps", type=int, help="mini CLIP pretraining steps when it is not cached yet")
+    add_set_option(p, "model config keys for every model trained (pat.* keys for the PAT models only), e.g. "
+                      "pat.vmf=false loss.vq_weight=1e-4 (values are YAML; repeatable)")
     p.add_argument("--out", default="outputs/ovss-mini", help="output folder (default outputs/ovss-mini)")
     p.set_defaults(func=run)
 
@@ -31,10 +38,18 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from patseg.mini.world import WorldConfig
     from patseg.atomic import atomic_path, atomic_write_json, atomic_write_text
-    from patseg.mini.benchmark import (ABLATION_RUNS, DEFAULT_RUNS, FULL, QUICK, format_table, make_figure, run_benchmark,
-                             summarize)
+    from patseg.mini.benchmark import (
+        ABLATION_RUNS,
+        DEFAULT_RUNS,
+        FULL,
+        QUICK,
+        format_table,
+        make_figure,
+        run_benchmark,
+        summarize,
+    )
+    from patseg.mini.world import WorldConfig
 
     settings = QUICK if args.quick else FULL
     if args.seeds:
@@ -42,13 +57,16 @@ def run(args: argparse.Namespace) -> int:
     for field_name in ("iters", "train_scenes", "val_scenes", "clip_steps"):
         if getattr(args, field_name):
             settings = replace(settings, **{field_name: getattr(args, field_name)})
-    runs = DEFAULT_RUNS + (ABLATION_RUNS if args.ablations else ())
+    overrides = model_overrides(args)
+    runs = tuple(replace(r, overrides={**keys_for_preset(r.preset, overrides), **r.overrides})  # ablations win
+                 for r in DEFAULT_RUNS + (ABLATION_RUNS if args.ablations else ()))
+    figure_runs = {r.name for r in DEFAULT_RUNS if not r.random_text}  # SAN and PAT, without ablations
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figure_models = {}
 
-    def keep_for_figure(run_, seed, model):
-        if seed == settings.seeds[0] and not run_.random_text and not run_.overrides:
+    def keep_for_figure(run_: Any, seed: int, model: Any) -> None:
+        if seed == settings.seeds[0] and run_.name in figure_runs:
             figure_models[run_.name] = model.eval()
 
     start = time.perf_counter()
@@ -57,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(report["results"])
     table = format_table(summary)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    command = "patseg mini" + (" --quick" if args.quick else "") + (" --ablations" if args.ablations else "")
+    command = " ".join(["patseg mini"] + (["--quick"] if args.quick else []) + (["--ablations"] if args.ablations else [])
+                       + (["--set", *map(shlex.quote, args.set)] if args.set else []))
     text = (f"OVSS-mini ({report['world']}), mIoU % (mean ± std over seeds {list(settings.seeds)}), "
             f"{settings.iters} iterations per run\n\n{table}\n\n"
             f"machine: {machine}; command: `{command}`; wall time {seconds / 60:.1f} min\n")
@@ -77,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 def _finite(obj):
     """NaN (per-class IoU of classes absent from the ground truth) -> null, so the JSON is standard."""
     if isinstance(obj, float):
-        return None if obj != obj else obj
+        return None if math.isnan(obj) else obj
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

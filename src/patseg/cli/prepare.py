@@ -2,22 +2,28 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 
-from patseg.cli import CLIError
+logger = logging.getLogger(__name__)
+
+
+def _layouts() -> str:
+    from patseg.data.prepare import CONVERTERS
+
+    return "DATASET and what --src must hold:\n" + "\n".join(
+        f"  {name}: {module.RAW_LAYOUT}" for name, module in sorted(CONVERTERS.items()))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from patseg.data.prepare import CONVERTERS
-
-    layouts = "\n".join(f"  {name}: {module.RAW_LAYOUT}" for name, module in sorted(CONVERTERS.items()))
     parser = subparsers.add_parser(
         "prepare",
         help="convert an official dataset download into patseg's layout",
-        description="Convert an official download. Resumable: finished files are skipped. --src must be:\n" + layouts,
+        description="Convert an official download into the layout patseg reads. Resumable: finished files are "
+                    "skipped.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        details=_layouts,
     )
-    parser.add_argument("dataset", choices=sorted(CONVERTERS), help="benchmark to prepare")
+    parser.add_argument("dataset", help="benchmark to prepare (the list is below)")
     parser.add_argument("--src", required=True, help="folder of the extracted official download")
     parser.add_argument("--dst", default=None, help="data root to write to (default: $PATSEG_DATA or ./datasets)")
     parser.add_argument("--split", action="append", dest="splits", help="split to convert (repeatable; default all)")
@@ -27,23 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patseg.data.prepare import prepare_dataset
+    from patseg.data.prepare import CONVERTERS, prepare_dataset
     from patseg.data.registry import data_root
+    from patseg.errors import UsageError
 
-    dst = data_root(args.dst)
-    try:
-        summaries = prepare_dataset(
-            args.dataset, args.src, dst, splits=args.splits, workers=args.workers, progress=not args.no_progress
-        )
-    except KeyError as exc:
-        raise CLIError(exc.args[0]) from exc
+    if args.dataset not in CONVERTERS:
+        raise UsageError(f"no converter for '{args.dataset}' (available: {', '.join(sorted(CONVERTERS))})")
+    summaries = prepare_dataset(args.dataset, args.src, data_root(args.dst), splits=args.splits,
+                                workers=args.workers, progress=not args.no_progress)
     failed = 0
     for summary in summaries:
         print(summary.line())
         for name, reason in summary.failed:
-            print(f"  skipped {name}: {reason}", file=sys.stderr)
+            logger.warning("skipped %s: %s", name, reason)
         failed += len(summary.failed)
     if failed:
-        print(f"{failed} samples were not converted (see above); fix them and run again", file=sys.stderr)
+        logger.warning("%d samples were not converted (see above); fix them and run again", failed)
         return 1
     return 0

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
+from patseg.cli._common import add_clip_weights_option, add_set_option, build_from_args, pick_device
 
-def register(subparsers) -> None:
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "segment", help="segment images with any list of class names",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -24,7 +28,8 @@ def register(subparsers) -> None:
     vocab.add_argument("--dataset", help="use a benchmark's class names, e.g. ade20k_150, coco_stuff_171")
     p.add_argument("--preset", help="preset name; optional when --weights records its preset")
     p.add_argument("--weights", help="patseg weights (.safetensors) from training or `patseg convert-san`")
-    p.add_argument("--clip-weights", help="local open_clip checkpoint for the CLIP towers")
+    add_clip_weights_option(p)
+    add_set_option(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--short-side", type=int, default=640, help="test resize of the short side (default 640)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -32,62 +37,47 @@ def register(subparsers) -> None:
 
 
 def load_vocabulary(args: argparse.Namespace) -> list[str]:
-    from patseg.cli import CLIError
+    """The class names of --vocab, --vocab-file or --dataset, in order."""
+    from patseg.errors import MissingFileError, UsageError
 
     if args.vocab is not None:
         names = [v.strip() for v in args.vocab.split(",") if v.strip()]
     elif args.vocab_file is not None:
         path = Path(args.vocab_file)
         if not path.is_file():
-            raise CLIError(f"vocabulary file not found: {path}")
+            raise MissingFileError(f"vocabulary file not found: {path}")
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         from patseg.resources import load_class_names
 
         names = list(load_class_names(args.dataset))
     if not names:
-        raise CLIError("the vocabulary is empty")
+        raise UsageError("the vocabulary is empty")
     return names
-
-
-def load_model(args: argparse.Namespace):
-    import torch
-
-    from patseg.build import build_model
-    from patseg.cli import CLIError
-
-    if args.preset is None and args.weights is None:
-        raise CLIError("give --preset, or --weights from a file that records its preset")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model = build_model(args.preset, weights=args.weights, clip_weights=args.clip_weights)
-    except (ValueError, FileNotFoundError) as exc:
-        raise CLIError(str(exc)) from None
-    return model.to(device).eval()
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from patseg.images import ImageReadError, expand_inputs, label_image, overlay_with_legend, read_rgb
     from patseg.atomic import atomic_path, atomic_write_json
+    from patseg.errors import ImageReadError, UsageError
+    from patseg.images import expand_inputs, label_image, overlay_with_legend, read_rgb
     from patseg.predictor import Segmenter
 
     names = load_vocabulary(args)
     files = expand_inputs(args.images)
     if not files:
-        from patseg.cli import CLIError
-
-        raise CLIError("no images found in the given paths")
-    segmenter = Segmenter(load_model(args), names, short_side=args.short_side)
+        raise UsageError("no images found in the given paths")
+    model = build_from_args(args, args.weights).to(pick_device(args.device)).eval()
+    segmenter = Segmenter(model, names, short_side=args.short_side)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = []
     for path in tqdm(files, desc="segment", unit="img", disable=len(files) < 2):
         try:
             image = read_rgb(path)
-        except ImageReadError as exc:
-            print(f"patseg: skipped {exc}", file=sys.stderr)
+        except ImageReadError as exc:  # one unreadable file does not stop the others; the exit code says so
+            logger.warning("skipped %s", exc)
             failed.append(str(path))
             continue
         labels = segmenter.predict(image)

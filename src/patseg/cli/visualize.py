@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from patseg.cli._common import add_clip_weights_option, add_set_option, build_from_args, require_pat
 
-def register(subparsers) -> None:
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "visualize", help="PCA / k-means / code-map figures of PAT's pyramid for one image",
         description="For each pyramid stage (early, mid, late) write STAGE.png with: the image, the PCA of the raw "
@@ -15,7 +17,8 @@ def register(subparsers) -> None:
     p.add_argument("image", help="an image file")
     p.add_argument("--weights", required=True, help="PAT weights (.safetensors or checkpoint folder)")
     p.add_argument("--preset", help="preset (default: recorded in the weights)")
-    p.add_argument("--clip-weights", help="local open_clip checkpoint (for training checkpoints)")
+    add_clip_weights_option(p)
+    add_set_option(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=int, default=640, help="short side the image is resized to (default 640)")
     p.add_argument("--clusters", type=int, default=8, help="k for the k-means panels (default 8)")
@@ -26,21 +29,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from patseg.build import build_model
-    from patseg.cli import CLIError
-    from patseg.images import ImageReadError, label_image, read_rgb
     from patseg.atomic import atomic_path
-    from patseg.models.pat.model import PAT
+    from patseg.images import label_image, read_rgb
     from patseg.predictor import test_resize_shape
     from patseg.visualize import figure, stage_maps
 
-    try:
-        image = read_rgb(args.image)
-        model = build_model(args.preset, weights=args.weights, clip_weights=args.clip_weights)
-    except (ImageReadError, ValueError, FileNotFoundError) as exc:
-        raise CLIError(str(exc)) from None
-    if not isinstance(model, PAT):
-        raise CLIError(f"visualize needs a PAT model; '{model.config.name}' is SAN (no tokens)")
+    image = read_rgb(args.image)
+    model = build_from_args(args, args.weights)
+    require_pat(model, "patseg visualize")
     h, w = test_resize_shape(*image.shape[:2], short=args.size)
     h, w = max(32, h // 32 * 32), max(32, w // 32 * 32)  # crop-free resize to multiples of 32
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255

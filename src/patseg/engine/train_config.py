@@ -1,22 +1,28 @@
-"""Typed training configuration: YAML file + ``key=value`` command-line overrides.
+# ruff: noqa: UP045  (Optional in the dataclasses on purpose: patseg.config.from_dict checks types via typing.Union)
+"""Typed training configuration: a YAML file plus ``--set KEY=VALUE`` assignments from the command line.
 
-Defaults follow DESIGN.md §4 (the PAT paper's recipe on top of SAN's): AdamW lr 1e-4 and weight decay 1e-4, poly
-schedule (power 0.9), full-model gradient-norm clip 0.01, 120k iterations at a global batch of 12. Validation reuses
+Defaults are the PAT paper's recipe on top of SAN's: AdamW lr 1e-4 and weight decay 1e-4, poly schedule (power
+0.9), full-model gradient-norm clip 0.01, 120k iterations at a global batch of 12. Validation reuses
 :func:`patseg.config.from_dict`, so an unknown key or a wrong type raises :class:`ConfigError` naming the key.
+
+One rule for assignments: a key whose first part names a section of :class:`TrainConfig` (``solver.iters``,
+``data.root``, ``model.preset``, ``output_dir``) sets the training config; a key whose first part names a section
+of the model record :class:`patseg.config.ModelConfig` (``pat.vmf``, ``loss.vq_weight``) is a model key, as with
+every other command's ``--set``, and lands in ``model.overrides`` (``model.overrides.pat.vmf`` means the same).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import yaml
 
 from patseg.config import ConfigError, ModelConfig, YamlLoader, apply_overrides, from_dict, load_preset, to_dict
 
 AMP_MODES = ("bf16", "fp16", "off")
-
-
+OVERRIDES_PREFIX = "model.overrides."
 
 
 def _load_yaml(text: str) -> Any:
@@ -28,13 +34,15 @@ class ModelChoice:
     preset: str = "san_vitb16"  # preset name in patseg/presets, or a JSON file path
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted keys into the preset, e.g. {"pat.vmf": false}
     weights: Optional[str] = None  # initial weights (checkpoint folder or model.safetensors); ignored on resume
+    init_from: Optional[str] = None  # a SAN checkpoint for the SAN part only (PAT's modules start fresh)
     clip_weights: Optional[str] = None  # local open_clip checkpoint of the preset's CLIP (required for real CLIPs)
+    lpips_weights: Optional[str] = None  # torchvision vgg16-397923af.pth for PAT's LPIPS loss term
 
 
 @dataclass
 class DataConfig:
     dataset: str = "coco_stuff_171"  # training dataset name (patseg.data registry)
-    root: str = "datasets"  # dataset root folder, in the layouts of reference/data_eval.md
+    root: str = "datasets"  # dataset root folder, as written by `patseg prepare`
     crop_size: int = 640  # square training crop (SAN: 640)
     workers: int = 4  # DataLoader worker processes per rank
     ignore_index: int = 255  # label value excluded from the loss
@@ -100,8 +108,11 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _check_ranges(cfg: TrainConfig) -> None:
+def _check_values(cfg: TrainConfig) -> None:
     """Constraints that types alone do not express; each message names its key."""
+    if cfg.model.weights and cfg.model.init_from:
+        raise ConfigError("config keys 'model.weights' (a full patseg checkpoint) and 'model.init_from' (a SAN "
+                          "checkpoint) exclude each other")
     positive = {
         "solver.iters": cfg.solver.iters,
         "solver.batch_size": cfg.solver.batch_size,
@@ -134,29 +145,43 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
             raise ConfigError("config key 'model.overrides' must be a mapping")
         data = {**data, "model": {**model, "overrides": _flatten(model["overrides"])}}
     cfg = from_dict(TrainConfig, data)
-    _check_ranges(cfg)
+    _check_values(cfg)
     return cfg
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["solver.lr=2e-4", "model.overrides.pat.vmf=false"]`` -> dotted keys with YAML-parsed (safe) values."""
-    parsed: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} must look like key=value")
-        try:
-            parsed[key.strip()] = _load_yaml(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config key '{key.strip()}': cannot parse value {text!r} ({exc})") from None
-    return parsed
+class Assignments(NamedTuple):
+    """``--set`` assignments told apart: ``train`` keys address TrainConfig fields, ``model`` keys the preset."""
+
+    train: dict[str, Any]
+    model: dict[str, Any]
 
 
-def load_train_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML training config (or start from the defaults) and apply ``key=value`` overrides.
+def split_assignments(assignments: Mapping[str, Any]) -> Assignments:
+    """Route each dotted key by its first part (see the module docstring); an unknown first part is an error."""
+    train_sections = [f.name for f in fields(TrainConfig)]
+    model_sections = [f.name for f in fields(ModelConfig)]
+    out = Assignments({}, {})
+    for key, value in assignments.items():
+        head = key.split(".")[0]
+        if key.startswith(OVERRIDES_PREFIX):
+            out.model[key[len(OVERRIDES_PREFIX):]] = value
+        elif head in train_sections:
+            out.train[key] = value
+        elif head in model_sections:
+            out.model[key] = value
+        else:
+            raise ConfigError(f"unknown config key '{key}': training keys start with {', '.join(train_sections)}; "
+                              f"model keys with {', '.join(model_sections)}")
+    return out
 
-    Keys under ``model.overrides.`` stay dotted (``model.overrides.pat.vmf=false`` sets the preset's ``pat.vmf``);
-    every other key addresses a :class:`TrainConfig` field.
+
+def load_train_config(path: str | Path | None = None,
+                      assignments: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML training config (or start from the defaults), apply ``assignments`` and validate everything.
+
+    ``assignments`` are dotted keys with parsed values (:func:`patseg.config.parse_assignments`), routed by
+    :func:`split_assignments`; model keys are applied after the YAML's ``model.overrides`` and are checked against
+    the preset here, so a misspelt key fails before anything is built.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -169,16 +194,19 @@ def load_train_config(path: Optional[str | Path] = None, overrides: Sequence[str
             raise ConfigError(f"{path}: not a valid YAML training config ({exc})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a training config must be a mapping")
-    plain: dict[str, Any] = {}
-    for key, value in parse_overrides(overrides).items():
-        if key.startswith("model.overrides."):
-            model = data.setdefault("model", {})
-            if not isinstance(model, dict):
-                raise ConfigError("config key 'model' must be a mapping")
-            model.setdefault("overrides", {})[key[len("model.overrides."):]] = value
-        else:
-            plain[key] = value
-    return train_config_from_dict(apply_overrides(data, plain))
+    keys = split_assignments(assignments or {})
+    data = apply_overrides(data, keys.train)
+    if keys.model:
+        model = data.setdefault("model", {})
+        if not isinstance(model, dict):
+            raise ConfigError("config key 'model' must be a mapping")
+        overrides = model.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError("config key 'model.overrides' must be a mapping")
+        model["overrides"] = {**_flatten(overrides), **keys.model}
+    cfg = train_config_from_dict(data)
+    model_config(cfg)
+    return cfg
 
 
 def model_config(cfg: TrainConfig) -> ModelConfig:

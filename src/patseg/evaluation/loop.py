@@ -1,12 +1,15 @@
-"""Zero-shot evaluation with the protocol of DESIGN.md §5, sharded over ranks.
+"""Zero-shot evaluation (SAN's test protocol), sharded over ranks, and PAT's reconstruction FID.
 
 Each image is segmented whole by :class:`patseg.Segmenter` (short side 640, long side <= 2560, pad to 32, scores
-upsampled to the ground-truth size, argmax) with the dataset's class names used verbatim; predictions accumulate in
-one confusion matrix per dataset, all-reduced across processes by :class:`SemSegEvaluator`.
+upsampled to the ground-truth size, argmax) with the dataset's class names used verbatim, embedded with the 14 vild
+prompt templates; predictions accumulate in one confusion matrix per dataset, all-reduced across processes by
+:class:`SemSegEvaluator`. The reconstruction FID compares PAT's pixel reconstructions of the COCO-Stuff
+validation images with the images themselves.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,10 +21,12 @@ from patseg import distributed as D
 from patseg.evaluation import SemSegEvaluator
 from patseg.predictor import Segmenter
 
+RFID_DATASET = "coco_stuff_171"  # PAT reports rFID on the COCO-Stuff validation images
+
 
 def evaluate_dataset(model: nn.Module, dataset: SemSegDataset, *, short_side: int = 640, max_long_side: int = 2560,
-                     limit: Optional[int] = None, progress: bool = True,
-                     class_names: Optional[Sequence[str]] = None) -> dict:
+                     limit: int | None = None, progress: bool = True,
+                     class_names: Sequence[str] | None = None) -> dict:
     """Metrics of ``model`` on ``dataset`` (every rank evaluates its shard; the result is the same on all ranks).
 
     Arguments:
@@ -48,8 +53,8 @@ def evaluate_dataset(model: nn.Module, dataset: SemSegDataset, *, short_side: in
     return metrics
 
 
-def evaluate_datasets(model: nn.Module, names: Sequence[str], *, root: Optional[str] = None,
-                      limit: Optional[int] = None, allow_partial: bool = False, progress: bool = True,
+def evaluate_datasets(model: nn.Module, names: Sequence[str], *, root: str | None = None,
+                      limit: int | None = None, allow_partial: bool = False, progress: bool = True,
                       short_side: int = 640) -> dict:
     """{dataset name: metrics} for several benchmarks (validation splits)."""
     results = {}
@@ -58,3 +63,23 @@ def evaluate_datasets(model: nn.Module, names: Sequence[str], *, root: Optional[
         with torch.inference_mode():
             results[name] = evaluate_dataset(model, dataset, limit=limit, progress=progress, short_side=short_side)
     return results
+
+
+def evaluate_rfid(model: nn.Module, *, inception_weights: str, root: str | None = None,
+                  limit: int | None = None, allow_partial: bool = False, size: int = 640,
+                  progress: bool = True) -> dict[str, Any]:
+    """PAT's reconstruction FID on the COCO-Stuff validation images, as the results file's ``rfid`` entry.
+
+    Arguments:
+        inception_weights: the FID Inception-v3 weights file (``pt_inception-2015-12-05-6726825d.pth``).
+        size: images are resized to this short side and centre-cropped to ``size`` x ``size``.
+        limit: use only the first ``limit`` images (quick checks); the count is reported as ``num_images``.
+    Returns:
+        ``{"value": FID, "num_images": N}``.
+    """
+    from patseg.evaluation.rfid import reconstruction_fid  # brings in the Inception network, needed only here
+
+    dataset = SemSegDataset(RFID_DATASET, split="val", root=root, allow_partial=allow_partial or limit is not None)
+    result = reconstruction_fid(model, dataset, inception_weights=inception_weights, short_side=size, crop=size,
+                                limit=limit, progress=progress)
+    return {"value": float(result.fid), "num_images": int(result.num_images)}
