@@ -273,3 +273,13 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"'{item}': the value is not valid YAML ({str(exc).splitlines()[0]})") from None
         out[key.strip()] = value
     return out
+
+
+def keys_for_preset(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` without the ``pat.*`` keys when ``preset`` is SAN, for commands that build several models.
+
+    A ``pat.*`` key would otherwise give a SAN preset a PAT section, turning the SAN baseline into PAT.
+    """
+    if load_preset(preset).is_pat:
+        return dict(overrides)
+    return {k: v for k, v in overrides.items() if k.split(".")[0] != "pat"}

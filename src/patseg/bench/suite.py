@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -156,18 +156,27 @@ class BenchPlan:
                    memory_case=((128, 512), 847), warmup=2, repeats=5)
 
 
-def _build(preset: str, device: torch.device, **overrides: Any) -> nn.Module:
+def _build(preset: str, device: torch.device, overrides: Mapping[str, Any]) -> nn.Module:
     from patseg.build import build_model
+    from patseg.config import keys_for_preset
 
-    return build_model(preset, overrides=overrides).to(device).eval()
+    return build_model(preset, overrides=keys_for_preset(preset, dict(overrides))).to(device).eval()
+
+
+def _random_lpips_trunk(model: nn.Module) -> None:
+    """Random weights throughout: PAT's LPIPS gets lpips' random VGG trunk (the real one's arithmetic, no file)."""
+    reconstruction = getattr(getattr(model, "criterion", None), "reconstruction", None)
+    if reconstruction is not None:
+        reconstruction.random_trunk = True
 
 
 def run_suite(plan: BenchPlan, device: torch.device, sections: Sequence[str] = ("models", "sizes", "vocab", "train"),
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = print, overrides: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Run the plan's sections and return the JSON-ready report (see ``docs/performance.md``)."""
     report: dict[str, Any] = {"environment": environment(device), "plan": as_dict(asdict(plan))}
     w, r = plan.warmup, plan.repeats
-    models = {name: _build(name, device) for name in (plan.san, plan.pat)}
+    overrides = dict(overrides or {})  # model config keys (``--set``) for every model; pat.* for PAT only
+    models = {name: _build(name, device, overrides) for name in (plan.san, plan.pat)}
     if "models" in sections:
         report["clip_image_encoder"] = as_dict(clip_encoder(models[plan.san], plan.size, device, warmup=w, repeats=r))
         log(f"clip image encoder: {report['clip_image_encoder']['median_ms']:.0f} ms")
@@ -195,8 +204,8 @@ def run_suite(plan: BenchPlan, device: torch.device, sections: Sequence[str] = (
         del models
         report["train_step"] = []
         for name, size in plan.train_presets:
-            # Random weights throughout: LPIPS gets lpips' random VGG trunk (same arithmetic as the real one).
-            model = _build(name, device, **{"loss.lpips_random_trunk": True})
+            model = _build(name, device, overrides)
+            _random_lpips_trunk(model)
             m = train_step(model, size, device, warmup=w, repeats=r)
             report["train_step"].append({"preset": name, "size": size, **as_dict(m)})
             log(f"train step {name} @ {size}: {m.median_ms:.0f} ms")

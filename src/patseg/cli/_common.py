@@ -50,18 +50,6 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return parse_assignments(args.set)
 
 
-def keys_for_preset(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """``overrides`` without the ``pat.*`` keys when ``preset`` is SAN, for commands that build several models.
-
-    A ``pat.*`` key would otherwise give a SAN preset a PAT section, turning the SAN baseline into PAT.
-    """
-    from patseg.config import load_preset
-
-    if load_preset(preset).is_pat:
-        return dict(overrides)
-    return {k: v for k, v in overrides.items() if k.split(".")[0] != "pat"}
-
-
 def build_from_args(args: argparse.Namespace, weights: str | None, *,
                     overrides: dict[str, Any] | None = None) -> Any:
     """``build_model`` with the command's ``--preset``, ``--clip-weights`` and ``--set`` (or ``overrides``).

@@ -10,7 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from patseg.cli._common import add_set_option, keys_for_preset, model_overrides
+from patseg.cli._common import add_set_option, model_overrides
+from patseg.config import keys_for_preset
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from patseg.errors import MissingFileError
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16 weights, the trunk LPIPS was calibrated on
-VGG16_SETTING = "model.lpips_vgg_weights"  # where a training config names that file
+VGG16_SETTING = "--lpips-weights (training YAML: model.lpips_weights)"  # where a training run names that file
 
 
 def load_vgg16_trunk(trunk: nn.Module, state: dict[str, Tensor]) -> None:
@@ -57,8 +57,8 @@ def build_lpips_vgg(vgg_weights: str | None, *, random_trunk: bool = False) -> l
         given = "no file was given" if path is None else f"'{path}' is not a file"
         raise MissingFileError(
             f"LPIPS-VGG needs torchvision's ImageNet VGG16 weights '{VGG16_FILE}' as a local file, but {given}: "
-            f"set {VGG16_SETTING} in the training config (or pass lpips_vgg_weights to "
-            "model.prepare_training), or set loss.perceptual_weight to 0"
+            f"give it with {VGG16_SETTING} (in Python: model.prepare_training(lpips_vgg_weights=...)), "
+            "or set loss.perceptual_weight=0"
         )
     with warnings.catch_warnings():  # lpips still calls torchvision's deprecated `pretrained=` argument
         warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)

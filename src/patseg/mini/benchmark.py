@@ -108,8 +108,8 @@ class RandomTextEncoder(nn.Module):
 
 def build_mini_model(run: MiniRun, clip_weights: Path) -> nn.Module:
     """The run's preset on the pretrained mini CLIP (frozen), optionally with random text embeddings."""
-    cfg = load_preset(run.preset, {**MINI_CLIP, "clip.weights": str(clip_weights), **run.overrides})
-    model = build_model(cfg)
+    cfg = load_preset(run.preset, {**MINI_CLIP, **run.overrides})
+    model = build_model(cfg, clip_weights=str(clip_weights))
     if run.random_text:
         model.text = RandomTextEncoder(model.clip.out_dim, model.text.logit_scale)
     return model
