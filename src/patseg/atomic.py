@@ -9,10 +9,10 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
-from safetensors.torch import save_file
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @contextmanager
@@ -47,8 +47,10 @@ def atomic_write_json(path: Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_save_safetensors(tensors: dict[str, Tensor], path: Path, metadata: Optional[dict[str, str]] = None) -> Path:
+def atomic_save_safetensors(tensors: dict[str, "Tensor"], path: Path, metadata: Optional[dict[str, str]] = None) -> Path:
     """Save a flat tensor dict as safetensors atomically."""
+    from safetensors.torch import save_file  # here: the rest of this module serves commands that need no torch
+
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)

@@ -20,12 +20,6 @@ from patseg.models.san.semantic_argmax import semantic_argmax
 from patseg.resize import ceil_to_multiple, shortest_edge_size
 
 
-def test_resize_shape(h: int, w: int, short: int = 640, max_long: int = 2560) -> tuple[int, int]:
-    """Former name of :func:`patseg.resize.shortest_edge_size`, kept only while ``patseg.cli.tokenize`` and
-    ``patseg.cli.visualize`` import it; delete it when they call :func:`patseg.resize.resize_to_multiple`."""
-    return shortest_edge_size(h, w, short, max_long)
-
-
 class Segmenter:
     """Open-vocabulary segmentation with a SAN or PAT model.
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the size arithmetic serves `patseg prepare` too
+    from torch import Tensor
 
 STRIDE = 32  # every SAN/PAT input side is a multiple of this (CLIP patch 16 at ratio 0.5, side ViT stride 16)
 
@@ -50,6 +52,9 @@ def resize_to_multiple(image: np.ndarray, short_side: int, multiple: int = STRID
         raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}")
     h, w = shortest_edge_size(image.shape[0], image.shape[1], short_side, max_long_side)
     size = (round_to_multiple(h, multiple), round_to_multiple(w, multiple))
+    import torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
     if size != tuple(image.shape[:2]):
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)

@@ -35,8 +35,7 @@ def _command_lines(text: str) -> list[str]:
         if current:
             lines.append(current)
             current = ""
-    spans = [s for s in re.findall(r"`(patseg [^`]+)`", text) if len(s.split()) > 2]
-    return lines + spans
+    return lines + [s for s in re.findall(r"`(patseg [^`]+)`", text) if len(s.split()) > 2]
 
 
 def _epilogs() -> str:
@@ -48,7 +47,12 @@ def _readme_bash() -> str:
     return "\n".join(re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL))
 
 
-EXAMPLES = sorted(set(_command_lines(_readme_bash()) + _command_lines(README.read_text()) + _command_lines(_epilogs())))
+def _readme_inline() -> list[str]:
+    """`patseg ...` code spans in the README's prose (its sentences may start with the word patseg)."""
+    return [s for s in re.findall(r"`(patseg [^`]+)`", README.read_text()) if len(s.split()) > 2]
+
+
+EXAMPLES = sorted(set(_command_lines(_readme_bash()) + _readme_inline() + _command_lines(_epilogs())))
 
 
 def _argv(example: str) -> list[str]:

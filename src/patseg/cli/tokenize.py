@@ -48,12 +48,10 @@ def _tokenizer(args: argparse.Namespace, weights: str, overrides: dict[str, Any]
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from patseg.errors import ImageReadError
     from patseg.images import expand_inputs, read_rgb
-    from patseg.predictor import test_resize_shape
     from patseg.tokenizer import save_pyramids
 
     overrides = model_overrides(args)
@@ -66,11 +64,7 @@ def run_tokenize(args: argparse.Namespace) -> int:
             logger.warning("skipped %s", exc)
             failed += 1
             continue
-        h, w = test_resize_shape(*image.shape[:2], short=args.size)
-        h, w = max(32, round(h / 32) * 32), max(32, round(w / 32) * 32)
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-        pyramids.append(tok.encode(x.clamp(0, 1)))
+        pyramids.append(tok.encode_image(image, args.size))
         names.append(path.name)
     if pyramids:
         save_pyramids(Path(args.out), pyramids, {"images": names, "weights": str(args.weights),

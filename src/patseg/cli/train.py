@@ -75,7 +75,7 @@ def build_for_training(cfg: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patseg.data.datasets import SemSegDataset
+    from patseg.data.factory import build_dataset
     from patseg.data.transforms import TrainTransform
     from patseg.engine.train_config import load_train_config
     from patseg.engine.trainer import train
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.model.clip_weights is None:
         # A CLIP without a file (patseg's tiny ones, random) cannot be restored from one: keep it in the checkpoints.
         cfg.checkpoint.include_frozen = True
-    dataset = SemSegDataset(cfg.data.dataset, split="train", root=cfg.data.root,
+    dataset = build_dataset(cfg.data.dataset, "train", root=cfg.data.root,
                             transform=TrainTransform(crop_size=cfg.data.crop_size, ignore_label=cfg.data.ignore_index),
                             allow_partial=cfg.data.allow_partial)
 

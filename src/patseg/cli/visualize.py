@@ -27,20 +27,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from patseg.atomic import atomic_path
     from patseg.images import label_image, read_rgb
-    from patseg.predictor import test_resize_shape
+    from patseg.resize import resize_to_multiple
     from patseg.visualize import figure, stage_maps
 
     image = read_rgb(args.image)
     model = build_from_args(args, args.weights)
     require_pat(model, "patseg visualize")
-    h, w = test_resize_shape(*image.shape[:2], short=args.size)
-    h, w = max(32, h // 32 * 32), max(32, w // 32 * 32)  # crop-free resize to multiples of 32
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-    x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    x = resize_to_multiple(image, args.size)  # (1, 3, h, w) in [0, 1], sides multiples of 32, as the tokenizer
     shown = (x[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,36 +4,34 @@
 incomplete splits), ``factory.build_dataset`` opens any registered name, ``transforms`` holds SAN's training
 transforms and the batch collate, and ``prepare`` converts the raw downloads (``patseg prepare``).
 """
-from patseg.data.color import ColorAugSSD
-from patseg.data.datasets import DatasetError, SemSegDataset, find_samples, read_image, read_label
-from patseg.data.factory import build_dataset
-from patseg.data.registry import (
-    BENCHMARK_ORDER,
-    DATASETS,
-    DatasetSpec,
-    SplitLayout,
-    data_root,
-    get_dataset_spec,
-    list_datasets,
-)
-from patseg.data.transforms import TrainTransform, collate_semseg, san_short_sides
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "BENCHMARK_ORDER",
-    "DATASETS",
-    "ColorAugSSD",
-    "DatasetError",
-    "DatasetSpec",
-    "SemSegDataset",
-    "SplitLayout",
-    "TrainTransform",
-    "build_dataset",
-    "collate_semseg",
-    "data_root",
-    "find_samples",
-    "get_dataset_spec",
-    "list_datasets",
-    "read_image",
-    "read_label",
-    "san_short_sides",
-]
+# Lazy, as in ``patseg/__init__.py``: ``patseg prepare --help`` reads the registry without importing torch.
+_EXPORTS = {
+    "ColorAugSSD": "patseg.data.color",
+    "DatasetError": "patseg.errors",
+    "SemSegDataset": "patseg.data.datasets",
+    "find_samples": "patseg.data.datasets",
+    "read_image": "patseg.data.datasets",
+    "read_label": "patseg.data.datasets",
+    "build_dataset": "patseg.data.factory",
+    "BENCHMARK_ORDER": "patseg.data.registry",
+    "DATASETS": "patseg.data.registry",
+    "DatasetSpec": "patseg.data.registry",
+    "SplitLayout": "patseg.data.registry",
+    "data_root": "patseg.data.registry",
+    "get_dataset_spec": "patseg.data.registry",
+    "list_datasets": "patseg.data.registry",
+    "TrainTransform": "patseg.data.transforms",
+    "collate_semseg": "patseg.data.transforms",
+    "san_short_sides": "patseg.data.transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'patseg.data' has no attribute {name!r}")

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from patseg.data.datasets import SemSegDataset
+from patseg.data.factory import build_dataset
 from patseg import distributed as D
 from patseg.evaluation import SemSegEvaluator
 from patseg.predictor import Segmenter
@@ -59,7 +60,7 @@ def evaluate_datasets(model: nn.Module, names: Sequence[str], *, root: str | Non
     """{dataset name: metrics} for several benchmarks (validation splits)."""
     results = {}
     for name in names:
-        dataset = SemSegDataset(name, split="val", root=root, allow_partial=allow_partial or limit is not None)
+        dataset = build_dataset(name, "val", root=root, allow_partial=allow_partial or limit is not None)
         with torch.inference_mode():
             results[name] = evaluate_dataset(model, dataset, limit=limit, progress=progress, short_side=short_side)
     return results
@@ -79,7 +80,7 @@ def evaluate_rfid(model: nn.Module, *, inception_weights: str, root: str | None 
     """
     from patseg.evaluation.rfid import reconstruction_fid  # brings in the Inception network, needed only here
 
-    dataset = SemSegDataset(RFID_DATASET, split="val", root=root, allow_partial=allow_partial or limit is not None)
+    dataset = build_dataset(RFID_DATASET, "val", root=root, allow_partial=allow_partial or limit is not None)
     result = reconstruction_fid(model, dataset, inception_weights=inception_weights, short_side=size, crop=size,
                                 limit=limit, progress=progress)
     return {"value": float(result.fid), "num_images": int(result.num_images)}

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from patseg.data.registry import BENCHMARK_ORDER, SHORT_NAMES
 from patseg.atomic import atomic_write_text
+from patseg.data.registry import BENCHMARK_ORDER, SHORT_NAMES
+from patseg.errors import MissingFileError
 
 METRICS = ("mIoU", "mIoU_gt_or_pred", "fwIoU", "mACC", "pACC")
 
@@ -107,7 +108,7 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate one results file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"results file {path} does not exist")
+        raise MissingFileError(f"results file {path} does not exist")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from patseg import paths
 from patseg.atomic import atomic_save_safetensors, atomic_write_text
+from patseg.errors import MissingFileError
 from patseg.mini.scenes import render_scene, scene_rng
 from patseg.mini.world import WorldConfig, make_caption, world_hash
 from patseg.resources import CLIP_CONFIG_DIR, RESOURCE_DIR, load_templates
@@ -74,7 +75,7 @@ def create_mini_clip(weights: Path | None = None) -> open_clip.CLIP:
     """open_clip CLIP built from ``patseg-mini-ViT``; random init, or the given safetensors file (strict)."""
     _register_config()
     if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"mini CLIP weights not found: {weights} (run `python -m {__name__}`)")
+        raise MissingFileError(f"mini CLIP weights not found: {weights} (run `python -m {__name__}`)")
     return open_clip.create_model(MODEL_NAME, pretrained=str(weights) if weights is not None else None)
 
 

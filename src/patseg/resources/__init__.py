@@ -8,6 +8,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from patseg.errors import MissingFileError
+
 RESOURCE_DIR = Path(__file__).parent
 CLASSNAME_DIR = RESOURCE_DIR / "classnames"
 TEMPLATE_DIR = RESOURCE_DIR / "templates"
@@ -24,7 +26,7 @@ def load_templates(name: str = "san_vild") -> tuple[str, ...]:
     path = TEMPLATE_DIR / f"{name}.txt"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in TEMPLATE_DIR.glob("*.txt")))
-        raise FileNotFoundError(f"unknown template set '{name}' (known: {known})")
+        raise MissingFileError(f"unknown template set '{name}' (known: {known})")
     return _read_lines(path)
 
 
@@ -34,5 +36,5 @@ def load_class_names(name: str) -> tuple[str, ...]:
     path = CLASSNAME_DIR / f"{name}.txt"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in CLASSNAME_DIR.glob("*.txt")))
-        raise FileNotFoundError(f"no class-name list '{name}' (known: {known})")
+        raise MissingFileError(f"no class-name list '{name}' (known: {known})")
     return tuple(line.strip() for line in _read_lines(path))

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 from patseg.data.prepare import ade20k_150, ade20k_847, coco_stuff, pcontext_59, pcontext_459, voc
 from patseg.data.prepare.common import PrepareSummary, run_jobs
 from patseg.data.registry import get_dataset_spec
+from patseg.errors import MissingFileError
 
 CONVERTERS: dict[str, ModuleType] = {
     m.DATASET: m for m in (coco_stuff, ade20k_150, ade20k_847, pcontext_59, pcontext_459, voc)
@@ -37,7 +38,7 @@ def prepare_dataset(
     spec = get_dataset_spec(name)
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
-        raise FileNotFoundError(f"raw folder {src} does not exist; expected: {CONVERTERS[name].RAW_LAYOUT}")
+        raise MissingFileError(f"raw folder {src} does not exist; expected: {CONVERTERS[name].RAW_LAYOUT}")
     summaries = []
     for split in splits or list(spec.splits):
         spec.split(split)  # unknown split -> KeyError naming the available ones

@@ -15,8 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from patseg.data.prepare.common import Job, check_same_size, output_paths, require_dir, write_jpeg, write_label
@@ -61,6 +59,9 @@ def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> 
     """Bilinear (half-pixel centres, no antialiasing, like cv2 INTER_LINEAR) image and nearest label resize."""
     if tuple(image.shape[:2]) == tuple(size):
         return image, label
+    import torch  # here, not at the top: `patseg prepare --help` lists this converter without importing torch
+    import torch.nn.functional as F
+
     x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].double()
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     image = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from patseg.data.registry import get_dataset_spec
 from patseg.atomic import atomic_path
+from patseg.data.registry import get_dataset_spec
+from patseg.errors import MissingFileError
 
 
 class CorruptInputError(ValueError):
@@ -107,7 +108,7 @@ def lookup_table(pairs: dict[int, int], size: int, fill: int, dtype: type) -> np
 
 def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} not found: expected the folder {path}")
+        raise MissingFileError(f"{what} not found: expected the folder {path}")
     return path
 
 

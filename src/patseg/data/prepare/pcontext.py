@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from patseg.errors import MissingFileError
+
 DETAIL_JSON = "trainval_merged.json"
 
 
@@ -26,7 +28,7 @@ def load_detail_split(voc2010: Path, phase: str) -> list[ContextImage]:
     """Images of ``phase`` in ``voc2010/trainval_merged.json`` with their segments, sorted by file stem."""
     path = voc2010 / DETAIL_JSON
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path} not found: put trainval_merged.json (PASCAL in Detail annotations) in the VOC2010 folder"
         )
     data = json.loads(path.read_text())

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from patseg.data.prepare.common import (
     CorruptInputError,
@@ -29,6 +28,8 @@ RAW_LAYOUT = "VOC2010 folder with JPEGImages/, trainval_merged.json and trainval
 
 def read_label_map(path: Path) -> np.ndarray:
     """The ``LabelMap`` of a Pascal Context ``.mat`` file, (H, W) uint16 with values 0..459."""
+    import scipy.io  # here: `patseg prepare --help` lists this converter without importing scipy
+
     contents = scipy.io.loadmat(str(path))
     if "LabelMap" not in contents:
         raise CorruptInputError(f"{path.name}: no LabelMap field")

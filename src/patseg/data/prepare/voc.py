@@ -22,6 +22,7 @@ from patseg.data.prepare.common import (
     require_dir,
     write_label,
 )
+from patseg.errors import MissingFileError
 
 DATASET = "voc_20"
 RAW_LAYOUT = "VOC2012 folder with JPEGImages/, SegmentationClass/*.png and ImageSets/Segmentation/val.txt"
@@ -43,7 +44,7 @@ def build_jobs(src: Path, dst: Path, split: str) -> list[Job]:
     label_dir = require_dir(src / "SegmentationClass", "VOC2012 SegmentationClass masks")
     id_file = src / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not id_file.is_file():
-        raise FileNotFoundError(f"VOC2012 split list not found: expected {id_file}")
+        raise MissingFileError(f"VOC2012 split list not found: expected {id_file}")
     jobs = []
     for stem in (line.strip() for line in id_file.read_text().splitlines()):
         if not stem:

@@ -23,6 +23,7 @@ from open_clip.transformer import VisionTransformer
 from timm.layers import RotaryEmbeddingCat, build_rotary_pos_embed
 from torch import Tensor, nn
 
+from patseg.errors import MissingFileError
 from patseg.resources import CLIP_CONFIG_DIR
 
 
@@ -64,7 +65,7 @@ def create_open_clip(model_name: str, *, quick_gelu: bool, weights: Optional[str
         raise ValueError(f"unknown open_clip model '{model_name}' (patseg ships "
                          f"{sorted(p.stem for p in CLIP_CONFIG_DIR.glob('*.json'))}; see open_clip.list_models())")
     if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"CLIP weights file not found: {weights}. Expected a local open_clip checkpoint "
+        raise MissingFileError(f"CLIP weights file not found: {weights}. Expected a local open_clip checkpoint "
                                 f"for '{model_name}'; {weights_hint(model_name)}.")
     model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu, pretrained_image=False,
                                    pretrained_text=False, force_preprocess_cfg=_tag_preprocess(model_name))
