@@ -1,146 +1,205 @@
+"""FID through torchmetrics on a random FID Inception, and rFID of pat_tiny.
+
+The real Inception weights cannot be downloaded here: a random state dict in pytorch-fid's key layout (torchvision's
+Inception3 with 1008 classes and no aux head) stands in. On CPU the network costs ~0.3 s per image at 299 x 299 and
+the 2048-d metric's ``compute`` (eigenvalues of a 2048 x 2048 product) several seconds, so the fast tests use a few
+images and the 64-d first-pool features (``fast_fid``); the slow ones run pool3, in one process and in two.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
-from torch import nn
-from torchvision.models.inception import InceptionA
+from torchvision.models.inception import Inception3
 
-from patseg.evaluation import (
-    FeatureMoments,
-    FIDInceptionV3,
-    ReconstructionFID,
-    frechet_distance,
-    load_fid_inception,
-)
-from patseg.evaluation.fid import FIDInceptionA, FIDInceptionE
+from patseg.build import build_model
+from patseg.errors import CheckpointError, MissingFileError, UsageError
+from patseg.evaluation import RFIDResult, inception_fid, reconstruction_fid
+from patseg.evaluation import fid as fid_module
+from patseg.evaluation import rfid as rfid_module
+from patseg.evaluation.rfid import reconstruct, resize_and_crop, shard
 
 
-def naive_fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """FID from explicit statistics; the matrix square root via eigen-decompositions of symmetric matrices:
-    Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2)."""
-    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
-    s_a, s_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-    w, v = np.linalg.eigh(s_a)
-    root_a = v @ np.diag(np.sqrt(np.clip(w, 0, None))) @ v.T
-    inner = np.linalg.eigvalsh(root_a @ s_b @ root_a)
-    trace_root = np.sqrt(np.clip(inner, 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_root)
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random weights that keep activations O(1) through the 94 conv layers (He-normal, near-identity BN)."""
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in Inception3(num_classes=1008, aux_logits=False, init_weights=False).state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = value
+        elif key.endswith("conv.weight") or key == "fc.weight":
+            state[key] = torch.randn(value.shape, generator=g) * (2.0 / value[0].numel()) ** 0.5
+        elif key.endswith(("bn.weight", "running_var")):
+            state[key] = 1 + 0.1 * torch.rand(value.shape, generator=g)
+        else:  # BN bias and running mean, fc bias
+            state[key] = 0.1 * torch.randn(value.shape, generator=g)
+    path = tmp_path_factory.mktemp("fid") / "pt_inception-random.pth"
+    torch.save(state, path)
+    return path
 
 
-class TinyExtractor(nn.Module):
-    """A small random feature extractor: (B, 3, H, W) in [0, 1] -> (B, 6)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3, stride=2)
-
-    def forward(self, x):
-        return torch.tanh(self.conv(x)).mean((2, 3)) * 3
-
-
-def test_frechet_distance_matches_naive():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(40, 5))
-    b = rng.normal(size=(50, 5)) @ rng.normal(size=(5, 5)) * 0.7 + 0.3
-    ref = naive_fid(a, b)
-    got = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
-    assert got == pytest.approx(ref, rel=1e-9)
-    assert frechet_distance(a.mean(0), np.cov(a, rowvar=False), a.mean(0), np.cov(a, rowvar=False)) == pytest.approx(
-        0.0, abs=1e-8
-    )
-
-
-@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
-def test_singular_covariances_give_a_finite_distance():
-    mu = np.zeros(3)
-    s1 = np.outer([1.0, 0, 0], [1.0, 0, 0])
-    s2 = np.outer([0, 1.0, 0], [0, 1.0, 0])
-    assert frechet_distance(mu, s1, mu, s2) == pytest.approx(2.0, abs=1e-6)
-
-
-def test_non_finite_square_root_retries_with_offset(monkeypatch):
-    import scipy.linalg
-
-    real_sqrtm, seen = scipy.linalg.sqrtm, []
-
-    def flaky_sqrtm(a):
-        seen.append(a.copy())
-        return np.full_like(a, np.inf) if len(seen) == 1 else real_sqrtm(a)
-
-    monkeypatch.setattr(scipy.linalg, "sqrtm", flaky_sqrtm)
-    s1, s2 = np.diag([1.0, 2.0]), np.diag([3.0, 0.5])
-    got = frechet_distance(np.zeros(2), s1, np.ones(2), s2, eps=1e-3)
-    expected_trace_root = np.sqrt(1.001 * 3.001) + np.sqrt(2.001 * 0.501)
-    assert len(seen) == 2 and np.allclose(seen[1], (s1 + 1e-3 * np.eye(2)) @ (s2 + 1e-3 * np.eye(2)))
-    assert got == pytest.approx(2.0 + 3.0 + 3.5 - 2 * expected_trace_root, rel=1e-12)
-
-
-def test_imaginary_square_root_is_an_error(monkeypatch):
-    import scipy.linalg
-
-    monkeypatch.setattr(scipy.linalg, "sqrtm", lambda a: a + 0.5j * np.eye(len(a)))
-    with pytest.raises(ValueError, match="imaginary"):
-        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2))
-
-
-def test_feature_moments_match_numpy():
-    rng = np.random.default_rng(1)
-    feats = rng.normal(size=(23, 4)) * 5 + 10
-    moments = FeatureMoments()
-    for chunk in np.array_split(feats, 4):
-        moments.update(torch.from_numpy(chunk).float())
-    stats = moments.stats()
-    f32 = feats.astype(np.float32).astype(np.float64)  # the features were float32 tensors
-    np.testing.assert_allclose(stats.mu, f32.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(stats.sigma, np.cov(f32, rowvar=False), rtol=1e-9, atol=1e-9)
-    assert stats.n == 23
-    with pytest.raises(ValueError, match="no features"):
-        FeatureMoments().stats()
-
-
-def test_reconstruction_fid_with_tiny_extractor_matches_naive():
-    extractor = TinyExtractor().eval()
-    originals = torch.rand(24, 3, 12, 12)
-    recons = (originals + 0.2 * torch.randn_like(originals)).clamp(0, 1)
-    metric = ReconstructionFID(extractor)
-    for i in range(0, 24, 10):
-        metric.update(originals[i : i + 10], recons[i : i + 10])
-    result = metric.compute()
-    with torch.no_grad():
-        ref = naive_fid(extractor(originals).double().numpy(), extractor(recons).double().numpy())
-    assert result.num_images == 24
-    assert result.fid == pytest.approx(ref, rel=1e-6)
-    same = ReconstructionFID(extractor)
-    same.update(originals, originals)
-    assert same.compute().fid == pytest.approx(0.0, abs=1e-8)
-
-
-def test_fid_blocks_pool_like_the_tf_graph():
+@pytest.fixture(scope="module")
+def pat_tiny():
     torch.manual_seed(0)
-    x = torch.randn(1, 192, 7, 7)
-    fid_block, tv_block = FIDInceptionA(192, pool_features=32).eval(), InceptionA(192, pool_features=32).eval()
-    tv_block.load_state_dict(fid_block.state_dict())
-    with torch.no_grad():
-        pooled = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
-        expected_pool_branch = fid_block.branch_pool(pooled)
-        out = fid_block(x)
-        assert torch.allclose(out[:, -32:], expected_pool_branch)
-        assert not torch.allclose(out, tv_block(x))  # torchvision counts the zero padding
-        block_e = FIDInceptionE(64, max_pool=True).eval()
-        out_e = block_e(x[:, :64])
-        assert torch.allclose(out_e[:, -192:], block_e.branch_pool(F.max_pool2d(x[:, :64], 3, 1, 1)))
+    return build_model("pat_tiny")
 
 
-def test_fid_inception_loads_local_weights_and_gives_2048_features(tmp_path):
-    with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05"):
-        load_fid_inception(tmp_path / "missing.pth")
-    model = FIDInceptionV3()
-    keys = model.net.state_dict().keys()
-    assert "fc.weight" in keys and model.net.fc.out_features == 1008 and not any("AuxLogits" in k for k in keys)
-    path = tmp_path / "inception.pth"
-    torch.save(model.net.state_dict(), path)
-    loaded = load_fid_inception(path)
-    assert not loaded.training
+@pytest.fixture
+def fast_fid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fid_module, "FID_FEATURES", 64)
+
+
+def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """(n, 3, size, size) uint8 images with image-like structure: upsampled 6x6 noise."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 6, 6, generator=g)
+    return (F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False) * 255).round().to(torch.uint8)
+
+
+def naive_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """FID of feature sets (n, D) in float64 without a D x D square root: the nonzero eigenvalues of S1 S2 are
+    the squared singular values of X1 X2^T / sqrt((n1 - 1)(n2 - 1)) for the centred features X."""
+    xa, xb = a - a.mean(0), b - b.mean(0)
+    na, nb = len(a) - 1, len(b) - 1
+    trace_root = np.linalg.svd(xa @ xb.T, compute_uv=False).sum() / np.sqrt(na * nb)
+    mean_term = ((a.mean(0) - b.mean(0)) ** 2).sum()
+    return float(mean_term + (xa**2).sum() / na + (xb**2).sum() / nb - 2 * trace_root)
+
+
+def test_random_weights_load_without_network(inception_weights: Path, monkeypatch: pytest.MonkeyPatch,
+                                             fast_fid: None) -> None:
+    import torch_fidelity.feature_extractor_inceptionv3 as tfi
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(tfi, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    metric = inception_fid(inception_weights)
+    saved = torch.load(inception_weights, weights_only=True)
+    loaded = metric.inception.state_dict()
+    assert set(loaded) == set(saved)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    # the resize is TensorFlow's (as torch-fidelity's reference extractor), not torchmetrics' antialiased default
+    reference = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["64"],
+                                                feature_extractor_weights_path=str(inception_weights))
+    images = smooth_images(2, 72, seed=3)
     with torch.no_grad():
-        feats = loaded(torch.rand(1, 3, 40, 50))
-    assert feats.shape == (1, 2048) and torch.isfinite(feats).all() and (feats >= 0).all()
+        torch.testing.assert_close(metric.inception(images), reference(images)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fid_of_identical_sets_is_zero_and_grows_with_noise(inception_weights: Path, fast_fid: None) -> None:
+    metric = inception_fid(inception_weights)
+    real = smooth_images(4, 48, seed=1)
+    noisy = (real.float() + 30 * torch.randn(real.shape)).round().clamp(0, 255).to(torch.uint8)
+    with torch.no_grad():
+        real_feats, noisy_feats = metric.inception(real).double().numpy(), metric.inception(noisy).double().numpy()
+    scale = float((real_feats**2).sum(1).mean())
+    metric.update(real, real=True)
+    metric.update(real, real=False)
+    assert abs(float(metric.compute())) < 1e-6 * scale
+    metric.reset()
+    metric.update(real, real=True)
+    metric.update(noisy, real=False)
+    value = float(metric.compute())
+    assert value > 1e-3 * scale
+    assert value == pytest.approx(naive_fid(real_feats, noisy_feats), rel=1e-4)
+
+
+def test_missing_or_foreign_weights_are_refused(tmp_path: Path, pat_tiny) -> None:
+    with pytest.raises(MissingFileError, match=r"missing\.pth.*pt_inception-2015-12-05-6726825d\.pth.*fid_weights"):
+        inception_fid(tmp_path / "missing.pth")
+    dataset = [{"image": smooth_images(1, 32, seed=i)[0]} for i in range(2)]
+    with pytest.raises(MissingFileError, match="missing.pth"):
+        reconstruction_fid(pat_tiny, dataset, inception_weights=str(tmp_path / "missing.pth"), short_side=32,
+                           crop=32, progress=False)
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="fc.weight"):
+        inception_fid(tmp_path / "other.pth")
+
+
+def test_san_and_bad_arguments_are_refused(inception_weights: Path, pat_tiny) -> None:
+    dataset = [{"image": smooth_images(1, 32, seed=i)[0]} for i in range(3)]
+    with pytest.raises(UsageError, match="SAN has no reconstruction"):
+        reconstruction_fid(build_model("san_tiny"), dataset, inception_weights=str(inception_weights))
+    with pytest.raises(UsageError, match="multiple of 32"):
+        reconstruction_fid(pat_tiny, dataset, inception_weights=str(inception_weights), short_side=64, crop=48)
+    with pytest.raises(UsageError, match="at least 2 images"):
+        reconstruction_fid(pat_tiny, dataset, inception_weights=str(inception_weights), limit=1)
+
+
+def test_resize_and_crop() -> None:
+    image = torch.arange(3 * 64 * 96, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, 64, 96)
+    assert torch.equal(resize_and_crop(image, 64, 32), image[:, 16:48, 32:64])  # no resize: the exact centre
+    flat = torch.full((3, 30, 45), 77, dtype=torch.uint8)
+    out = resize_and_crop(flat, 64, 64)  # upscaled to 64 x 96, then cropped
+    assert out.dtype == torch.uint8 and out.shape == (3, 64, 64) and bool((out == 77).all())
+    ramp = torch.linspace(0, 255, 200).round().to(torch.uint8).expand(3, 100, 200)
+    out = resize_and_crop(ramp, 50, 50)  # 50 x 100, columns 25..74: the middle half of the ramp
+    assert abs(int(out[0, 0, 0]) - 65) <= 1 and abs(int(out[0, 0, -1]) - 190) <= 1  # (2j + 0.5) * 255 / 199
+
+
+def test_reconstruct_matches_the_forward_reconstruction(pat_tiny) -> None:
+    images = smooth_images(2, 64, seed=4).float() / 255
+    with torch.no_grad():
+        expected = pat_tiny.eval()(images, pat_tiny.encode_vocabulary(["object"]), reconstruct=True).reconstruction
+    torch.testing.assert_close(reconstruct(pat_tiny, images), expected, rtol=1e-5, atol=1e-6)
+
+
+def image_dataset(count: int) -> list[dict[str, torch.Tensor]]:
+    """Items like SemSegDataset's: (3, H, W) uint8 images of assorted sizes."""
+    sizes = [(48, 64), (64, 40), (40, 40), (70, 50), (33, 90)]
+    return [{"image": smooth_images(1, 96, seed=i)[0][:, :h, :w]} for i, (h, w) in enumerate(sizes[:count])]
+
+
+def test_reconstruction_fid_on_pat_tiny(inception_weights: Path, pat_tiny, fast_fid: None) -> None:
+    dataset = image_dataset(4)
+    pat_tiny.train()
+    result = reconstruction_fid(pat_tiny, dataset, inception_weights=str(inception_weights), short_side=32, crop=32,
+                                limit=3, batch_size=2, progress=False)
+    assert isinstance(result, RFIDResult) and result.num_images == 3
+    assert np.isfinite(result.fid) and result.fid > 0  # a random model reconstructs poorly
+    assert pat_tiny.training  # the mode is restored
+
+
+def test_shard_by_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert list(shard(5)) == [0, 1, 2, 3, 4]
+    monkeypatch.setattr(rfid_module.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(rfid_module.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(rfid_module.dist, "get_world_size", lambda: 3)
+    assert list(shard(8)) == [1, 4, 7]
+
+
+def _rfid_worker(rank: int, init_file: str, weights: str, model_file: str, out_file: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    model = build_model("pat_tiny")
+    model.load_state_dict(torch.load(model_file, weights_only=True))
+    result = reconstruction_fid(model, image_dataset(5), inception_weights=weights, short_side=32, crop=32,
+                                batch_size=2, progress=False)
+    torch.save(result._asdict(), f"{out_file}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # pool3 features: three 2048 x 2048 eigenvalue problems and two process start-ups
+def test_reconstruction_fid_is_the_same_over_two_processes(inception_weights: Path, pat_tiny,
+                                                           tmp_path: Path) -> None:
+    single = reconstruction_fid(pat_tiny, image_dataset(5), inception_weights=str(inception_weights),
+                                short_side=32, crop=32, progress=False)
+    assert single.num_images == 5 and np.isfinite(single.fid) and single.fid > 0
+    torch.save(pat_tiny.state_dict(), tmp_path / "pat_tiny.pt")
+    out = tmp_path / "result"
+    mp.spawn(_rfid_worker, args=(str(tmp_path / "init"), str(inception_weights), str(tmp_path / "pat_tiny.pt"),
+                                 str(out)), nprocs=2, join=True)
+    for rank in range(2):  # every rank saw 2 or 3 images and reports the rFID of all 5
+        got = torch.load(f"{out}.{rank}", weights_only=True)
+        assert got["num_images"] == 5
+        assert got["fid"] == pytest.approx(single.fid, rel=1e-4)

@@ -1,13 +1,5 @@
 """Metrics: semantic-segmentation scores (both mIoU rules), Table-I reports over seeds, and reconstruction FID."""
-from patseg.evaluation.fid import (
-    FIDInceptionV3,
-    FeatureMoments,
-    GaussianStats,
-    ReconstructionFID,
-    RFIDResult,
-    frechet_distance,
-    load_fid_inception,
-)
+from patseg.evaluation.fid import inception_fid
 from patseg.evaluation.report import (
     Stat,
     TableRow,
@@ -17,23 +9,20 @@ from patseg.evaluation.report import (
     table_json,
     write_results,
 )
+from patseg.evaluation.rfid import RFIDResult, reconstruction_fid
 from patseg.evaluation.sem_seg import SemSegEvaluator, metrics_from_confusion
 
 __all__ = [
-    "FIDInceptionV3",
-    "FeatureMoments",
-    "GaussianStats",
     "RFIDResult",
-    "ReconstructionFID",
     "SemSegEvaluator",
     "Stat",
     "TableRow",
     "aggregate",
     "format_markdown",
-    "frechet_distance",
-    "load_fid_inception",
+    "inception_fid",
     "load_results",
     "metrics_from_confusion",
+    "reconstruction_fid",
     "table_json",
     "write_results",
 ]
