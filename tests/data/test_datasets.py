@@ -40,9 +40,9 @@ def test_registry_facts():
     for spec in DATASETS.values():
         assert len(spec.class_names) == spec.num_classes
         assert spec.ignore_label == (65535 if spec.label_ext == ".tif" else 255)
-    with pytest.raises(KeyError, match="known"):
+    with pytest.raises(DatasetError, match="known"):
         get_dataset_spec("ade20k")
-    with pytest.raises(KeyError, match="no split 'train'"):
+    with pytest.raises(DatasetError, match="no split .train."):
         DATASETS["voc_20"].split("train")
 
 

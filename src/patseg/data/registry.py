@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from patseg.errors import DatasetError
 from patseg.resources import load_class_names
 
 DATA_ROOT_ENV = "PATSEG_DATA"
@@ -61,7 +62,7 @@ class DatasetSpec:
 
     def split(self, split: str) -> SplitLayout:
         if split not in self.splits:
-            raise KeyError(f"dataset '{self.name}' has no split '{split}' (available: {', '.join(self.splits)})")
+            raise DatasetError(f"dataset '{self.name}' has no split '{split}' (available: {', '.join(self.splits)})")
         return self.splits[split]
 
 
@@ -165,9 +166,9 @@ def list_datasets() -> list[str]:
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` of ``name``; unknown names raise KeyError listing the known ones."""
+    """The :class:`DatasetSpec` of ``name``; unknown names raise DatasetError listing the known ones."""
     if name not in DATASETS:
-        raise KeyError(f"unknown dataset '{name}' (known: {', '.join(list_datasets())})")
+        raise DatasetError(f"unknown dataset '{name}' (known: {', '.join(list_datasets())})")
     return DATASETS[name]
 
 

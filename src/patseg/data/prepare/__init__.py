@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from patseg.data.prepare import ade20k_150, ade20k_847, coco_stuff, pcontext_59, pcontext_459, voc
 from patseg.data.prepare.common import PrepareSummary, run_jobs
 from patseg.data.registry import get_dataset_spec
-from patseg.errors import MissingFileError
+from patseg.errors import DatasetError, MissingFileError
 
 CONVERTERS: dict[str, ModuleType] = {
     m.DATASET: m for m in (coco_stuff, ade20k_150, ade20k_847, pcontext_59, pcontext_459, voc)
@@ -34,14 +34,14 @@ def prepare_dataset(
     samples whose input is missing or corrupt are listed in the summary's ``failed`` and not written.
     """
     if name not in CONVERTERS:
-        raise KeyError(f"no converter for '{name}' (available: {', '.join(sorted(CONVERTERS))})")
+        raise DatasetError(f"no converter for '{name}' (available: {', '.join(sorted(CONVERTERS))})")
     spec = get_dataset_spec(name)
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise MissingFileError(f"raw folder {src} does not exist; expected: {CONVERTERS[name].RAW_LAYOUT}")
     summaries = []
     for split in splits or list(spec.splits):
-        spec.split(split)  # unknown split -> KeyError naming the available ones
+        spec.split(split)  # unknown split -> DatasetError naming the available ones
         jobs = CONVERTERS[name].build_jobs(src, dst, split)
         summaries.append(run_jobs(jobs, PrepareSummary(name, split), workers=workers, progress=progress))
     return summaries
