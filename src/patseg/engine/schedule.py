@@ -1,4 +1,4 @@
-"""Poly learning-rate schedule and AdamW parameter groups (DESIGN.md §4, reference/san.md §4).
+"""Poly learning-rate schedule and AdamW parameter groups (the recipe in docs/design.md: SAN's optimizer, PAT's lr).
 
 SAN trains with detectron2's WarmupPolyLR without warmup, ``lr = base_lr * (1 - it / max_iters) ** 0.9``, and
 AdamW whose weight decay is 0 for norm layers (detectron2 WEIGHT_DECAY_NORM) and for positional / query
@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-# Name fragments of embedding-like parameters kept out of weight decay; SAN's list (san.md §4) plus PAT's codebooks.
+# Name fragments of embedding-like parameters kept out of weight decay: SAN's list (MendelXu/SAN train_net.py, with
+# SOLVER.WEIGHT_DECAY_EMBED = 0) plus PAT's codebooks.
 NO_DECAY_NAME_KEYS = (
     "positional",
     "pos_embed",
