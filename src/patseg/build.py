@@ -30,6 +30,7 @@ from patseg.models.pat.token_mixer import TokenMixer
 from patseg.resources import load_templates
 from patseg.weights.files import load_weights, read_architecture
 from patseg.weights.san_release import init_from_san
+from patseg.weights.text_cache import DiskEmbeddingCache
 
 
 def resolve_config(preset: Union[str, ModelConfig, None], weights: Optional[str] = None,
@@ -79,9 +80,9 @@ def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Option
 
 def _build_san_or_pat(cfg: ModelConfig, clip_weights: Optional[str]) -> SAN | PAT:
     c = cfg.clip
-    cache = cache_dir() / "text"
+    cache = DiskEmbeddingCache(cache_dir() / "text")
     clip, text = load_clip(c.model_name, quick_gelu=c.quick_gelu, weights=clip_weights, taps=c.taps,
-                           rec_start=c.rec_start, cache_dir=cache)
+                           rec_start=c.rec_start, cache=cache)
     s = cfg.side
     side = SideAdapter(clip_width=clip.width, width=s.width, depth=s.depth, heads=s.heads,
                        patch_size=s.patch_size, mlp_ratio=s.mlp_ratio, num_queries=s.num_queries,

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from patseg.models.clip.open_clip_loader import create_open_clip
 from patseg.models.clip.text_encoder import TextEncoder
 from patseg.resources import load_templates
+from patseg.weights.text_cache import DiskEmbeddingCache
 
 NAMES = ["road, route", "toilet, can, commode, crapper, pot, potty, stool, throne", "building-other"]
 TEMPLATES = load_templates("san_vild")
@@ -17,7 +18,12 @@ def _encoder(cache_dir=None, seed=0, name="patseg-tiny-ViT"):
     torch.manual_seed(seed)
     model, tokenizer = create_open_clip(name, quick_gelu=True, weights=None)
     model.visual = None
-    return TextEncoder(model, tokenizer, cache_dir=cache_dir, cache_key=name), tokenizer
+    cache = None if cache_dir is None else DiskEmbeddingCache(cache_dir)
+    return TextEncoder(model, tokenizer, cache=cache, cache_key=name), tokenizer
+
+
+def cache_file(enc: TextEncoder, names, templates):
+    return enc.cache.path(enc.cache_key, names, templates)
 
 
 class CountingTower:
@@ -68,7 +74,7 @@ def test_output_equals_naive_per_template_loop_and_is_normalised():
 def test_disk_cache_hit_skips_the_text_tower(tmp_path):
     first, _ = _encoder(tmp_path)
     ref = first(NAMES, TEMPLATES)
-    assert first.cache_path(NAMES, TEMPLATES).is_file()
+    assert cache_file(first, NAMES, TEMPLATES).is_file()
     second, _ = _encoder(tmp_path)  # same seed -> same weights -> same weights digest
     counter = CountingTower(second)
     got = second(NAMES, TEMPLATES)
@@ -80,12 +86,12 @@ def test_disk_cache_hit_skips_the_text_tower(tmp_path):
 
 def test_cache_key_changes_with_names_templates_and_weights(tmp_path):
     enc, _ = _encoder(tmp_path)
-    base = enc.cache_path(NAMES, TEMPLATES)
-    assert enc.cache_path(NAMES[:2], TEMPLATES) != base
-    assert enc.cache_path(NAMES, TEMPLATES[:3]) != base
-    assert enc.cache_path(list(reversed(NAMES)), TEMPLATES) != base
+    base = cache_file(enc, NAMES, TEMPLATES)
+    assert cache_file(enc, NAMES[:2], TEMPLATES) != base
+    assert cache_file(enc, NAMES, TEMPLATES[:3]) != base
+    assert cache_file(enc, list(reversed(NAMES)), TEMPLATES) != base
     other, _ = _encoder(tmp_path, seed=1)
-    assert other.cache_path(NAMES, TEMPLATES) != base
+    assert cache_file(other, NAMES, TEMPLATES) != base
     enc(NAMES, TEMPLATES)
     counter = CountingTower(enc)
     enc(NAMES[:2], TEMPLATES)  # a new vocabulary runs the tower
@@ -100,7 +106,7 @@ def test_frozen_eval_mode_and_logit_scale():
     assert enc.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)  # open_clip's init; OpenAI weights give 100
     model, tokenizer = create_open_clip("patseg-tiny-ViT", quick_gelu=True, weights=None)
     with pytest.raises(ValueError, match="visual"):
-        TextEncoder(model, tokenizer, cache_dir=None, cache_key="x")
+        TextEncoder(model, tokenizer, cache=None, cache_key="x")
 
 
 def test_cache_follows_weights_loaded_after_construction(tmp_path):
@@ -108,10 +114,10 @@ def test_cache_follows_weights_loaded_after_construction(tmp_path):
     from patseg.models.clip.backbone import load_clip
 
     _, text_a = load_clip("patseg-tiny-ViT", quick_gelu=False, weights=None, taps=(0, 2, 3, 4), rec_start=4,
-                          cache_dir=tmp_path)
+                          cache=DiskEmbeddingCache(tmp_path))
     torch.manual_seed(123)
     _, text_b = load_clip("patseg-tiny-ViT", quick_gelu=False, weights=None, taps=(0, 2, 3, 4), rec_start=4,
-                          cache_dir=tmp_path)
+                          cache=DiskEmbeddingCache(tmp_path))
     names, templates = ["red circle", "grass"], ["a photo of a {}."]
     emb_a = text_a(names, templates).clone()
     emb_b = text_b(names, templates).clone()

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from patseg.models.clip.open_clip_loader import ClipTrunk, create_open_clip, make_trunk
-from patseg.models.clip.text_encoder import TextEncoder
+from patseg.models.clip.text_encoder import EmbeddingCache, TextEncoder
 
 BLOCKED = -100.0  # SAN's "do not attend" value in the recognition mask (not -inf)
 
@@ -180,7 +179,7 @@ def clip_trainable_parameters(*modules: nn.Module) -> int:
 
 
 def load_clip(model_name: str, *, quick_gelu: bool, weights: str | None, taps: Sequence[int], rec_start: int,
-              cache_dir: Path | None = None) -> tuple[ClipBackbone, TextEncoder]:
+              cache: EmbeddingCache | None = None) -> tuple[ClipBackbone, TextEncoder]:
     """Frozen CLIP image tower and text encoder of one open_clip model.
 
     Args:
@@ -189,11 +188,11 @@ def load_clip(model_name: str, *, quick_gelu: bool, weights: str | None, taps: S
         quick_gelu: force QuickGELU (OpenAI weights were trained with it; timm trunks ignore it).
         weights: local open_clip checkpoint, or None for random init. Nothing is downloaded.
         taps, rec_start: see :class:`ClipBackbone`.
-        cache_dir: folder for the text-embedding cache (None: memory only).
+        cache: persistent cache of encoded vocabularies (None: memory only).
     """
     model, tokenizer = create_open_clip(model_name, quick_gelu=quick_gelu, weights=weights)
     visual = model.visual
     model.visual = None  # the image tower belongs to ClipBackbone; its weights live in one module tree only
     backbone = ClipBackbone(visual, taps=taps, rec_start=rec_start)
-    text = TextEncoder(model, tokenizer, cache_dir=cache_dir, cache_key=f"{model_name}-quickgelu{int(quick_gelu)}")
+    text = TextEncoder(model, tokenizer, cache=cache, cache_key=f"{model_name}-quickgelu{int(quick_gelu)}")
     return backbone, text

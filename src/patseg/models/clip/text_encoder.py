@@ -4,25 +4,29 @@ Facts from MendelXu/SAN ``san/model/clip_utils/classifier.py`` and ``utils.py``:
 embedding is the mean over templates of the L2-normalised text embeddings of ``template.format(name)``,
 re-normalised. Names are used verbatim. The tower is frozen and stays in eval mode; encoding runs without grad.
 
-Embeddings are cached in memory and, when a folder is given, on disk as safetensors (atomic writes). The file name
-hashes the cache key (model name), a digest of the text tower's weights, the names and the templates, so a cache
-entry can never be served to another model, another checkpoint or another vocabulary.
+Embeddings are cached in memory and, when a cache is given, in that cache (``build`` hands over the disk cache of
+``patseg.weights.text_cache``), keyed by the model name and a digest of the text tower's weights, so an entry can
+never be served to another model, another checkpoint or another vocabulary.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import Tensor, nn
 
-from patseg.atomic import atomic_save_safetensors
-
 Tokenizer = Callable[[list[str]], Tensor]
+
+
+class EmbeddingCache(Protocol):
+    """Where encoded vocabularies are kept between runs (``patseg.weights.text_cache.DiskEmbeddingCache``)."""
+
+    def load(self, key: str, names: Sequence[str], templates: Sequence[str]) -> Tensor | None: ...
+
+    def save(self, key: str, names: Sequence[str], templates: Sequence[str], embeddings: Tensor) -> None: ...
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -57,12 +61,12 @@ class TextEncoder(nn.Module):
             image tower to ClipBackbone first, so no weights are held twice). Its text tower and logit scale are
             used; all of it is frozen here.
         tokenizer: open_clip tokenizer for the model (``open_clip.get_tokenizer(name)``).
-        cache_dir: folder for the on-disk cache, or None for the in-memory cache only.
+        cache: a persistent cache of encoded vocabularies, or None for the in-memory cache only.
         cache_key: names the model in the cache (e.g. ``ViT-B-16``); the weights digest is added to it.
         batch_size: prompts per text-tower call.
     """
 
-    def __init__(self, clip_model: nn.Module, tokenizer: Tokenizer, *, cache_dir: Path | None, cache_key: str,
+    def __init__(self, clip_model: nn.Module, tokenizer: Tokenizer, *, cache: EmbeddingCache | None, cache_key: str,
                  batch_size: int = 256) -> None:
         super().__init__()
         if getattr(clip_model, "visual", None) is not None:
@@ -71,7 +75,7 @@ class TextEncoder(nn.Module):
         self.clip = clip_model
         self.clip.requires_grad_(False)
         self.tokenizer = tokenizer
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache = cache
         self._model_key = cache_key
         self._digest: str | None = None  # computed on first use: weights are often loaded after construction
         self.batch_size = batch_size
@@ -133,25 +137,12 @@ class TextEncoder(nn.Module):
         device = self.clip.logit_scale.device
         self._memory[key] = F.normalize(embeddings.detach().float(), dim=-1).to(device)
 
-    def cache_path(self, class_names: Sequence[str], templates: Sequence[str]) -> Path | None:
-        """The disk-cache file for this model, weights and vocabulary (None without a cache folder)."""
-        if self.cache_dir is None:
-            return None
-        blob = json.dumps([self.cache_key, list(class_names), list(templates)], ensure_ascii=False)
-        return self.cache_dir / f"{hashlib.sha256(blob.encode('utf-8')).hexdigest()[:32]}.safetensors"
-
     def _load_or_encode(self, names: tuple[str, ...], templates: tuple[str, ...]) -> Tensor:
-        path = self.cache_path(names, templates)
-        meta = {"cache_key": self.cache_key, "class_names": json.dumps(names, ensure_ascii=False),
-                "templates": json.dumps(templates, ensure_ascii=False)}
-        if path is not None and path.is_file():
-            with safe_open(str(path), framework="pt") as f:
-                if f.metadata() != meta:
-                    raise ValueError(f"text-embedding cache {path} holds another vocabulary or model; delete it")
-                return f.get_tensor("embeddings")
-        emb = self._encode(names, templates)
-        if path is not None:
-            atomic_save_safetensors({"embeddings": emb.contiguous()}, path, metadata=meta)
+        emb = None if self.cache is None else self.cache.load(self.cache_key, names, templates)
+        if emb is None:
+            emb = self._encode(names, templates)
+            if self.cache is not None:
+                self.cache.save(self.cache_key, names, templates, emb)
         return emb
 
     @torch.no_grad()
