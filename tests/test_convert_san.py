@@ -27,6 +27,7 @@ from patseg.errors import CheckpointError
 from patseg.weights.files import CONFIG_METADATA_KEY, save_weights
 from patseg.weights.san_release import DROPPED, SanLayout, check_release_state, detect_preset, rename_release
 from patseg.models.san.mask_decoder import MaskDecoder
+from patseg.models.san.model import semantic_inference
 from patseg.models.clip.open_clip_loader import register_patseg_configs
 from patseg.models.san.side_adapter import SideAdapter
 from patseg.predictor import Segmenter
@@ -397,7 +398,9 @@ def test_segmenter_scores_are_sans_semantic_inference(tiny_model):
     mean = tiny_model.clip.mean.view(1, 3, 1, 1)
     # Segmenter pads bottom/right to 672 with CLIP's mean colour (0 once normalised), as SAN pads normalised images
     padded = torch.nn.functional.pad(x - mean, (0, 672 - size[1], 0, 0)) + mean
-    ref = tiny_model.predict_scores(padded, seg.class_embeddings)[0, :, : size[0], : size[1]]
+    with torch.no_grad():
+        main = tiny_model(padded, seg.class_embeddings).main
+    ref = semantic_inference(main, tuple(padded.shape[-2:]))[0, :, : size[0], : size[1]]
     np.testing.assert_allclose(scores, ref.numpy(), rtol=1e-5, atol=1e-6)
     labels = seg.predict(image)
     assert labels.shape == size and labels.dtype == np.int64
