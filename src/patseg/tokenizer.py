@@ -9,6 +9,7 @@ tokens (SAN's queries) take no part, so the code maps are the whole description 
     pyramid = tok.encode_image(rgb, 640)  # or one (H, W, 3) uint8 image, resized to multiples of 32
     recon = tok.decode(pyramid)           # (B, 3, H', W') in [0, 1]
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ class TokenPyramid:
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """Smallest unsigned integer dtype per level (codebooks hold at most 65,536 codes)."""
-        return {name: c.cpu().numpy().astype(np.uint16 if int(c.max()) > 255 else np.uint8)
-                for name, c in self.codes.items()}
+        return {
+            name: c.cpu().numpy().astype(np.uint16 if int(c.max()) > 255 else np.uint8)
+            for name, c in self.codes.items()
+        }
 
 
 class PyramidTokenizer:
@@ -53,8 +56,9 @@ class PyramidTokenizer:
         self.model = model.eval()
 
     @classmethod
-    def from_checkpoint(cls, weights: str, *, preset: str | None = None,
-                        clip_weights: str | None = None) -> PyramidTokenizer:
+    def from_checkpoint(
+        cls, weights: str, *, preset: str | None = None, clip_weights: str | None = None
+    ) -> PyramidTokenizer:
         from patseg.build import build_model
 
         return cls(build_model(preset, weights=weights, clip_weights=clip_weights))
@@ -69,8 +73,7 @@ class PyramidTokenizer:
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % 32 or images.shape[-2] % 32:
             raise ValueError(f"expected (B, 3, H, W) with H, W multiples of 32, got {tuple(images.shape)}")
         quant = self.model.encode(images.to(self.device))
-        return TokenPyramid(codes={name: quant[name].indices for name in LEVELS},
-                            image_size=tuple(images.shape[-2:]))
+        return TokenPyramid(codes={name: quant[name].indices for name in LEVELS}, image_size=tuple(images.shape[-2:]))
 
     def encode_image(self, image: np.ndarray, short_side: int = 640) -> TokenPyramid:
         """One (H, W, 3) uint8 RGB image -> TokenPyramid of batch 1. The image is resized with
@@ -82,8 +85,10 @@ class PyramidTokenizer:
         """TokenPyramid -> (B, 3, H, W) reconstruction in [0, 1]; no global tokens are involved."""
         m = self.model
         stages = {name: stage for name, stage in zip(STAGES, m.pixel_branch.stages)}
-        codes = {name: stages[name].quantizer.lookup(pyramid.codes[name].to(self.device))
-                 for name in m.options.decoder_stages}
+        codes = {
+            name: stages[name].quantizer.lookup(pyramid.codes[name].to(self.device))
+            for name in m.options.decoder_stages
+        }
         latent = m.pixel_branch.latent_quantizer.lookup(pyramid.codes["latent"].to(self.device))
         return m.decode(codes, latent, queries=None, reconstruct=True)[2]
 

@@ -10,6 +10,7 @@ crops.
 Images are uint8 tensors (3, H, W), labels int64 tensors (H, W). Resizing goes through PIL (bilinear for images,
 nearest for labels), which is what detectron2's ``ResizeTransform`` uses.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -12,6 +12,7 @@ everything (model, optimizer, schedule, scaler, sampler position, RNG of every r
 The data iterator restarts at every checkpoint boundary with seeds derived from (seed, rank, iteration), so a
 resumed run sees the same batches, augmentations included, as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,9 +30,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from patseg import distributed as D
 from patseg.atomic import atomic_write_text
 from patseg.config import ConfigError, to_dict
-from patseg import distributed as D
 from patseg.engine.checkpoint import (
     TrainState,
     capture_rng_state,
@@ -108,8 +109,10 @@ def _seed_all(seed: int) -> None:
 def _micro_batch(cfg: TrainConfig, world_size: int) -> int:
     per_step = world_size * cfg.solver.grad_accum
     if cfg.solver.batch_size % per_step:
-        raise ConfigError(f"config key 'solver.batch_size' ({cfg.solver.batch_size}) must be divisible by "
-                          f"world size x solver.grad_accum ({world_size} x {cfg.solver.grad_accum})")
+        raise ConfigError(
+            f"config key 'solver.batch_size' ({cfg.solver.batch_size}) must be divisible by "
+            f"world size x solver.grad_accum ({world_size} x {cfg.solver.grad_accum})"
+        )
     return cfg.solver.batch_size // per_step
 
 
@@ -122,8 +125,15 @@ def _autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def _setup(cfg: TrainConfig, model: nn.Module, dataset: Dataset, class_names: Sequence[str],
-           collate_fn: Callable, info: D.DistInfo, device: torch.device) -> _Run:
+def _setup(
+    cfg: TrainConfig,
+    model: nn.Module,
+    dataset: Dataset,
+    class_names: Sequence[str],
+    collate_fn: Callable,
+    info: D.DistInfo,
+    device: torch.device,
+) -> _Run:
     micro = _micro_batch(cfg, info.world_size)
     _seed_all(cfg.solver.seed + info.rank)
     model.to(device).train()
@@ -137,8 +147,22 @@ def _setup(cfg: TrainConfig, model: nn.Module, dataset: Dataset, class_names: Se
     if info.enabled:
         forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     writer = TrainingWriter(Path(cfg.output_dir) / "logs") if info.is_main else None
-    return _Run(cfg, info, device, model, forward, optimizer, schedule, scaler, dtype, class_embeddings,
-                dataset, collate_fn, micro, writer)
+    return _Run(
+        cfg,
+        info,
+        device,
+        model,
+        forward,
+        optimizer,
+        schedule,
+        scaler,
+        dtype,
+        class_embeddings,
+        dataset,
+        collate_fn,
+        micro,
+        writer,
+    )
 
 
 def _resume_or_load(run: _Run, resume: bool) -> tuple[int, int]:
@@ -157,8 +181,11 @@ def _resume_or_load(run: _Run, resume: bool) -> tuple[int, int]:
     if len(state.rng) == run.info.world_size:
         restore_rng_state(state.rng[run.info.rank])
     else:
-        logger.warning("checkpoint was written by %d ranks, this run has %d: RNG reseeded, resume is not bitwise",
-                       len(state.rng), run.info.world_size)
+        logger.warning(
+            "checkpoint was written by %d ranks, this run has %d: RNG reseeded, resume is not bitwise",
+            len(state.rng),
+            run.info.world_size,
+        )
         _seed_all(run.cfg.solver.seed + run.info.rank + state.iteration)
     logger.info("resumed from %s at iteration %d", folder, state.iteration)
     return state.iteration, state.sampler_position
@@ -167,12 +194,20 @@ def _resume_or_load(run: _Run, resume: bool) -> tuple[int, int]:
 def _batches(run: _Run, it: int, position: int) -> Iterator[dict[str, Tensor]]:
     """A fresh data iterator at ``position``; its worker seeds depend only on (seed, rank, it)."""
     cfg, info = run.cfg, run.info
-    sampler = D.InfiniteSampler(len(run.dataset), seed=cfg.solver.seed, rank=info.rank,
-                                world_size=info.world_size, start=position)
+    sampler = D.InfiniteSampler(
+        len(run.dataset), seed=cfg.solver.seed, rank=info.rank, world_size=info.world_size, start=position
+    )
     generator = torch.Generator().manual_seed(cfg.solver.seed * 1_000_003 + info.rank * 7_919 + it)
-    loader = DataLoader(run.dataset, batch_size=run.micro_batch, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.workers, collate_fn=run.collate_fn, generator=generator,
-                        pin_memory=run.device.type == "cuda")
+    loader = DataLoader(
+        run.dataset,
+        batch_size=run.micro_batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.data.workers,
+        collate_fn=run.collate_fn,
+        generator=generator,
+        pin_memory=run.device.type == "cuda",
+    )
     return iter(loader)
 
 
@@ -190,8 +225,7 @@ def _train_step(run: _Run, batches: Iterator[dict[str, Tensor]]) -> _Step:
         data_time += time.perf_counter() - tick
         last = micro == accum - 1
         sync = nullcontext() if last or not run.info.enabled else run.forward.no_sync()
-        autocast = (torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype
-                    else nullcontext())
+        autocast = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else nullcontext()
         with sync:
             with autocast:
                 out: StepOutput = run.forward(images, labels, run.class_embeddings, run.cfg.data.ignore_index)
@@ -212,9 +246,11 @@ def _reduced_scalars(step: _Step, it: int, device: torch.device) -> dict[str, fl
     """Loss terms, stats and grad norm averaged over ranks; every rank calls this at the same iterations."""
     names = sorted(step.losses)
     stat_names = sorted(step.stats)
-    values = torch.stack([step.losses[n].to(device) for n in names]
-                         + [torch.tensor(float(step.stats[n]), device=device) for n in stat_names]
-                         + [step.grad_norm.float().to(device)])
+    values = torch.stack(
+        [step.losses[n].to(device) for n in names]
+        + [torch.tensor(float(step.stats[n]), device=device) for n in stat_names]
+        + [step.grad_norm.float().to(device)]
+    )
     values = D.all_reduce_mean(values).tolist()
     losses = dict(zip(names, values))
     total = sum(losses.values())
@@ -222,7 +258,7 @@ def _reduced_scalars(step: _Step, it: int, device: torch.device) -> dict[str, fl
         raise FloatingPointError(f"loss became {total} at iteration {it}: {losses}")
     scalars = {f"loss/{n}": v for n, v in losses.items()}
     scalars["loss/total"] = total
-    scalars.update({f"stats/{n}": v for n, v in zip(stat_names, values[len(names):])})
+    scalars.update({f"stats/{n}": v for n, v in zip(stat_names, values[len(names) :])})
     scalars["grad_norm"] = values[-1]
     return scalars
 
@@ -257,12 +293,22 @@ def _save(run: _Run, done: int, position: int) -> Path:
     rng = D.all_gather_json(capture_rng_state(), run.device)  # every rank's streams, for a bitwise resume
     folder = Path(run.cfg.output_dir) / f"ckpt_{done:07d}"
     if run.info.is_main:
-        state = TrainState(iteration=done, sampler_position=position, schedule=run.schedule.state_dict(),
-                           scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None, rng=rng,
-                           config=to_dict(run.cfg))
-        folder = save_checkpoint(run.cfg.output_dir, run.model, run.optimizer, state,
-                                 include_frozen=run.cfg.checkpoint.include_frozen,
-                                 keep_last=run.cfg.checkpoint.keep_last)
+        state = TrainState(
+            iteration=done,
+            sampler_position=position,
+            schedule=run.schedule.state_dict(),
+            scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            rng=rng,
+            config=to_dict(run.cfg),
+        )
+        folder = save_checkpoint(
+            run.cfg.output_dir,
+            run.model,
+            run.optimizer,
+            state,
+            include_frozen=run.cfg.checkpoint.include_frozen,
+            keep_last=run.cfg.checkpoint.keep_last,
+        )
     return folder
 
 
@@ -302,9 +348,16 @@ def _loop(run: _Run, start: int, position: int, evaluate: Evaluate | None) -> Tr
     return result
 
 
-def train(cfg: TrainConfig, model: nn.Module, dataset: Dataset, class_names: Sequence[str], *,
-          evaluate: Evaluate | None = None, resume: bool = False,
-          collate_fn: Callable[[list[Any]], dict[str, Tensor]] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    model: nn.Module,
+    dataset: Dataset,
+    class_names: Sequence[str],
+    *,
+    evaluate: Evaluate | None = None,
+    resume: bool = False,
+    collate_fn: Callable[[list[Any]], dict[str, Tensor]] | None = None,
+) -> TrainResult:
     """Train ``model`` on ``dataset`` for ``cfg.solver.iters`` optimizer steps (see the module docstring).
 
     Arguments:

@@ -3,6 +3,7 @@
 ``metrics.jsonl`` holds one JSON object per logged step (as detectron2's JSONWriter does), so runs can be plotted
 or compared without TensorBoard. TensorBoard is imported only when a writer is created.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,9 @@ class ProgressBar:
     def __init__(self, start: int, total: int, enabled: bool) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="it",
-                         dynamic_ncols=True, smoothing=0.05)
+        self._bar = tqdm(
+            total=total, initial=start, disable=not enabled, desc="train", unit="it", dynamic_ncols=True, smoothing=0.05
+        )
 
     def update(self, postfix: Optional[dict[str, float]] = None) -> None:
         if postfix:

@@ -11,6 +11,7 @@
 
 The model hands over plain tensors and prediction sets, so this layer never imports the models.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -40,9 +41,19 @@ class PatCriterion(nn.Module):
         spatial_alignment: False drops ``loss_spatial`` (Table II ablation).
     """
 
-    def __init__(self, *, set_loss: SetCriterion, reconstruction: ReconstructionLoss, vq_weight: float = 0.1,
-                 spatial_weight: float = 0.1, crf_weight: float = 1.0, tv_weight: float = 1.0,
-                 crf_points: int = 1000, rec_weight: float = 1.0, spatial_alignment: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        set_loss: SetCriterion,
+        reconstruction: ReconstructionLoss,
+        vq_weight: float = 0.1,
+        spatial_weight: float = 0.1,
+        crf_weight: float = 1.0,
+        tv_weight: float = 1.0,
+        crf_points: int = 1000,
+        rec_weight: float = 1.0,
+        spatial_alignment: bool = True,
+    ) -> None:
         super().__init__()
         self.set_loss = set_loss
         self.reconstruction = reconstruction
@@ -51,9 +62,11 @@ class PatCriterion(nn.Module):
         self.spatial_alignment = spatial_alignment
 
     def extra_repr(self) -> str:
-        return (f"vq_weight={self.vq_weight}, spatial_weight={self.spatial_weight}, rec_weight={self.rec_weight}, "
-                f"crf_weight={self.crf_weight}, tv_weight={self.tv_weight}, crf_points={self.crf_points}, "
-                f"spatial_alignment={self.spatial_alignment}")
+        return (
+            f"vq_weight={self.vq_weight}, spatial_weight={self.spatial_weight}, rec_weight={self.rec_weight}, "
+            f"crf_weight={self.crf_weight}, tv_weight={self.tv_weight}, crf_points={self.crf_points}, "
+            f"spatial_alignment={self.spatial_alignment}"
+        )
 
     def prepare(self, lpips_vgg_weights: str | None = None) -> None:
         """Build LPIPS from torchvision's VGG16 file now; raises MissingFileError when it is needed and missing."""
@@ -68,13 +81,25 @@ class PatCriterion(nn.Module):
         Returns:
             scalar.
         """
-        terms = [spatial_alignment_loss(images, codes, crf_weight=self.crf_weight, tv_weight=self.tv_weight,
-                                        num_points=self.crf_points).total for codes in stage_codes]
+        terms = [
+            spatial_alignment_loss(
+                images, codes, crf_weight=self.crf_weight, tv_weight=self.tv_weight, num_points=self.crf_points
+            ).total
+            for codes in stage_codes
+        ]
         return torch.stack(terms).mean()
 
-    def forward(self, images: Tensor, targets: list[SemSegTarget], *, main: MaskSet, aux: Mapping[str, MaskSet],
-                vq_losses: Sequence[Tensor], stage_codes: Sequence[Tensor],
-                reconstruction: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self,
+        images: Tensor,
+        targets: list[SemSegTarget],
+        *,
+        main: MaskSet,
+        aux: Mapping[str, MaskSet],
+        vq_losses: Sequence[Tensor],
+        stage_codes: Sequence[Tensor],
+        reconstruction: Tensor,
+    ) -> dict[str, Tensor]:
         """Every weighted term of PAT's loss.
 
         Arguments:

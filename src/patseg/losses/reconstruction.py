@@ -10,6 +10,7 @@ trunk: ``lpips.LPIPS(pretrained=True)`` would download torchvision's ``vgg16-397
 so the network is built with a random trunk and the trunk is filled from a local copy of that file. The file is a
 training input, not part of the architecture: it reaches the loss through ``model.prepare_training``.
 """
+
 from __future__ import annotations
 
 import warnings

@@ -9,6 +9,7 @@
 4. A control that shows the open-vocabulary mechanism is at work: SAN with the CLIP text embeddings replaced by
    fixed random vectors (``RandomTextEncoder``), trained and evaluated the same way; its unseen mIoU should collapse.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -119,8 +120,9 @@ def train_config(settings: MiniSettings, run: MiniRun, seed: int, out_dir: Path)
     return TrainConfig(
         model=ModelChoice(preset=run.preset, overrides=dict(run.overrides)),
         data=DataConfig(dataset="ovss_mini", root=str(out_dir), crop_size=settings.image_size, workers=0),
-        solver=SolverConfig(lr=settings.lr, iters=settings.iters, batch_size=settings.batch_size, grad_clip=1.0,
-                            amp="off", seed=seed),
+        solver=SolverConfig(
+            lr=settings.lr, iters=settings.iters, batch_size=settings.batch_size, grad_clip=1.0, amp="off", seed=seed
+        ),
         checkpoint=CheckpointConfig(period=settings.iters, keep_last=1),
         log=LogConfig(period=max(1, settings.iters // 20), image_period=settings.iters),
         eval=EvalConfig(period=10 * settings.iters, datasets=()),
@@ -149,8 +151,9 @@ def evaluate_mini(model: nn.Module, world: WorldConfig, settings: MiniSettings) 
     return {"seen": seen, "unseen": unseen, "all": mean_iou(names), "hIoU": h, "per_class": per_class}
 
 
-def run_one(run: MiniRun, seed: int, world: WorldConfig, settings: MiniSettings, clip_weights: Path,
-            out_dir: Path) -> tuple[nn.Module, dict]:
+def run_one(
+    run: MiniRun, seed: int, world: WorldConfig, settings: MiniSettings, clip_weights: Path, out_dir: Path
+) -> tuple[nn.Module, dict]:
     """Train one model on the seen concepts and evaluate it zero-shot on all of them."""
     torch.manual_seed(seed)
     model = build_mini_model(run, clip_weights)
@@ -162,8 +165,13 @@ def run_one(run: MiniRun, seed: int, world: WorldConfig, settings: MiniSettings,
     return model, metrics
 
 
-def run_benchmark(settings: MiniSettings, out_dir: Path, runs: Sequence[MiniRun] = DEFAULT_RUNS,
-                  world: WorldConfig | None = None, on_model: Callable | None = None) -> dict:
+def run_benchmark(
+    settings: MiniSettings,
+    out_dir: Path,
+    runs: Sequence[MiniRun] = DEFAULT_RUNS,
+    world: WorldConfig | None = None,
+    on_model: Callable | None = None,
+) -> dict:
     """Every run for every seed; returns {"world", "clip_weights", "settings", "results": {run name: [metrics per
     seed]}}. ``clip_weights`` is recorded by :func:`patseg.paths.portable_path` (``patseg/...`` for the shipped
     mini CLIP, ``$PATSEG_CACHE/...`` for a cached one), so the record holds no absolute path of this machine."""
@@ -179,8 +187,12 @@ def run_benchmark(settings: MiniSettings, out_dir: Path, runs: Sequence[MiniRun]
             results[run.name].append(metrics)
             if on_model is not None:
                 on_model(run, seed, model)
-    return {"world": world.name, "clip_weights": portable_path(clip_weights), "results": results,
-            "settings": {k: v for k, v in settings.__dict__.items()}}
+    return {
+        "world": world.name,
+        "clip_weights": portable_path(clip_weights),
+        "results": results,
+        "settings": {k: v for k, v in settings.__dict__.items()},
+    }
 
 
 def _slug(text: str) -> str:
@@ -212,8 +224,9 @@ def format_table(summary: dict[str, dict[str, tuple[float, float]]]) -> str:
 
 
 @torch.inference_mode()
-def make_figure(world: WorldConfig, settings: MiniSettings, models: dict[str, nn.Module],
-                num_scenes: int = 4, cell: int = 128):
+def make_figure(
+    world: WorldConfig, settings: MiniSettings, models: dict[str, nn.Module], num_scenes: int = 4, cell: int = 128
+):
     """Rows of example val scenes: image, ground truth, each model's prediction, and PAT's early-stage tokens."""
     from PIL import Image, ImageDraw
 

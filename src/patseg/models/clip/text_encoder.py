@@ -8,6 +8,7 @@ Embeddings are cached in memory and, when a cache is given, in that cache (``bui
 ``patseg.weights.text_cache``), keyed by the model name and a digest of the text tower's weights, so an entry can
 never be served to another model, another checkpoint or another vocabulary.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,12 +67,21 @@ class TextEncoder(nn.Module):
         batch_size: prompts per text-tower call.
     """
 
-    def __init__(self, clip_model: nn.Module, tokenizer: Tokenizer, *, cache: EmbeddingCache | None, cache_key: str,
-                 batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        tokenizer: Tokenizer,
+        *,
+        cache: EmbeddingCache | None,
+        cache_key: str,
+        batch_size: int = 256,
+    ) -> None:
         super().__init__()
         if getattr(clip_model, "visual", None) is not None:
-            raise ValueError("TextEncoder takes a CLIP model whose image tower was handed to ClipBackbone "
-                             "(set clip_model.visual = None first, as load_clip does)")
+            raise ValueError(
+                "TextEncoder takes a CLIP model whose image tower was handed to ClipBackbone "
+                "(set clip_model.visual = None first, as load_clip does)"
+            )
         self.clip = clip_model
         self.clip.requires_grad_(False)
         self.tokenizer = tokenizer
@@ -153,8 +163,12 @@ class TextEncoder(nn.Module):
         with torch.autocast(device_type=device.type, enabled=False):
             for template in templates:
                 prompts = [template.format(name) for name in names]
-                emb = torch.cat([self._encode_prompts(prompts[i:i + self.batch_size], device)
-                                 for i in range(0, len(prompts), self.batch_size)])
+                emb = torch.cat(
+                    [
+                        self._encode_prompts(prompts[i : i + self.batch_size], device)
+                        for i in range(0, len(prompts), self.batch_size)
+                    ]
+                )
                 total = emb if total is None else total + emb
         return F.normalize(total / len(templates), dim=-1).cpu()
 

@@ -10,6 +10,7 @@ file ``dysample.py`` (commit 81a1de5). Paper names:
 DySample = ``lp`` + static scope, DySample+ = ``lp`` + dynamic, DySample-S = ``pl`` + static, DySample-S+ = ``pl`` +
 dynamic.
 """
+
 from __future__ import annotations
 
 import torch

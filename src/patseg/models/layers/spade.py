@@ -10,6 +10,7 @@ biases so SPADE starts as plain normalisation) come from NVlabs/SPADE ``models/n
 PAT-side choice: the parameter-free norm is GroupNorm(32) rather than SPADE's BatchNorm, so a
 decoder stage behaves the same for batch size 1 at evaluation as in training.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -4,6 +4,7 @@
 updated by each stage's semantic branch) -> latent quantizer -> shared decoder (Eq. 3) -> mask head and
 reconstruction head -> CLIP recognition of the global tokens.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -87,9 +88,18 @@ class PAT(SAN):
 
     criterion: PatCriterion
 
-    def __init__(self, *, pixel_branch: PixelBranch, decoder: SharedDecoder, mask_head: MaskDecoder,
-                 recon_head: ReconstructionHead, options: PatOptions, pixel_decoder: SharedDecoder | None = None,
-                 query_maker: TokenMixer | None = None, **san_parts) -> None:
+    def __init__(
+        self,
+        *,
+        pixel_branch: PixelBranch,
+        decoder: SharedDecoder,
+        mask_head: MaskDecoder,
+        recon_head: ReconstructionHead,
+        options: PatOptions,
+        pixel_decoder: SharedDecoder | None = None,
+        query_maker: TokenMixer | None = None,
+        **san_parts,
+    ) -> None:
         super().__init__(**san_parts)
         self.pixel_branch = pixel_branch
         self.decoder = decoder
@@ -122,15 +132,25 @@ class PAT(SAN):
         """
         x, clip_in = self.preprocess(images)
         feats = self.clip.extract(clip_in)
-        grids = pyramid_grids(tuple(images.shape[-2:]), feats.grid, pyramid_base=self.options.pyramid_base,
-                              stage_scales=self.options.stage_scales)
-        return PyramidEncoding(x=x, feats=feats, grids=grids,
-                               pixel=self.pixel_branch.encode_stages(x, feats.taps, grids))
+        grids = pyramid_grids(
+            tuple(images.shape[-2:]),
+            feats.grid,
+            pyramid_base=self.options.pyramid_base,
+            stage_scales=self.options.stage_scales,
+        )
+        return PyramidEncoding(
+            x=x, feats=feats, grids=grids, pixel=self.pixel_branch.encode_stages(x, feats.taps, grids)
+        )
 
     def run_side(self, enc: PyramidEncoding, record_blocks: tuple[int, ...]) -> SideOutput:
         """The side ViT with each stage's semantic branch hooked in after SAN's fusion."""
-        return self.side(enc.x, enc.feats.taps, record_blocks=record_blocks, stage_hook=self.semantic_hook(),
-                         initial_queries=self.initial_queries(enc.x.shape[0]))
+        return self.side(
+            enc.x,
+            enc.feats.taps,
+            record_blocks=record_blocks,
+            stage_hook=self.semantic_hook(),
+            initial_queries=self.initial_queries(enc.x.shape[0]),
+        )
 
     def initial_queries(self, batch: int) -> Tensor | None:
         """Unified tokens (Table II): global tokens from the concatenated stage codebooks, else SAN's own."""
@@ -151,8 +171,9 @@ class PAT(SAN):
 
         return hook
 
-    def decode(self, codes: dict[str, Tensor], latent_zq: Tensor, queries: Tensor | None = None,
-               reconstruct: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def decode(
+        self, codes: dict[str, Tensor], latent_zq: Tensor, queries: Tensor | None = None, reconstruct: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Eq. (3).
 
         Arguments:
@@ -196,14 +217,17 @@ class PAT(SAN):
         main = self.recognize_decoded(enc.feats, queries, z, side, class_embeddings)
         aux = {}
         if self.training:  # SAN's side heads are auxiliary losses only
-            aux = {name: self.recognize(enc.feats, side.queries[b], side.patches[b], class_embeddings)
-                   for name, b in zip(self.options.aux_sets, self.aux_blocks)}
+            aux = {
+                name: self.recognize(enc.feats, side.queries[b], side.patches[b], class_embeddings)
+                for name, b in zip(self.options.aux_sets, self.aux_blocks)
+            }
         quant = {name: enc.pixel[name].quant for name in STAGES}
         quant["latent"] = latent
         return PatOutput(main=main, aux=aux, quant=quant, reconstruction=recon, grids=enc.grids)
 
-    def recognize_decoded(self, feats: ClipFeatures, queries: Tensor, z: Tensor, side: SideOutput,
-                          class_embeddings: Tensor) -> SegPrediction:
+    def recognize_decoded(
+        self, feats: ClipFeatures, queries: Tensor, z: Tensor, side: SideOutput, class_embeddings: Tensor
+    ) -> SegPrediction:
         """Main prediction: masks from the decoded map; CLIP bias from it too, or from SAN's last side block."""
         if self.options.bias_source == "decoded":
             return self.recognize(feats, queries, z, class_embeddings, decoder=self.mask_head)
@@ -218,20 +242,29 @@ class PAT(SAN):
         (MissingFileError) stops training before the first step."""
         self.criterion.prepare(lpips_vgg_weights)
 
-    def training_losses(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *,
-                        ignore_index: int = 255) -> StepOutput:
+    def training_losses(
+        self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *, ignore_index: int = 255
+    ) -> StepOutput:
         """PAT's weighted loss terms (see :class:`PatCriterion`), codebook perplexities and TensorBoard panels.
 
         images: (B, 3, H, W) in [0, 1]; labels: (B, H, W) class indices, ``ignore_index`` for void pixels.
         """
         out = self(images, class_embeddings)
-        losses = self.criterion(images, targets_from_semseg(labels, ignore_index), main=out.main, aux=out.aux,
-                                vq_losses=[q.loss for q in out.quant.values()],
-                                stage_codes=[out.quant[name].z_q for name in STAGES],
-                                reconstruction=out.reconstruction)
+        losses = self.criterion(
+            images,
+            targets_from_semseg(labels, ignore_index),
+            main=out.main,
+            aux=out.aux,
+            vq_losses=[q.loss for q in out.quant.values()],
+            stage_codes=[out.quant[name].z_q for name in STAGES],
+            reconstruction=out.reconstruction,
+        )
         stats = {f"perplexity_{k}": float(q.perplexity) for k, q in out.quant.items()}
-        visuals = {"reconstruction": out.reconstruction.detach(), "prediction": prediction_thunk(out.main),
-                   **{f"tokens_{name}": out.quant[name].indices for name in STAGES}}
+        visuals = {
+            "reconstruction": out.reconstruction.detach(),
+            "prediction": prediction_thunk(out.main),
+            **{f"tokens_{name}": out.quant[name].indices for name in STAGES},
+        }
         return StepOutput(losses=losses, stats=stats, visuals=visuals)
 
 

@@ -3,6 +3,7 @@
 This is the part of PAT that depends only on the image and CLIP (plus the side ViT for the latent), so together
 with the decoder it forms the detachable multi-scale tokenizer (``patseg.PyramidTokenizer``).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -10,9 +11,9 @@ from typing import Optional, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from patseg.models.layers.resample import PixelStem, Resample
 from patseg.models.pat.geometry import STAGES, PyramidGrids
 from patseg.models.pat.pyramid_stage import PixelStageOutput, PyramidStage
-from patseg.models.layers.resample import PixelStem, Resample
 from patseg.models.pat.vmf_quantizer import QuantizerOutput, VMFQuantizer
 
 
@@ -30,9 +31,20 @@ class PixelBranch(nn.Module):
         vmf: the Table II vMF switch, shared with the stage quantizers.
     """
 
-    def __init__(self, *, stem: Optional[PixelStem], stages: Sequence[PyramidStage], tap_indices: Sequence[int],
-                 side_width: int, code_dim: int, latent_codes: int, decoder_dim: int, latent_factor: float,
-                 vmf: bool, groups: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        stem: Optional[PixelStem],
+        stages: Sequence[PyramidStage],
+        tap_indices: Sequence[int],
+        side_width: int,
+        code_dim: int,
+        latent_codes: int,
+        decoder_dim: int,
+        latent_factor: float,
+        vmf: bool,
+        groups: int = 4,
+    ) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
@@ -56,8 +68,9 @@ class PixelBranch(nn.Module):
             tap = taps[depth]
             if tuple(tap.shape[-2:]) != tuple(grids.tap):
                 # ViT-L/14-336: the 32x32 CLIP grid is brought to the side grid first, as SAN's fusion does.
-                tap = F.interpolate(tap, size=grids.tap, mode="bilinear", align_corners=False,
-                                    antialias=tap.shape[-1] > grids.tap[-1])
+                tap = F.interpolate(
+                    tap, size=grids.tap, mode="bilinear", align_corners=False, antialias=tap.shape[-1] > grids.tap[-1]
+                )
             out[name] = stage.pixel(tap, residual, grids.stages[name])
             residual = out[name].residual
         return out
