@@ -11,8 +11,9 @@ included. We build open_clip's own CLIP class from the config ``patseg-mini-ViT`
 
 Views are square crops resized to CLIP's input: half of them random (35-100% of the scene area), half framing
 one thing, so the model learns regions and objects, not only whole scenes. A concept covering less than
-``MIN_FRACTION`` of a view is neither a positive nor a negative. The result is cached per world as ``mini_clip.safetensors`` (an open_clip state dict, loadable
-with ``open_clip.create_model('patseg-mini-ViT', pretrained=path)``) beside ``mini_clip.json`` (metadata).
+``MIN_FRACTION`` of a view is neither a positive nor a negative. The result is cached per world as
+``mini_clip.safetensors`` (an open_clip state dict, loadable with
+``open_clip.create_model('patseg-mini-ViT', pretrained=path)``) beside ``mini_clip.json`` (metadata).
 
 Regenerate the default cache (about 1-2 minutes on 2 CPU cores)::
 
