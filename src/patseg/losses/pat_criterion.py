@@ -15,6 +15,7 @@ The model hands over plain tensors and prediction sets, so this layer never impo
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -115,7 +116,7 @@ class PatCriterion(nn.Module):
             scalar already multiplied by its weight.
         """
         losses = self.set_loss.sets(main, aux, targets)
-        losses["loss_vq"] = self.vq_weight * sum(vq_losses)
+        losses["loss_vq"] = self.vq_weight * cast(Tensor, sum(vq_losses))  # a Tensor: one loss per quantizer
         if self.spatial_alignment:
             losses["loss_spatial"] = self.spatial_weight * self.spatial(images, stage_codes)
         rec = self.reconstruction(reconstruction, images)

@@ -116,7 +116,7 @@ class ReconstructionLoss(nn.Module):
         """The frozen LPIPS network, or None when ``perceptual_weight`` is 0."""
         return self._perceptual[0] if self._perceptual else None
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+    def _apply(self, fn, recurse: bool = True):
         # Device and dtype moves reach the LPIPS network although it is not a registered submodule.
         super()._apply(fn, recurse)
         for net in self._perceptual:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -201,8 +202,9 @@ def load_clip(
         cache: persistent cache of encoded vocabularies (None: memory only).
     """
     model, tokenizer = create_open_clip(model_name, quick_gelu=quick_gelu, weights=weights)
-    visual = model.visual
-    model.visual = None  # the image tower belongs to ClipBackbone; its weights live in one module tree only
+    visual = cast(nn.Module, model.visual)
+    # The image tower belongs to ClipBackbone: its weights live in one module tree only.
+    model.visual = None  # type: ignore[assignment]  # torch accepts None for a submodule; its stub does not
     backbone = ClipBackbone(visual, taps=taps, rec_start=rec_start)
     text = TextEncoder(model, tokenizer, cache=cache, cache_key=f"{model_name}-quickgelu{int(quick_gelu)}")
     return backbone, text

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ def _text_embed_dim(clip_model: nn.Module) -> int:
     if isinstance(proj, nn.Linear):
         return proj.out_features
     if proj is not None:
-        return int(proj.shape[1])
+        return int(cast(Tensor, proj).shape[1])
     return int(clip_model.transformer.width)
 
 
@@ -91,7 +91,9 @@ class TextEncoder(nn.Module):
         self.batch_size = batch_size
         self._memory: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}
         # Any load_state_dict that reaches this module (the whole model's included) invalidates both caches' keys.
-        self.register_load_state_dict_post_hook(lambda module, _incompatible: module.forget_weights())
+        self.register_load_state_dict_post_hook(
+            lambda module, _incompatible: cast(TextEncoder, module).forget_weights()
+        )
         self.train(False)
 
     @property
@@ -113,7 +115,12 @@ class TextEncoder(nn.Module):
     @property
     def logit_scale(self) -> float:
         """exp of CLIP's frozen logit scale (100 for OpenAI weights)."""
-        return float(self.clip.logit_scale.detach().exp())
+        return float(self._logit_scale_param.detach().exp())
+
+    @property
+    def _logit_scale_param(self) -> Tensor:
+        """CLIP's raw (log) logit scale; it lives wherever the text tower does."""
+        return cast(Tensor, self.clip.logit_scale)
 
     def forward(self, class_names: Sequence[str], templates: Sequence[str]) -> Tensor:
         """(C, D) L2-normalised class embeddings: mean over templates of normalised embeddings, re-normalised.
@@ -123,7 +130,7 @@ class TextEncoder(nn.Module):
         key = (tuple(class_names), tuple(templates))
         if not key[0] or not key[1]:
             raise ValueError("need at least one class name and one template")
-        device = self.clip.logit_scale.device
+        device = self._logit_scale_param.device
         emb = self._memory.get(key)
         if emb is None:
             emb = self._load_or_encode(*key)
@@ -144,7 +151,7 @@ class TextEncoder(nn.Module):
         dim = _text_embed_dim(self.clip)
         if embeddings.ndim != 2 or tuple(embeddings.shape) != (len(key[0]), dim):
             raise ValueError(f"embeddings must be (C, D) = ({len(key[0])}, {dim}), got {tuple(embeddings.shape)}")
-        device = self.clip.logit_scale.device
+        device = self._logit_scale_param.device
         self._memory[key] = F.normalize(embeddings.detach().float(), dim=-1).to(device)
 
     def _load_or_encode(self, names: tuple[str, ...], templates: tuple[str, ...]) -> Tensor:
@@ -158,7 +165,7 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def _encode(self, names: Sequence[str], templates: Sequence[str]) -> Tensor:
         """(C, D) float32 on CPU; the tower runs in float32 even inside an autocast region."""
-        device = self.clip.logit_scale.device
+        device = self._logit_scale_param.device
         total = None
         with torch.autocast(device_type=device.type, enabled=False):
             for template in templates:
@@ -170,9 +177,11 @@ class TextEncoder(nn.Module):
                     ]
                 )
                 total = emb if total is None else total + emb
+        assert total is not None  # templates is non-empty (checked by the callers)
         return F.normalize(total / len(templates), dim=-1).cpu()
 
     def _encode_prompts(self, prompts: list[str], device: torch.device) -> Tensor:
         """(P, D) normalised float32 embeddings of P prompts."""
         tokens = self.tokenizer(prompts).to(device)
-        return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+        encode_text = cast(Callable[[Tensor], Tensor], self.clip.encode_text)
+        return F.normalize(encode_text(tokens).float(), dim=-1)

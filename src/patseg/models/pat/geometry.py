@@ -64,7 +64,7 @@ def pyramid_grids(
     side = (h // SIDE_STRIDE, w // SIDE_STRIDE)
     strides = stage_strides(pyramid_base, stage_scales)
     stages = {name: (h // s, w // s) for name, s in strides.items()}
-    tap = tuple(clip_grid) if tuple(clip_grid) == base else side
+    tap = (clip_grid[0], clip_grid[1]) if tuple(clip_grid) == base else side
     return PyramidGrids(stages=stages, side=side, tap=tap, base=base)
 
 

@@ -86,7 +86,7 @@ class PAT(SAN):
         criterion: PAT's loss (set losses, VQ, spatial alignment, reconstruction), in place of SAN's set loss.
     """
 
-    criterion: PatCriterion
+    criterion: PatCriterion  # type: ignore[assignment]  # PAT's loss replaces SAN's set loss; see training_losses
 
     def __init__(
         self,
@@ -133,7 +133,7 @@ class PAT(SAN):
         x, clip_in = self.preprocess(images)
         feats = self.clip.extract(clip_in)
         grids = pyramid_grids(
-            tuple(images.shape[-2:]),
+            (images.shape[-2], images.shape[-1]),
             feats.grid,
             pyramid_base=self.options.pyramid_base,
             stage_scales=self.options.stage_scales,
@@ -156,7 +156,7 @@ class PAT(SAN):
         """Unified tokens (Table II): global tokens from the concatenated stage codebooks, else SAN's own."""
         if self.query_maker is None:
             return None
-        codes = torch.cat([stage.quantizer.codes() for stage in self.pixel_branch.stages], 0)  # (sum K, D)
+        codes = torch.cat([stage.quantizer.codes() for stage in self.pixel_branch.pyramid_stages], 0)  # (sum K, D)
         return self.query_maker(codes).unsqueeze(0).expand(batch, -1, -1)
 
     def semantic_hook(self) -> Callable[[int, Tensor, Tensor, tuple[int, int]], Tensor]:
@@ -166,7 +166,9 @@ class PAT(SAN):
         def hook(stage: int, queries: Tensor, patches: Tensor, grid: tuple[int, int]) -> Tensor:
             if stage > len(STAGES):
                 return queries
-            queries, state["prev"] = self.pixel_branch.stages[stage - 1].semantic(queries, patches, state["prev"])
+            queries, state["prev"] = self.pixel_branch.pyramid_stages[stage - 1].semantic(
+                queries, patches, state["prev"]
+            )
             return queries
 
         return hook
@@ -184,7 +186,7 @@ class PAT(SAN):
             (decoded map (B, C_dec, h_final, w_final), updated queries or None, reconstruction or None).
         """
         first = self.options.decoder_stages[0]
-        z0 = self.pixel_branch.decoder_input(latent_zq, tuple(codes[first].shape[-2:]))
+        z0 = self.pixel_branch.decoder_input(latent_zq, (codes[first].shape[-2], codes[first].shape[-1]))
         z, queries = self.decoder(z0, codes, queries)
         if not reconstruct:
             return z, queries, None
@@ -214,6 +216,7 @@ class PAT(SAN):
         reconstruct = self.training if reconstruct is None else reconstruct
         z, queries, recon = self.decode(codes, latent.z_q, side.queries[last], reconstruct)
 
+        assert queries is not None  # the decoder returns the queries it was given
         main = self.recognize_decoded(enc.feats, queries, z, side, class_embeddings)
         aux = {}
         if self.training:  # SAN's side heads are auxiliary losses only

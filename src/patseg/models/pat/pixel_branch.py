@@ -6,7 +6,7 @@ with the decoder it forms the detachable multi-scale tokenizer (``patseg.Pyramid
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -54,6 +54,11 @@ class PixelBranch(nn.Module):
         self.latent_post_quant = nn.Conv2d(code_dim, decoder_dim, 1)
         self.latent_resample = Resample(decoder_dim, factor=latent_factor, groups=groups)
 
+    @property
+    def pyramid_stages(self) -> tuple[PyramidStage, ...]:
+        """The stages (early, mid, late) with their type (iterating the ``nn.ModuleList`` yields plain modules)."""
+        return tuple(cast(PyramidStage, stage) for stage in self.stages)
+
     def encode_stages(self, x: Tensor, taps: dict[int, Tensor], grids: PyramidGrids) -> dict[str, PixelStageOutput]:
         """Tokenize the pyramid.
 
@@ -64,7 +69,7 @@ class PixelBranch(nn.Module):
         """
         residual = self.stem(x) if self.stem is not None else None
         out = {}
-        for name, stage, depth in zip(STAGES, self.stages, self.tap_indices):
+        for name, stage, depth in zip(STAGES, self.pyramid_stages, self.tap_indices):
             tap = taps[depth]
             if tuple(tap.shape[-2:]) != tuple(grids.tap):
                 # ViT-L/14-336: the 32x32 CLIP grid is brought to the side grid first, as SAN's fusion does.

@@ -77,16 +77,20 @@ class PyramidStage(nn.Module):
         super().__init__()
         self.kappa, self.vmf, self.pixel_residual = kappa, vmf, pixel_residual
         # pixel branch
-        use_down = pixel_residual and down_factor is not None
-        self.down = ConvDown(pixel_dim, factor=round(1 / down_factor)) if use_down else None
+        self.down = (
+            ConvDown(pixel_dim, factor=round(1 / down_factor)) if pixel_residual and down_factor is not None else None
+        )
         self.proj = nn.Sequential(LayerNorm2d(clip_width), nn.Conv2d(clip_width, pixel_dim, 1))
         self.resample = Resample(pixel_dim, factor=tap_factor, groups=groups)
         self.pre_quant = nn.Conv2d(pixel_dim, code_dim, 1)
         self.quantizer = VMFQuantizer(num_codes=num_codes, code_dim=code_dim, vmf=vmf)
         # semantic branch; K = V: the side tokens in the 32-d codebook space
         self.kv = nn.Linear(side_width, code_dim) if token_mixer else None
-        use_prev = token_mixer and prev_codes is not None
-        self.mixer = TokenMixer(in_tokens=prev_codes, out_tokens=num_codes, hidden=mixer_hidden) if use_prev else None
+        self.mixer = (
+            TokenMixer(in_tokens=prev_codes, out_tokens=num_codes, hidden=mixer_hidden)
+            if token_mixer and prev_codes is not None
+            else None
+        )
         self.mixer_g = (
             TokenMixer(
                 in_tokens=num_codes, out_tokens=num_queries, hidden=mixer_hidden, in_dim=code_dim, out_dim=side_width
@@ -135,6 +139,7 @@ class PyramidStage(nn.Module):
             e = e + self.mixer(prev_tokens)
         kv = self.kv(patches)  # (B, L, D)
         tokens = hs_attention(e, kv, kv, kappa=self.kappa, vmf=self.vmf)
+        assert self.mixer_g is not None  # built with kv (token_mixer)
         return self.global_attn(queries, patches, query_pos=self.mixer_g(tokens)), tokens
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from patseg.models.clip.text_encoder import TextEncoder
 from patseg.models.outputs import StepOutput
 from patseg.models.san.mask_decoder import MaskDecoder
 from patseg.models.san.side_adapter import SideAdapter
+
+if TYPE_CHECKING:
+    from patseg.config import ModelConfig
 
 
 @dataclass
@@ -55,6 +59,7 @@ def semantic_inference(pred: SegPrediction, size: tuple[int, int], *, query_chun
         ).sigmoid()  # (B, q, H, W)
         part = torch.einsum("bqc,bqhw->bchw", probs[:, start : start + query_chunk], masks)
         scores = part if scores is None else scores + part
+    assert scores is not None  # there is at least one query
     return scores
 
 
@@ -71,6 +76,10 @@ class SAN(nn.Module):
         record_blocks: side blocks decoded during training; the last one is the main prediction.
         templates: prompt templates averaged for every class name.
     """
+
+    # Attached by ``patseg.build.build_model``: the record the model was built from and its CLIP weights file.
+    config: ModelConfig
+    clip_weights: str | None
 
     def __init__(
         self,
@@ -171,6 +180,6 @@ def prediction_thunk(pred: SegPrediction, max_items: int = 4) -> Callable[[], Te
 
     def compute() -> Tensor:
         with torch.no_grad():
-            return semantic_inference(first, tuple(first.masks.shape[-2:])).argmax(1)
+            return semantic_inference(first, (first.masks.shape[-2], first.masks.shape[-1])).argmax(1)
 
     return compute

@@ -63,6 +63,7 @@ class FusionLayer(nn.Module):
         self.proj = nn.Conv2d(clip_width, width, kernel_size=1)
         # detectron2's c2_xavier_fill, as SAN's fusion layer uses
         nn.init.kaiming_uniform_(self.proj.weight, a=1)
+        assert self.proj.bias is not None  # built with bias=True
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, patches: Tensor, clip_map: Tensor, grid: tuple[int, int]) -> Tensor:
