@@ -8,14 +8,16 @@ fields of the record, so a weights file stores the architecture alone.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from collections.abc import Sequence
+from typing import Any, Optional, TypedDict, Union
 
 from patseg.config import ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
 from patseg.errors import ConfigError
 from patseg.losses import SetCriterion
 from patseg.losses.pat_criterion import PatCriterion
 from patseg.losses.reconstruction import ReconstructionLoss
-from patseg.models.clip.backbone import load_clip
+from patseg.models.clip.backbone import ClipBackbone, load_clip
+from patseg.models.clip.text_encoder import TextEncoder
 from patseg.models.layers.resample import PixelStem, log2_exact
 from patseg.models.pat.geometry import SIDE_STRIDE, STAGES, final_stride, stage_strides, tap_stride
 from patseg.models.pat.model import PAT, PatOptions, decoder_plan
@@ -32,6 +34,18 @@ from patseg.resources import load_templates
 from patseg.weights.files import load_weights, read_architecture
 from patseg.weights.san_release import init_from_san
 from patseg.weights.text_cache import DiskEmbeddingCache
+
+
+class _SanParts(TypedDict):
+    """The keyword arguments SAN and PAT share (see :class:`patseg.models.san.model.SAN`), criterion aside."""
+
+    clip: ClipBackbone
+    text: TextEncoder
+    side: SideAdapter
+    mask_decoder: MaskDecoder
+    resize_ratio: float
+    record_blocks: Sequence[int]
+    templates: Sequence[str]
 
 
 def resolve_config(
@@ -122,7 +136,7 @@ def _build_san_or_pat(cfg: ModelConfig, clip_weights: Optional[str]) -> SAN | PA
         oversample_ratio=loss.oversample_ratio,
         importance_sample_ratio=loss.importance_sample_ratio,
     )
-    parts = {
+    parts: _SanParts = {
         "clip": clip,
         "text": text,
         "side": side,

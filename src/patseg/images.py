@@ -24,8 +24,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            im = ImageOps.exif_transpose(im)
-            return to_rgb_array(im)
+            upright = ImageOps.exif_transpose(im)
+            return to_rgb_array(upright)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from patseg.models.san.model import SegPrediction
+from patseg.models.san.model import SAN, SegPrediction
 from patseg.models.san.semantic_argmax import semantic_argmax
 from patseg.resize import ceil_to_multiple, shortest_edge_size
 
@@ -33,7 +33,7 @@ class Segmenter:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: SAN,
         vocabulary: Sequence[str],
         *,
         short_side: int = 640,
@@ -71,7 +71,7 @@ class Segmenter:
         x, valid = self._prepare(image)
         with torch.inference_mode():
             out = self.model(x, self.class_embeddings)
-        return out.main, tuple(x.shape[-2:]), valid
+        return out.main, (x.shape[-2], x.shape[-1]), valid
 
     def _mask_logits(
         self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int], out_size: tuple[int, int]

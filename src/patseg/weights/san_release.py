@@ -37,13 +37,16 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from patseg.errors import CheckpointError, MissingFileError
 from patseg.weights.files import check_state, frozen_keys, name_list, read_tensors
+
+if TYPE_CHECKING:
+    from patseg.models.san.model import SAN
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +114,7 @@ class SanLayout:
     fusion_stages: tuple[int, ...]
 
     @classmethod
-    def of(cls, model: nn.Module) -> "SanLayout":
+    def of(cls, model: SAN) -> "SanLayout":
         """The layout of a built SAN or PAT model."""
         return cls(rec_start=model.clip.rec_start, fusion_stages=tuple(s for _, s in model.side.fusion_map))
 
@@ -287,7 +290,7 @@ def read_san_state(path: Union[str, Path], layout: SanLayout) -> dict[str, Tenso
     return rename_release(read_san_release(p), layout, p)
 
 
-def init_from_san(model: nn.Module, path: Union[str, Path], *, clip_from_file: bool) -> InitReport:
+def init_from_san(model: SAN, path: Union[str, Path], *, clip_from_file: bool) -> InitReport:
     """Initialise the SAN part of a SAN or PAT model (CLIP, text tower, side adapter, mask decoder, background
     embedding) from a SAN release or a converted patseg SAN checkpoint; every other module keeps its init.
 
