@@ -94,7 +94,7 @@ def figure(image: np.ndarray, maps: StageMaps, title: str, cell: int = 192) -> I
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 2), title, fill=(0, 0, 0))
     for i, (label, arr) in enumerate(panels):
-        resample = Image.BILINEAR if label == "image" else Image.NEAREST
+        resample = Image.Resampling.BILINEAR if label == "image" else Image.Resampling.NEAREST
         canvas.paste(Image.fromarray(arr).resize((w, cell), resample), (i * (w + 4), 16))
         draw.text((i * (w + 4) + 2, cell + 20), label, fill=(0, 0, 0))
     return canvas

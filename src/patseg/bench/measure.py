@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
@@ -139,21 +139,24 @@ def time_runs(fn: Callable[[], Any], device: torch.device, *, warmup: int, repea
     return runs
 
 
+K = TypeVar("K")
+
+
 def measure_all(
-    fns: dict[str, Callable[[], Any]],
+    fns: dict[K, Callable[[], Any]],
     device: torch.device,
     *,
     warmup: int = 1,
     repeats: int = 3,
     memory: bool = True,
     flops: bool = True,
-) -> dict[str, Measurement]:
+) -> dict[K, Measurement]:
     """Time several callables side by side: each round runs every callable once, so load that comes and goes
     on a shared machine hits all of them alike and their ratios stay meaningful. Then, optionally, one call each
     for peak memory and for FLOPs."""
     for fn in fns.values():
         time_runs(fn, device, warmup=0, repeats=warmup)
-    runs: dict[str, list[float]] = {name: [] for name in fns}
+    runs: dict[K, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             runs[name] += time_runs(fn, device, warmup=0, repeats=1)

@@ -47,11 +47,12 @@ def dense_postprocess(
     best = labels = None
     for start, part in seg._class_scores(pred, padded, valid, out_size):
         value, index = part.max(0)
-        if best is None:
+        if best is None or labels is None:  # the first chunk (both are set together)
             best, labels = value, index
         else:
             better = value > best
             best, labels = torch.where(better, value, best), torch.where(better, index + start, labels)
+    assert labels is not None  # the vocabulary is never empty
     return labels
 
 

@@ -13,21 +13,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from patseg.bench.measure import Measurement, cpu_peak_supported, measure, measure_all, precision, synchronize
 from patseg.bench.postprocess import postprocess_cases
 from patseg.bench.stages import Breakdown, stage_breakdown
+from patseg.models.san.model import SAN
 from patseg.predictor import Segmenter
 
 
 # ---------------------------------------------------------------------------------------------------- set-up
-def cached_vocabulary(model: nn.Module, num_classes: int, *, seed: int = 0) -> list[str]:
+def cached_vocabulary(model: SAN, num_classes: int, *, seed: int = 0) -> list[str]:
     """Names ``class 0..C-1`` whose embeddings are random unit vectors primed into the text encoder's memory cache,
     so a Segmenter built on them skips the text tower (its cost is excluded by design)."""
     names = [f"class {i}" for i in range(num_classes)]
@@ -41,14 +41,14 @@ def random_image(h: int, w: int, *, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
-def make_segmenter(model: nn.Module, num_classes: int, image_hw: tuple[int, int]) -> Segmenter:
+def make_segmenter(model: SAN, num_classes: int, image_hw: tuple[int, int]) -> Segmenter:
     """A Segmenter that keeps ``image_hw`` as it is (short side = the image's, long side up to 4x)."""
     short = min(image_hw)
     return Segmenter(model, cached_vocabulary(model, num_classes), short_side=short, max_long_side=4 * short)
 
 
 def clip_encoder(
-    model: nn.Module, image_hw: tuple[int, int], device: torch.device, *, warmup: int, repeats: int
+    model: SAN, image_hw: tuple[int, int], device: torch.device, *, warmup: int, repeats: int
 ) -> Measurement:
     """The bare frozen CLIP image encoder at SAN's CLIP input size (the image scaled by ``resize_ratio``)."""
     h, w = (round(s * model.resize_ratio) for s in image_hw)
@@ -62,7 +62,7 @@ def clip_encoder(
 
 
 def train_step(
-    model: nn.Module, image_size: int, device: torch.device, *, num_classes: int = 150, warmup: int, repeats: int
+    model: SAN, image_size: int, device: torch.device, *, num_classes: int = 150, warmup: int, repeats: int
 ) -> Measurement:
     """One optimizer step: forward with every loss, backward and AdamW, on one random image with block labels."""
     model.train()
@@ -88,13 +88,13 @@ def train_step(
 
 
 def compiled_predict(
-    model: nn.Module, name: str, plan: BenchPlan, device: torch.device, *, warmup: int, repeats: int
+    model: SAN, name: str, plan: BenchPlan, device: torch.device, *, warmup: int, repeats: int
 ) -> dict[str, Any]:
     """``predict`` at ``plan.size`` with the model eager and under ``torch.compile``, side by side. The first compiled
     call (tracing and code generation) is timed apart; labels are compared, as fused kernels round differently."""
     eager = make_segmenter(model, plan.classes, plan.size)
     compiled = copy.copy(eager)
-    compiled.model = torch.compile(model)
+    compiled.model = cast(SAN, torch.compile(model))  # the compiled wrapper forwards attribute reads to ``model``
     image = random_image(*plan.size)
     with precision(device):
         start = time.perf_counter()
@@ -189,14 +189,14 @@ class BenchPlan:
         )
 
 
-def _build(preset: str, device: torch.device, overrides: Mapping[str, Any]) -> nn.Module:
+def _build(preset: str, device: torch.device, overrides: Mapping[str, Any]) -> SAN:
     from patseg.build import build_model
     from patseg.config import keys_for_preset
 
     return build_model(preset, overrides=keys_for_preset(preset, dict(overrides))).to(device).eval()
 
 
-def _random_lpips_trunk(model: nn.Module) -> None:
+def _random_lpips_trunk(model: SAN) -> None:
     """Random weights throughout: PAT's LPIPS gets lpips' random VGG trunk (the real one's arithmetic, no file)."""
     reconstruction = getattr(getattr(model, "criterion", None), "reconstruction", None)
     if reconstruction is not None:
@@ -255,14 +255,15 @@ def run_suite(
 
 
 def _predict_cases(
-    models: dict[str, nn.Module],
+    models: dict[str, SAN],
     cases: Sequence[tuple[str, tuple[int, int], int]],
     device: torch.device,
     warmup: int,
     repeats: int,
 ) -> list[dict[str, Any]]:
     """``predict`` end to end and the model forward alone for (preset, image size, classes) cases, side by side."""
-    predict, forward = {}, {}
+    predict: dict[int, Callable[[], None]] = {}
+    forward: dict[int, Callable[[], None]] = {}
     for i, (name, hw, classes) in enumerate(cases):
         seg = make_segmenter(models[name], classes, hw)
         image = random_image(*hw)
@@ -292,7 +293,7 @@ def _predict_cases(
 
 
 def _region_cases(
-    models: dict[str, nn.Module], plan: BenchPlan, device: torch.device, warmup: int, repeats: int
+    models: dict[str, SAN], plan: BenchPlan, device: torch.device, warmup: int, repeats: int
 ) -> list[dict[str, Any]]:
     """Post-processing of region-like predictions on each model's own (Q, h, w) mask grid at ``plan.size``."""
     segs, shapes = {}, {}

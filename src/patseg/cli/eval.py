@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if args.rfid:
             require_pat(model, "--rfid")
         label = args.name or model.config.name
-        record = {
+        record: dict[str, Any] = {
             "model": label,
             "seed": seed,
             "meta": {"weights": str(weights), "limit": args.limit},

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_detokenize)
 
 
-def _tokenizer(args: argparse.Namespace, weights: str, overrides: dict[str, Any]) -> Any:
+def _tokenizer(args: argparse.Namespace, weights: str | None, overrides: dict[str, Any]) -> Any:
     from patseg.tokenizer import PyramidTokenizer
 
     model = build_from_args(args, weights, overrides=overrides)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 
-from torch.utils.data import Dataset
-
 from patseg.data.datasets import PairTransform, SemSegDataset
 from patseg.data.registry import DATASETS, list_datasets
 from patseg.errors import DatasetError
@@ -24,7 +22,7 @@ def build_dataset(
     root: str | os.PathLike | None = None,
     transform: PairTransform | None = None,
     allow_partial: bool = False,
-) -> Dataset:
+) -> SemSegDataset:
     """The dataset registered as ``name``, split ``split``.
 
     Arguments:

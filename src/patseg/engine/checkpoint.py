@@ -24,7 +24,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class TrainState:
     config: dict[str, Any]  # the TrainConfig as a dict, for the record
 
 
-_STATE_TYPES = {
+_STATE_TYPES: dict[str, type | tuple[type, ...]] = {
     "iteration": int,
     "sampler_position": int,
     "schedule": dict,
@@ -77,7 +77,8 @@ _STATE_TYPES = {
 def capture_rng_state() -> dict[str, Any]:
     """This process's Python, NumPy, torch CPU (and current CUDA device) generator states as JSON-able lists."""
     version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # The legacy tuple form (the default); numpy's stub also admits the dict form.
+    name, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state = {
         "python": [version, list(mt), gauss],
         "numpy": [name, keys.tolist(), pos, has_gauss, cached],
@@ -296,8 +297,7 @@ def _check_groups(saved_groups: Any, optimizer: torch.optim.Optimizer, source: P
     params_by_id: dict[int, Tensor] = {}
     for i, (saved, current) in enumerate(zip(saved_groups, optimizer.param_groups)):
         ids = saved.get("params") if isinstance(saved, dict) else None
-        well_formed = isinstance(ids, list) and all(isinstance(x, int) for x in ids)
-        if not well_formed or len(ids) != len(current["params"]):
+        if not (isinstance(ids, list) and all(isinstance(x, int) for x in ids)) or len(ids) != len(current["params"]):
             raise CheckpointError(f"{source}: param group {i} does not match the optimizer's")
         if saved.get("param_names") != current.get("param_names"):
             raise CheckpointError(f"{source}: param group {i} holds different parameters (names differ)")

@@ -115,7 +115,7 @@ def _check_values(cfg: TrainConfig) -> None:
             "config keys 'model.weights' (a full patseg checkpoint) and 'model.init_from' (a SAN "
             "checkpoint) exclude each other"
         )
-    positive = {
+    positive: dict[str, float] = {
         "solver.iters": cfg.solver.iters,
         "solver.batch_size": cfg.solver.batch_size,
         "solver.grad_accum": cfg.solver.grad_accum,

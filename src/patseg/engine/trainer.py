@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -45,11 +45,21 @@ from patseg.engine.checkpoint import (
 from patseg.engine.schedule import PolySchedule, build_param_groups
 from patseg.engine.train_config import TrainConfig, dump_train_config
 from patseg.engine.writers import ProgressBar, TrainingWriter
-from patseg.models.outputs import StepOutput
+from patseg.models.outputs import StepOutput, Visual
 
 logger = logging.getLogger(__name__)
 
 Evaluate = Callable[[nn.Module, int], dict]  # (plain model, iterations completed) -> metrics
+
+
+class TrainableModel(Protocol):
+    """What the loop calls on the model besides ``nn.Module``'s own methods (SAN and PAT implement it)."""
+
+    def training_losses(
+        self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *, ignore_index: int
+    ) -> StepOutput: ...
+
+    def encode_vocabulary(self, class_names: Sequence[str]) -> Tensor: ...
 
 
 @dataclass
@@ -68,7 +78,8 @@ class _LossForward(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, ignore_index: int) -> StepOutput:
-        return self.model.training_losses(images, labels, class_embeddings, ignore_index=ignore_index)
+        model = cast(TrainableModel, self.model)
+        return model.training_losses(images, labels, class_embeddings, ignore_index=ignore_index)
 
 
 @dataclass
@@ -96,7 +107,7 @@ class _Step:
     losses: dict[str, Tensor]  # this rank's loss terms, averaged over micro-batches
     stats: dict[str, float]
     grad_norm: Tensor
-    panels: dict[str, Tensor]  # last micro-batch's inputs and the model's visuals
+    panels: dict[str, Visual]  # last micro-batch's inputs and the model's visuals
     data_time: float
 
 
@@ -142,7 +153,7 @@ def _setup(
     dtype = _autocast_dtype(cfg.solver.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # bf16 needs no loss scaling
     with torch.no_grad():
-        class_embeddings = model.encode_vocabulary(list(class_names)).detach().to(device)
+        class_embeddings = cast(TrainableModel, model).encode_vocabulary(list(class_names)).detach().to(device)
     forward: nn.Module = _LossForward(model)
     if info.enabled:
         forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
@@ -195,7 +206,7 @@ def _batches(run: _Run, it: int, position: int) -> Iterator[dict[str, Tensor]]:
     """A fresh data iterator at ``position``; its worker seeds depend only on (seed, rank, it)."""
     cfg, info = run.cfg, run.info
     sampler = D.InfiniteSampler(
-        len(run.dataset), seed=cfg.solver.seed, rank=info.rank, world_size=info.world_size, start=position
+        len(cast(Sized, run.dataset)), seed=cfg.solver.seed, rank=info.rank, world_size=info.world_size, start=position
     )
     generator = torch.Generator().manual_seed(cfg.solver.seed * 1_000_003 + info.rank * 7_919 + it)
     loader = DataLoader(
@@ -224,7 +235,8 @@ def _train_step(run: _Run, batches: Iterator[dict[str, Tensor]]) -> _Step:
         labels = batch["labels"].to(run.device, non_blocking=True)
         data_time += time.perf_counter() - tick
         last = micro == accum - 1
-        sync = nullcontext() if last or not run.info.enabled else run.forward.no_sync()
+        # Accumulation steps skip DDP's gradient sync; run.forward is DDP-wrapped whenever distributed is enabled.
+        sync = nullcontext() if last or not run.info.enabled else cast(DistributedDataParallel, run.forward).no_sync()
         autocast = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else nullcontext()
         with sync:
             with autocast:
@@ -238,7 +250,11 @@ def _train_step(run: _Run, batches: Iterator[dict[str, Tensor]]) -> _Step:
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # full-model L2 norm (SAN CLIP_TYPE full_model)
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    panels = {"input/images": images, "input/labels": labels, **{f"visual/{k}": v for k, v in out.visuals.items()}}
+    panels: dict[str, Visual] = {
+        "input/images": images,
+        "input/labels": labels,
+        **{f"visual/{k}": v for k, v in out.visuals.items()},
+    }
     return _Step(sums, dict(out.stats), grad_norm.detach(), panels, data_time)
 
 
@@ -251,15 +267,15 @@ def _reduced_scalars(step: _Step, it: int, device: torch.device) -> dict[str, fl
         + [torch.tensor(float(step.stats[n]), device=device) for n in stat_names]
         + [step.grad_norm.float().to(device)]
     )
-    values = D.all_reduce_mean(values).tolist()
-    losses = dict(zip(names, values))
+    reduced = D.all_reduce_mean(values).tolist()
+    losses = dict(zip(names, reduced))
     total = sum(losses.values())
     if not np.isfinite(total):  # all ranks see the same reduced value, so all stop together
         raise FloatingPointError(f"loss became {total} at iteration {it}: {losses}")
     scalars = {f"loss/{n}": v for n, v in losses.items()}
     scalars["loss/total"] = total
-    scalars.update({f"stats/{n}": v for n, v in zip(stat_names, values[len(names) :])})
-    scalars["grad_norm"] = values[-1]
+    scalars.update({f"stats/{n}": v for n, v in zip(stat_names, reduced[len(names) :])})
+    scalars["grad_norm"] = reduced[-1]
     return scalars
 
 
@@ -370,7 +386,9 @@ def train(
         resume: continue from ``cfg.output_dir/last_checkpoint`` if there is one.
     """
     if collate_fn is None:
-        from patseg.data.transforms import collate_semseg as collate_fn
+        from patseg.data.transforms import collate_semseg
+
+        collate_fn = collate_semseg
     owns_group = D.detect().enabled and not torch.distributed.is_initialized()
     info, device = D.init_distributed()
     try:

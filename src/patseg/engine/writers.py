@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from patseg.models.outputs import Visual
+
 PANEL_IMAGES = 4  # batch items shown side by side in one image panel
 
 
@@ -61,7 +63,7 @@ class TrainingWriter:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
 
-    def images(self, panels: dict[str, Tensor], step: int) -> None:
+    def images(self, panels: dict[str, Visual], step: int) -> None:
         """Log image panels; each value (or the result of calling it) goes through :func:`image_panel`."""
         for name, tensor in panels.items():
             self._tb.add_image(name, image_panel(tensor() if callable(tensor) else tensor), step)

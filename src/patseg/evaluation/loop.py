@@ -14,20 +14,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from patseg import distributed as D
 from patseg.data.datasets import SemSegDataset
 from patseg.data.factory import build_dataset
 from patseg.evaluation import SemSegEvaluator
+from patseg.models.san.model import SAN
 from patseg.predictor import Segmenter
 
 RFID_DATASET = "coco_stuff_171"  # PAT reports rFID on the COCO-Stuff validation images
 
 
 def evaluate_dataset(
-    model: nn.Module,
+    model: SAN,
     dataset: SemSegDataset,
     *,
     short_side: int = 640,
@@ -63,7 +63,7 @@ def evaluate_dataset(
 
 
 def evaluate_datasets(
-    model: nn.Module,
+    model: SAN,
     names: Sequence[str],
     *,
     root: str | None = None,
@@ -82,7 +82,7 @@ def evaluate_datasets(
 
 
 def evaluate_rfid(
-    model: nn.Module,
+    model: SAN,
     *,
     inception_weights: str,
     root: str | None = None,

@@ -8,8 +8,8 @@ images ``rank, rank + world_size, ...`` and the metric sums its statistics over 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -76,9 +76,17 @@ def _check_arguments(count: int, short_side: int, crop: int, batch_size: int) ->
         )
 
 
+class ImageItems(Protocol):
+    """What the rFID loop reads: a length and items whose ``"image"`` is a (3, H, W) uint8 tensor."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+
+
 def reconstruction_fid(
     model: nn.Module,
-    dataset: Sequence[Mapping[str, Any]],
+    dataset: ImageItems,
     *,
     inception_weights: str,
     short_side: int = 640,

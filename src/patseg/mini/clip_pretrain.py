@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
 import open_clip
@@ -164,7 +164,7 @@ def concept_loss(
     return -(weights * log_p).sum(dim=1).mean()
 
 
-Tokenizer = open_clip.tokenizer.SimpleTokenizer
+Tokenizer: TypeAlias = open_clip.tokenizer.SimpleTokenizer
 
 
 def _encode_texts(model: open_clip.CLIP, tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
@@ -328,7 +328,7 @@ def pretrain_mini_clip(
         k: (v.half() if half and v.is_floating_point() else v).detach().contiguous()
         for k, v in model.state_dict().items()
     }
-    meta = {
+    meta: dict[str, Any] = {
         "world_hash": world_hash(world),
         "world": world.to_dict(),
         "model_name": MODEL_NAME,

@@ -101,7 +101,7 @@ def check_same_size(name: str, image_hw: tuple[int, int], label: np.ndarray) -> 
 
 def lookup_table(pairs: dict[int, int], size: int, fill: int, dtype: type) -> np.ndarray:
     """A (size,) array mapping raw value -> new value, ``fill`` for values not in ``pairs``."""
-    lut = np.full(size, fill, dtype=dtype)
+    lut: np.ndarray = np.full(size, fill, dtype=dtype)
     for raw, new in pairs.items():
         lut[raw] = new
     return lut
