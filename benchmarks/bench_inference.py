@@ -10,6 +10,7 @@ Each run writes ``<device>-<full|quick>-<sections>.json`` (the whole report, wit
 table next to it; ``README_table.md`` is the table of the last full run of all default sections, or of the per-section
 full runs merged by ``--merge DEVICE`` (targets recomputed on the merged report).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,17 @@ def main() -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     stem = f"{device}-{'quick' if args.quick else 'full'}-{'-'.join(args.sections)}"
-    argv = ["bench", "--device", device, "--sections", *args.sections,
-            "--json", str(RESULTS / f"{stem}.json"), "--markdown", str(RESULTS / f"{stem}.md")]
+    argv = [
+        "bench",
+        "--device",
+        device,
+        "--sections",
+        *args.sections,
+        "--json",
+        str(RESULTS / f"{stem}.json"),
+        "--markdown",
+        str(RESULTS / f"{stem}.md"),
+    ]
     argv += ["--quick"] if args.quick else []
     for flag in ("threads", "warmup", "repeats"):
         if getattr(args, flag) is not None:

@@ -4,6 +4,7 @@ toy batch the model-level tests train on.
 Each reference restates one equation in the plainest form; the tests compare the fast modules against them on small
 inputs. Nothing here is imported by the package.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """``patseg.bench`` on the tiny presets: FLOP accounting, stage replay, and relative costs (never absolute times)."""
+
 from __future__ import annotations
 
 import pytest
@@ -62,9 +63,19 @@ def test_stage_breakdown_accounts_for_every_flop(pat_tiny):
     seg = bench.make_segmenter(pat_tiny, 30, (128, 128))
     image = bench.random_image(128, 128)
     result = bench.stage_breakdown(seg, image, CPU, warmup=0, repeats=1)
-    assert set(result.stages) == {"preprocess", "clip_taps", "side_vit", "mask_decoder", "recognition", "classify",
-                                  "post_processing", "pyramid_pixel", "pyramid_semantic", "latent_vq",
-                                  "shared_decoder"}
+    assert set(result.stages) == {
+        "preprocess",
+        "clip_taps",
+        "side_vit",
+        "mask_decoder",
+        "recognition",
+        "classify",
+        "post_processing",
+        "pyramid_pixel",
+        "pyramid_semantic",
+        "latent_vq",
+        "shared_decoder",
+    }
     assert result.nesting == {"pyramid_semantic": "side_vit"}
     parts = sum(m.gflops for m in result.stages.values())
     assert parts == pytest.approx(result.end_to_end.gflops, rel=1e-6)  # nothing runs outside the named parts
@@ -91,6 +102,7 @@ def test_class_scoring_cost_is_flat_in_the_vocabulary(pat_tiny, one_thread):
         def run(emb=emb):
             with torch.inference_mode():
                 pat_tiny(x, emb)
+
         forwards[c] = run
     flops = {c: bench.count_flops(fn) for c, fn in forwards.items()}
     assert flops[847] / flops[20] < 1.10
@@ -125,8 +137,10 @@ def test_bounded_post_processing_does_a_fraction_of_the_dense_arithmetic(pat_tin
         bounded, dense = seg.postprocess(pred, size, size, size), dense_postprocess(seg, pred, size, size, size)
         assert torch.equal(bounded, dense)
         assert len(bounded.unique()) > 3  # several regions survive: the case is not trivial
-        flops[classes] = (bench.count_flops(lambda: seg.postprocess(pred, size, size, size)),
-                          bench.count_flops(lambda: dense_postprocess(seg, pred, size, size, size)))
+        flops[classes] = (
+            bench.count_flops(lambda: seg.postprocess(pred, size, size, size)),
+            bench.count_flops(lambda: dense_postprocess(seg, pred, size, size, size)),
+        )
     assert flops[847][0] < 0.1 * flops[847][1]
     assert flops[847][0] < 2.0 * flops[20][1]
 
@@ -146,19 +160,47 @@ def test_markdown_report_has_every_section():
 
     m = {"median_ms": 10.0, "runs_ms": [10.0], "peak_mb": 1.0, "gflops": 2.0}
     case = {"preset": "pat_tiny", "size": [64, 64], "classes": 20, "predict": m, "forward": m}
-    report = {"environment": bench.environment(CPU), "plan": {"size": [64, 64], "classes": 20},
-              "clip_image_encoder": m,
-              "models": {"pat_tiny": {"end_to_end": m, "stages": {"side_vit": m}, "stage_sum_ms": 10.0,
-                                      "glue_ratio": 1.0}},
-              "sizes": [case], "memory_case": case, "vocabulary": [case],
-              "postprocess_regions": [{"preset": "pat_tiny", "size": [64, 64], "classes": 20, "bounded_ms": 1.0,
-                                       "dense_ms": 2.0, "labels_equal": True}],
-              "train_step": [{"preset": "pat_tiny", "size": 64, **m}],
-              "compile": [{"preset": "pat_tiny", "size": [64, 64], "classes": 20, "eager_ms": 2.0,
-                           "compiled_ms": 1.0, "compile_s": 30.0, "labels_agree": 1.0}],
-              "targets": [{"target": "t", "value": 1.2, "limit": 1.1, "passed": False, "note": ""}]}
+    report = {
+        "environment": bench.environment(CPU),
+        "plan": {"size": [64, 64], "classes": 20},
+        "clip_image_encoder": m,
+        "models": {"pat_tiny": {"end_to_end": m, "stages": {"side_vit": m}, "stage_sum_ms": 10.0, "glue_ratio": 1.0}},
+        "sizes": [case],
+        "memory_case": case,
+        "vocabulary": [case],
+        "postprocess_regions": [
+            {
+                "preset": "pat_tiny",
+                "size": [64, 64],
+                "classes": 20,
+                "bounded_ms": 1.0,
+                "dense_ms": 2.0,
+                "labels_equal": True,
+            }
+        ],
+        "train_step": [{"preset": "pat_tiny", "size": 64, **m}],
+        "compile": [
+            {
+                "preset": "pat_tiny",
+                "size": [64, 64],
+                "classes": 20,
+                "eager_ms": 2.0,
+                "compiled_ms": 1.0,
+                "compile_s": 30.0,
+                "labels_agree": 1.0,
+            }
+        ],
+        "targets": [{"target": "t", "value": 1.2, "limit": 1.1, "passed": False, "note": ""}],
+    }
     text = format_markdown(report)
-    for heading in ("Per-part breakdown", "Image sizes", "Vocabulary sizes", "region-like", "Training step",
-                    "torch.compile", "Targets"):
+    for heading in (
+        "Per-part breakdown",
+        "Image sizes",
+        "Vocabulary sizes",
+        "region-like",
+        "Training step",
+        "torch.compile",
+        "Targets",
+    ):
         assert heading in text
     assert "**no**" in text

@@ -1,4 +1,5 @@
 """Every shipped training config loads, validates, and names an existing preset."""
+
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,10 @@ def test_file_paths_are_run_options_not_model_keys(path):
 
 
 def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
-    for items, key in ((["solver.lrr=1"], "'solver.lrr'"), (["solver.iters=many"], "'solver.iters'"),
-                       (["model.preset=pat_tiny", "pat.vmff=false"], "'pat.vmff'")):
+    for items, key in (
+        (["solver.lrr=1"], "'solver.lrr'"),
+        (["solver.iters=many"], "'solver.iters'"),
+        (["model.preset=pat_tiny", "pat.vmff=false"], "'pat.vmff'"),
+    ):
         with pytest.raises(ConfigError, match=key):
             load_train_config(CONFIGS[0], parse_assignments(items))

@@ -1,4 +1,5 @@
 """Infinite sampler, torchrun detection and single-process reductions."""
+
 from itertools import islice
 
 import pytest
@@ -13,7 +14,7 @@ def _take(sampler, n):
 
 def test_sampler_epochs_are_permutations_and_differ():
     stream = _take(D.InfiniteSampler(10, seed=3), 30)
-    epochs = [stream[i:i + 10] for i in range(0, 30, 10)]
+    epochs = [stream[i : i + 10] for i in range(0, 30, 10)]
     assert all(sorted(e) == list(range(10)) for e in epochs)
     assert epochs[0] != epochs[1] != epochs[2]
     assert _take(D.InfiniteSampler(10, seed=3), 30) == stream  # deterministic
@@ -27,7 +28,7 @@ def test_ranks_interleave_the_global_stream():
     global_stream = _take(D.InfiniteSampler(11, seed=0), world * per_rank)
     ranks = [_take(D.InfiniteSampler(11, seed=0, rank=r, world_size=world), per_rank) for r in range(world)]
     for k in range(per_rank):
-        assert [ranks[r][k] for r in range(world)] == global_stream[k * world:(k + 1) * world]
+        assert [ranks[r][k] for r in range(world)] == global_stream[k * world : (k + 1) * world]
     resumed = _take(D.InfiniteSampler(11, seed=0, rank=1, world_size=world, start=6), per_rank - 2)
     assert resumed == ranks[1][2:]
     with pytest.raises(ValueError, match="multiple"):

@@ -3,6 +3,7 @@
 Every ``import`` statement counts, the ones inside functions too (they are how cycles used to hide). The layers,
 bottom first, are the ones ``docs/CONTRIBUTING.md`` draws.
 """
+
 from __future__ import annotations
 
 import ast
@@ -17,8 +18,16 @@ ROOT = Path(patseg.__file__).parent
 # Bottom first. A module may import its own layer and the layers below; within a layer, the pairs in SAME_LAYER_ORDER
 # may only point one way.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("patseg.errors", "patseg.config", "patseg.atomic", "patseg.paths", "patseg.images", "patseg.resources",
-     "patseg.resize", "patseg.distributed"),
+    (
+        "patseg.errors",
+        "patseg.config",
+        "patseg.atomic",
+        "patseg.paths",
+        "patseg.images",
+        "patseg.resources",
+        "patseg.resize",
+        "patseg.distributed",
+    ),
     ("patseg.models", "patseg.losses"),
     ("patseg.weights",),
     ("patseg.build", "patseg.convert"),
@@ -63,7 +72,9 @@ def imports_in(source: str, package: str, modules: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules)
     return {m for m in found if m == "patseg" or m.startswith("patseg.")}
@@ -99,7 +110,7 @@ def test_no_import_cycles() -> None:
             if nxt not in GRAPH:
                 continue
             if seen.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [nxt]
+                cycle = path[path.index(nxt) :] + [nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt not in seen:
                 visit(nxt, path + [nxt])

@@ -1,5 +1,6 @@
 """Shipped presets: every record loads, SAN's exact trainable parameter counts, PAT's count against the paper's 23M,
 and (slow) one 640x640 forward pass of every full-size preset on CPU with random weights."""
+
 from __future__ import annotations
 
 import time
@@ -71,7 +72,11 @@ def test_full_size_forward_at_640(name: str) -> None:
             assert 0 <= float(out.reconstruction.min()) and float(out.reconstruction.max()) <= 1
             assert out.grids.stages == {"early": (80, 80), "mid": (40, 40), "late": (20, 20)}
             assert {k: tuple(q.indices.shape) for k, q in out.quant.items()} == {
-                "early": (1, 80, 80), "mid": (1, 40, 40), "late": (1, 20, 20), "latent": (1, 40, 40)}
+                "early": (1, 80, 80),
+                "mid": (1, 40, 40),
+                "late": (1, 20, 20),
+                "latent": (1, 40, 40),
+            }
             expected_tap = (40, 40) if "vitl14" in name else (20, 20)
             assert out.grids.tap == expected_tap
         else:

@@ -1,4 +1,5 @@
 """The detachable pyramid tokenizer: encode/decode shapes, determinism, the checkpoint round trip and token files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from naive import toy_batch
 
+from naive import toy_batch
 from patseg.build import build_model
 from patseg.models.pat.model import PAT
 from patseg.resize import resize_to_multiple
-from patseg.weights.files import save_weights
 from patseg.tokenizer import LEVELS, PyramidTokenizer, TokenPyramid, load_pyramids, save_pyramids
+from patseg.weights.files import save_weights
 
 # pat_tiny at 64x64: stages H/8, H/16, H/32; latent at the side grid H/16 (codebooks 32 / 16 / 8 / 64)
 GRIDS = {"early": (8, 8), "mid": (4, 4), "late": (2, 2), "latent": (4, 4)}
@@ -105,8 +106,9 @@ def test_token_files_round_trip(model: PAT, tmp_path: Path) -> None:
 
 
 def test_large_codebooks_use_uint16() -> None:
-    pyramid = TokenPyramid(codes={"early": torch.tensor([[[0, 300]]]), "mid": torch.tensor([[[3]]])},
-                           image_size=(32, 64))
+    pyramid = TokenPyramid(
+        codes={"early": torch.tensor([[[0, 300]]]), "mid": torch.tensor([[[3]]])}, image_size=(32, 64)
+    )
     arrays = pyramid.to_numpy()
     assert arrays["early"].dtype == np.uint16 and arrays["early"].tolist() == [[[0, 300]]]
     assert arrays["mid"].dtype == np.uint8

@@ -2,6 +2,7 @@
 
 A crash or an exception mid-write never leaves a half-written file under the final name.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,9 @@ def atomic_write_json(path: Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_save_safetensors(tensors: dict[str, "Tensor"], path: Path, metadata: Optional[dict[str, str]] = None) -> Path:
+def atomic_save_safetensors(
+    tensors: dict[str, "Tensor"], path: Path, metadata: Optional[dict[str, str]] = None
+) -> Path:
     """Save a flat tensor dict as safetensors atomically."""
     from safetensors.torch import save_file  # here: the rest of this module serves commands that need no torch
 

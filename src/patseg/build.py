@@ -5,36 +5,52 @@ Steps, each a small function: resolve the record -> CLIP and text towers -> SAN 
 File paths (the CLIP weights, a weights file, a SAN checkpoint to start from) are arguments of the call, never
 fields of the record, so a weights file stores the architecture alone.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from collections.abc import Sequence
+from typing import Any, Optional, TypedDict, Union
 
 from patseg.config import ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
 from patseg.errors import ConfigError
-from patseg.losses.pat_criterion import PatCriterion
-from patseg.paths import cache_dir
-from patseg.losses.reconstruction import ReconstructionLoss
 from patseg.losses import SetCriterion
-from patseg.models.clip.backbone import load_clip
-from patseg.models.pat.geometry import STAGES, SIDE_STRIDE, final_stride, stage_strides, tap_stride
-from patseg.models.san.mask_decoder import MaskDecoder
+from patseg.losses.pat_criterion import PatCriterion
+from patseg.losses.reconstruction import ReconstructionLoss
+from patseg.models.clip.backbone import ClipBackbone, load_clip
+from patseg.models.clip.text_encoder import TextEncoder
+from patseg.models.layers.resample import PixelStem, log2_exact
+from patseg.models.pat.geometry import SIDE_STRIDE, STAGES, final_stride, stage_strides, tap_stride
 from patseg.models.pat.model import PAT, PatOptions, decoder_plan
 from patseg.models.pat.pixel_branch import PixelBranch
 from patseg.models.pat.pyramid_stage import PyramidStage
 from patseg.models.pat.reconstruction_head import ReconstructionHead
-from patseg.models.layers.resample import PixelStem, log2_exact
-from patseg.models.san.model import SAN
 from patseg.models.pat.shared_decoder import SharedDecoder
-from patseg.models.san.side_adapter import SideAdapter
 from patseg.models.pat.token_mixer import TokenMixer
+from patseg.models.san.mask_decoder import MaskDecoder
+from patseg.models.san.model import SAN
+from patseg.models.san.side_adapter import SideAdapter
+from patseg.paths import cache_dir
 from patseg.resources import load_templates
 from patseg.weights.files import load_weights, read_architecture
 from patseg.weights.san_release import init_from_san
 from patseg.weights.text_cache import DiskEmbeddingCache
 
 
-def resolve_config(preset: Union[str, ModelConfig, None], weights: Optional[str] = None,
-                   overrides: Optional[dict[str, Any]] = None) -> ModelConfig:
+class _SanParts(TypedDict):
+    """The keyword arguments SAN and PAT share (see :class:`patseg.models.san.model.SAN`), criterion aside."""
+
+    clip: ClipBackbone
+    text: TextEncoder
+    side: SideAdapter
+    mask_decoder: MaskDecoder
+    resize_ratio: float
+    record_blocks: Sequence[int]
+    templates: Sequence[str]
+
+
+def resolve_config(
+    preset: Union[str, ModelConfig, None], weights: Optional[str] = None, overrides: Optional[dict[str, Any]] = None
+) -> ModelConfig:
     """A ModelConfig from a preset name/path, an existing record, or the record stored in a weights file."""
     if isinstance(preset, ModelConfig):
         return from_dict(ModelConfig, apply_overrides(to_dict(preset), overrides or {}))
@@ -48,9 +64,14 @@ def resolve_config(preset: Union[str, ModelConfig, None], weights: Optional[str]
     return load_preset(preset, overrides)
 
 
-def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Optional[str] = None,
-                clip_weights: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
-                init_from: Optional[str] = None) -> Union[SAN, PAT]:
+def build_model(
+    preset: Union[str, ModelConfig, None] = None,
+    *,
+    weights: Optional[str] = None,
+    clip_weights: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    init_from: Optional[str] = None,
+) -> Union[SAN, PAT]:
     """Build a SAN or PAT model.
 
     Arguments:
@@ -81,29 +102,62 @@ def build_model(preset: Union[str, ModelConfig, None] = None, *, weights: Option
 def _build_san_or_pat(cfg: ModelConfig, clip_weights: Optional[str]) -> SAN | PAT:
     c = cfg.clip
     cache = DiskEmbeddingCache(cache_dir() / "text")
-    clip, text = load_clip(c.model_name, quick_gelu=c.quick_gelu, weights=clip_weights, taps=c.taps,
-                           rec_start=c.rec_start, cache=cache)
+    clip, text = load_clip(
+        c.model_name, quick_gelu=c.quick_gelu, weights=clip_weights, taps=c.taps, rec_start=c.rec_start, cache=cache
+    )
     s = cfg.side
-    side = SideAdapter(clip_width=clip.width, width=s.width, depth=s.depth, heads=s.heads,
-                       patch_size=s.patch_size, mlp_ratio=s.mlp_ratio, num_queries=s.num_queries,
-                       pretrain_grid=s.pretrain_grid, fusion_map=s.fusion_map)
+    side = SideAdapter(
+        clip_width=clip.width,
+        width=s.width,
+        depth=s.depth,
+        heads=s.heads,
+        patch_size=s.patch_size,
+        mlp_ratio=s.mlp_ratio,
+        num_queries=s.num_queries,
+        pretrain_grid=s.pretrain_grid,
+        fusion_map=s.fusion_map,
+    )
     d = cfg.mask_decoder
-    mask_decoder = MaskDecoder(query_dim=s.width, pixel_dim=s.width, dim=d.dim, num_layers=d.num_layers,
-                               clip_heads=clip.num_heads, rescale_attn_bias=d.rescale_attn_bias)
-    l = cfg.loss
-    set_loss = SetCriterion(class_weight=l.class_weight, mask_weight=l.mask_weight, dice_weight=l.dice_weight,
-                            no_object_weight=l.no_object_weight, num_points=l.num_points,
-                            oversample_ratio=l.oversample_ratio, importance_sample_ratio=l.importance_sample_ratio)
-    parts = {"clip": clip, "text": text, "side": side, "mask_decoder": mask_decoder, "resize_ratio": c.resize_ratio,
-             "record_blocks": s.deep_supervision, "templates": load_templates(c.templates)}
+    mask_decoder = MaskDecoder(
+        query_dim=s.width,
+        pixel_dim=s.width,
+        dim=d.dim,
+        num_layers=d.num_layers,
+        clip_heads=clip.num_heads,
+        rescale_attn_bias=d.rescale_attn_bias,
+    )
+    loss = cfg.loss
+    set_loss = SetCriterion(
+        class_weight=loss.class_weight,
+        mask_weight=loss.mask_weight,
+        dice_weight=loss.dice_weight,
+        no_object_weight=loss.no_object_weight,
+        num_points=loss.num_points,
+        oversample_ratio=loss.oversample_ratio,
+        importance_sample_ratio=loss.importance_sample_ratio,
+    )
+    parts: _SanParts = {
+        "clip": clip,
+        "text": text,
+        "side": side,
+        "mask_decoder": mask_decoder,
+        "resize_ratio": c.resize_ratio,
+        "record_blocks": s.deep_supervision,
+        "templates": load_templates(c.templates),
+    }
     if cfg.pat is None:
         return SAN(**parts, criterion=set_loss)
-    return PAT(**parts, **_pat_parts(cfg, cfg.pat, set_loss, clip_width=clip.width, clip_patch=clip.patch_size,
-                                     clip_heads=clip.num_heads))
+    return PAT(
+        **parts,
+        **_pat_parts(
+            cfg, cfg.pat, set_loss, clip_width=clip.width, clip_patch=clip.patch_size, clip_heads=clip.num_heads
+        ),
+    )
 
 
-def _pat_parts(cfg: ModelConfig, p: PatConfig, set_loss: SetCriterion, *, clip_width: int, clip_patch: int,
-               clip_heads: int) -> dict:
+def _pat_parts(
+    cfg: ModelConfig, p: PatConfig, set_loss: SetCriterion, *, clip_width: int, clip_patch: int, clip_heads: int
+) -> dict:
     """PAT's own modules and its criterion (around SAN's ``set_loss``); every resolution is derived from
     ``pyramid_base`` and ``stage_scales``."""
     # Value constraints (stage order, aux set names) were checked when the record was read (patseg.config).
@@ -115,45 +169,102 @@ def _pat_parts(cfg: ModelConfig, p: PatConfig, set_loss: SetCriterion, *, clip_w
     stages = []
     for i, name in enumerate(STAGES):
         prev = STAGES[i - 1] if i else None
-        stages.append(PyramidStage(
-            clip_width=clip_width, side_width=cfg.side.width, pixel_dim=p.pixel_dim, code_dim=p.code_dim,
-            num_codes=sizes[name], prev_codes=sizes[prev] if prev else None, num_queries=cfg.side.num_queries,
-            tap_factor=t_stride / strides[name], down_factor=strides[prev] / strides[name] if prev else None,
-            kappa=p.kappa, vmf=p.vmf, token_mixer=p.token_mixer, pixel_residual=p.pixel_residual,
-            mixer_hidden=p.token_mixer_hidden, groups=p.dysample_groups, heads=cfg.side.heads))
+        stages.append(
+            PyramidStage(
+                clip_width=clip_width,
+                side_width=cfg.side.width,
+                pixel_dim=p.pixel_dim,
+                code_dim=p.code_dim,
+                num_codes=sizes[name],
+                prev_codes=sizes[prev] if prev else None,
+                num_queries=cfg.side.num_queries,
+                tap_factor=t_stride / strides[name],
+                down_factor=strides[prev] / strides[name] if prev else None,
+                kappa=p.kappa,
+                vmf=p.vmf,
+                token_mixer=p.token_mixer,
+                pixel_residual=p.pixel_residual,
+                mixer_hidden=p.token_mixer_hidden,
+                groups=p.dysample_groups,
+                heads=cfg.side.heads,
+            )
+        )
     first = p.decoder_stages[0]
     stem = PixelStem(out_channels=p.pixel_dim, stride=strides["early"]) if p.pixel_residual else None
     pixel_branch = PixelBranch(
-        stem=stem, stages=stages, tap_indices=taps,
-        side_width=cfg.side.width, code_dim=p.code_dim, latent_codes=p.latent_codebook_size,
-        decoder_dim=p.decoder_dim, latent_factor=SIDE_STRIDE / strides[first], vmf=p.vmf, groups=p.dysample_groups)
+        stem=stem,
+        stages=stages,
+        tap_indices=taps,
+        side_width=cfg.side.width,
+        code_dim=p.code_dim,
+        latent_codes=p.latent_codebook_size,
+        decoder_dim=p.decoder_dim,
+        latent_factor=SIDE_STRIDE / strides[first],
+        vmf=p.vmf,
+        groups=p.dysample_groups,
+    )
     plan = decoder_plan(strides, p.decoder_stages)
 
     def decoder(query_dim: int | None) -> SharedDecoder:
-        return SharedDecoder(stages=plan, dim=p.decoder_dim, code_dim=p.code_dim, heads=p.decoder_heads,
-                             ffn=p.decoder_ffn, spade_hidden=p.spade_hidden, groups=p.dysample_groups,
-                             query_dim=query_dim, extra_layers=p.decoder_extra_layers)
+        return SharedDecoder(
+            stages=plan,
+            dim=p.decoder_dim,
+            code_dim=p.code_dim,
+            heads=p.decoder_heads,
+            ffn=p.decoder_ffn,
+            spade_hidden=p.spade_hidden,
+            groups=p.dysample_groups,
+            query_dim=query_dim,
+            extra_layers=p.decoder_extra_layers,
+        )
 
     out_stride = final_stride(p.pyramid_base, p.stage_scales, p.decoder_stages)
-    l = cfg.loss
+    loss = cfg.loss
     return {
         "pixel_branch": pixel_branch,
         "decoder": decoder(cfg.side.width),
         "pixel_decoder": None if p.shared_decoder else decoder(None),
-        "mask_head": MaskDecoder(query_dim=cfg.side.width, pixel_dim=p.decoder_dim, dim=cfg.mask_decoder.dim,
-                                 num_layers=cfg.mask_decoder.num_layers, clip_heads=clip_heads,
-                                 rescale_attn_bias=cfg.mask_decoder.rescale_attn_bias),
-        "recon_head": ReconstructionHead(p.decoder_dim,
-                                         num_upsamples=log2_exact(out_stride, "final decoder stride")),
-        "options": PatOptions(pyramid_base=p.pyramid_base, stage_scales=p.stage_scales,
-                              decoder_stages=p.decoder_stages, bias_source=p.bias_source, aux_sets=p.aux_sets),
+        "mask_head": MaskDecoder(
+            query_dim=cfg.side.width,
+            pixel_dim=p.decoder_dim,
+            dim=cfg.mask_decoder.dim,
+            num_layers=cfg.mask_decoder.num_layers,
+            clip_heads=clip_heads,
+            rescale_attn_bias=cfg.mask_decoder.rescale_attn_bias,
+        ),
+        "recon_head": ReconstructionHead(p.decoder_dim, num_upsamples=log2_exact(out_stride, "final decoder stride")),
+        "options": PatOptions(
+            pyramid_base=p.pyramid_base,
+            stage_scales=p.stage_scales,
+            decoder_stages=p.decoder_stages,
+            bias_source=p.bias_source,
+            aux_sets=p.aux_sets,
+        ),
         "criterion": PatCriterion(
             set_loss=set_loss,
-            reconstruction=ReconstructionLoss(l1_weight=l.l1_weight, l2_weight=l.l2_weight,
-                                              perceptual_weight=l.perceptual_weight, lpips_size=l.lpips_size),
-            vq_weight=l.vq_weight, spatial_weight=l.spatial_weight, crf_weight=l.crf_weight, tv_weight=l.tv_weight,
-            crf_points=l.crf_points, rec_weight=l.rec_weight, spatial_alignment=p.spatial_alignment),
-        "query_maker": (TokenMixer(in_tokens=sum(p.codebook_sizes), out_tokens=cfg.side.num_queries,
-                                   hidden=p.token_mixer_hidden, in_dim=p.code_dim, out_dim=cfg.side.width)
-                        if p.unified_tokens else None),
+            reconstruction=ReconstructionLoss(
+                l1_weight=loss.l1_weight,
+                l2_weight=loss.l2_weight,
+                perceptual_weight=loss.perceptual_weight,
+                lpips_size=loss.lpips_size,
+            ),
+            vq_weight=loss.vq_weight,
+            spatial_weight=loss.spatial_weight,
+            crf_weight=loss.crf_weight,
+            tv_weight=loss.tv_weight,
+            crf_points=loss.crf_points,
+            rec_weight=loss.rec_weight,
+            spatial_alignment=p.spatial_alignment,
+        ),
+        "query_maker": (
+            TokenMixer(
+                in_tokens=sum(p.codebook_sizes),
+                out_tokens=cfg.side.num_queries,
+                hidden=p.token_mixer_hidden,
+                in_dim=p.code_dim,
+                out_dim=cfg.side.width,
+            )
+            if p.unified_tokens
+            else None
+        ),
     }

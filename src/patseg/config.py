@@ -4,6 +4,7 @@ A preset is one JSON record in ``patseg/presets/`` that fills these dataclasses;
 PAT paper is a field of :class:`PatConfig`. Only ``patseg.build`` turns records into modules: the modules
 themselves take plain keyword arguments.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,12 +13,11 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, cast
 
 import yaml
 
 from patseg.errors import ConfigError
-
 
 PyramidBase = Literal["clip", "side"]
 StageName = Literal["late", "mid", "early"]
@@ -83,15 +83,19 @@ class PatConfig:
     spatial_alignment: bool = True  # Table II: CRF + TV loss on the stage codes
     unified_tokens: bool = False  # Table II: global tokens made from the stage codebooks
     shared_decoder: bool = True  # Table II: False = separate pixel and semantic decoders
-    bias_source: BiasSource = "decoded"  # CLIP attention bias from the decoded head ("decoded") or SAN's block 8 ("side")
+    bias_source: BiasSource = (
+        "decoded"  # CLIP attention bias from the decoded head ("decoded") or SAN's block 8 ("side")
+    )
     aux_sets: tuple[str, ...] = ("side8",)  # auxiliary loss sets: "side8", "side7"
 
     def check(self, prefix: str = "pat.") -> None:
         """Constraints between values that types alone cannot state; raises ConfigError naming the key."""
         order = [s for s in STAGE_ORDER if s in self.decoder_stages]
         if not self.decoder_stages or list(self.decoder_stages) != order:
-            raise ConfigError(f"config key '{prefix}decoder_stages' must be a non-empty subset of "
-                              f"[late, mid, early] in that order, got {list(self.decoder_stages)}")
+            raise ConfigError(
+                f"config key '{prefix}decoder_stages' must be a non-empty subset of "
+                f"[late, mid, early] in that order, got {list(self.decoder_stages)}"
+            )
         for name in self.aux_sets:
             if not (name.startswith("side") and name[4:].isdigit() and int(name[4:]) >= 1):
                 raise ConfigError(f"config key '{prefix}aux_sets' entry {name!r} must be side<block>, e.g. side8")
@@ -136,8 +140,10 @@ class ModelConfig:
         if self.pat is not None:
             for name in self.pat.aux_sets:
                 if int(name[4:]) > self.side.depth:
-                    raise ConfigError(f"config key '{prefix}pat.aux_sets' entry {name!r} names a block beyond the "
-                                      f"side ViT's depth {self.side.depth}")
+                    raise ConfigError(
+                        f"config key '{prefix}pat.aux_sets' entry {name!r} names a block beyond the "
+                        f"side ViT's depth {self.side.depth}"
+                    )
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -167,7 +173,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
-        return from_dict(tp, value, prefix=key + ".")
+        return from_dict(cast(type, tp), value, prefix=key + ".")  # a dataclass type, not an instance
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' must be a list, got {type(value).__name__}")

@@ -3,6 +3,7 @@
 The renaming itself lives in :mod:`patseg.weights.san_release`; this module adds what needs a built model: the
 preset's expected keys and shapes, and the architecture record written beside the tensors.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,14 @@ from typing import Optional, Union
 from patseg.build import build_model
 from patseg.errors import CheckpointError
 from patseg.weights.files import save_weights
-from patseg.weights.san_release import (DROPPED, SanLayout, check_release_state, detect_preset, read_san_release,
-                                        rename_release)
+from patseg.weights.san_release import (
+    DROPPED,
+    SanLayout,
+    check_release_state,
+    detect_preset,
+    read_san_release,
+    rename_release,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +36,9 @@ class ConversionReport:
     dropped: tuple[str, ...]
 
 
-def convert_san_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], *,
-                           preset: Optional[str] = None) -> ConversionReport:
+def convert_san_checkpoint(
+    checkpoint: Union[str, Path], out: Union[str, Path], *, preset: Optional[str] = None
+) -> ConversionReport:
     """Convert a SAN release into a patseg weights file that ``build_model(weights=out)`` loads strictly.
 
     The file carries every tensor, CLIP's included, and records its preset (detected when None). Nothing is
@@ -41,11 +49,15 @@ def convert_san_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], 
     # Random init is fine: every tensor is overwritten, CLIP's included.
     model = build_model(preset)
     if model.config.is_pat:
-        raise CheckpointError(f"preset '{preset}' is a PAT preset: convert into a SAN preset and start PAT with "
-                              f"build_model(..., init_from=FILE)")
+        raise CheckpointError(
+            f"preset '{preset}' is a PAT preset: convert into a SAN preset and start PAT with "
+            f"build_model(..., init_from=FILE)"
+        )
     if not any(k.startswith("clip.visual.transformer.resblocks.") for k in model.state_dict()):
-        raise CheckpointError(f"preset '{preset}' has no OpenAI-style CLIP ViT; SAN releases use open_clip's "
-                              f"OpenAI ViT-B/16 or ViT-L/14-336")
+        raise CheckpointError(
+            f"preset '{preset}' has no OpenAI-style CLIP ViT; SAN releases use open_clip's "
+            f"OpenAI ViT-B/16 or ViT-L/14-336"
+        )
     layout = SanLayout.of(model)
     dropped = tuple(k for k in release if k in DROPPED)
     state = rename_release(release, layout, checkpoint)
@@ -55,6 +67,12 @@ def convert_san_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], 
     count = len(state)
     del state
     path = save_weights(model, out)
-    logger.info("converted %d tensors of %s into %s (preset %s); dropped %s", count, checkpoint, path, preset,
-                ", ".join(dropped) or "nothing")
+    logger.info(
+        "converted %d tensors of %s into %s (preset %s); dropped %s",
+        count,
+        checkpoint,
+        path,
+        preset,
+        ", ".join(dropped) or "nothing",
+    )
     return ConversionReport(preset=preset, out=path, tensors=count, dropped=dropped)

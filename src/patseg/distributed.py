@@ -3,6 +3,7 @@
 The recipe is nanoGPT's (karpathy/nanoGPT ``train.py``): DDP is on when torchrun set ``RANK``; only rank 0 logs and
 saves; each rank seeds with ``seed + rank``; the plain module is what gets saved, never the DDP wrapper.
 """
+
 from __future__ import annotations
 
 import json
@@ -109,8 +110,9 @@ class InfiniteSampler(Sampler[int]):
     no sample is repeated to pad an epoch.
     """
 
-    def __init__(self, size: int, *, seed: int, rank: int = 0, world_size: int = 1, start: int = 0,
-                 shuffle: bool = True) -> None:
+    def __init__(
+        self, size: int, *, seed: int, rank: int = 0, world_size: int = 1, start: int = 0, shuffle: bool = True
+    ) -> None:
         if size <= 0:
             raise ValueError("InfiniteSampler needs a non-empty dataset")
         if start % world_size:

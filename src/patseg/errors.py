@@ -5,6 +5,7 @@ code 2, never a traceback; library users can catch the same class. Each message 
 fault and, where one exists, the fix. Subclasses also derive from the built-in error a caller would expect
 (``ValueError``, ``FileNotFoundError``), so code written against those keeps working.
 """
+
 from __future__ import annotations
 
 

@@ -3,6 +3,7 @@
 Any JPEG/PNG/TIFF mode is accepted: grayscale, RGBA, 16-bit, palette, CMYK, and EXIF-rotated photos are turned
 into an upright (H, W, 3) uint8 RGB array. Errors name the file.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -23,8 +24,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            im = ImageOps.exif_transpose(im)
-            return to_rgb_array(im)
+            upright = ImageOps.exif_transpose(im)
+            return to_rgb_array(upright)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -67,8 +68,8 @@ def palette(n: int) -> np.ndarray:
     colours = []
     for i in range(n):
         h = (i * 0.618033988749895) % 1.0
-        l, s = (0.5, 0.75) if i % 2 == 0 else (0.38, 0.65)
-        colours.append([int(255 * c) for c in colorsys.hls_to_rgb(h, l, s)])
+        light, sat = (0.5, 0.75) if i % 2 == 0 else (0.38, 0.65)
+        colours.append([int(255 * c) for c in colorsys.hls_to_rgb(h, light, sat)])
     return np.array(colours, dtype=np.uint8).reshape(n, 3)
 
 

@@ -6,6 +6,7 @@
   the same thing on another: ``patseg/...`` inside the package, ``$PATSEG_CACHE/...`` inside the cache,
   relative to the working directory (the repository when run from its root) inside it.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ test protocol (detectron2's test mapper and SAN's semantic inference): short sid
 pad to a multiple of 32, one forward pass on the whole image, mask logits upsampled before the sigmoid, per-class
 scores resized to the original size, argmax.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -13,9 +14,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from patseg.models.san.model import SegPrediction
+from patseg.models.san.model import SAN, SegPrediction
 from patseg.models.san.semantic_argmax import semantic_argmax
 from patseg.resize import ceil_to_multiple, shortest_edge_size
 
@@ -30,8 +31,16 @@ class Segmenter:
         class_chunk: classes scored at once by :meth:`scores`; bounds memory for large vocabularies.
     """
 
-    def __init__(self, model: nn.Module, vocabulary: Sequence[str], *, short_side: int = 640,
-                 max_long_side: int = 2560, class_chunk: int = 64, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        model: SAN,
+        vocabulary: Sequence[str],
+        *,
+        short_side: int = 640,
+        max_long_side: int = 2560,
+        class_chunk: int = 64,
+        device: str | torch.device | None = None,
+    ) -> None:
         if not vocabulary:
             raise ValueError("the vocabulary is empty: give at least one class name")
         self.model = model.eval()
@@ -62,10 +71,11 @@ class Segmenter:
         x, valid = self._prepare(image)
         with torch.inference_mode():
             out = self.model(x, self.class_embeddings)
-        return out.main, tuple(x.shape[-2:]), valid
+        return out.main, (x.shape[-2], x.shape[-1]), valid
 
-    def _mask_logits(self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int],
-                     out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def _mask_logits(
+        self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int], out_size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
         """(Q, C) class probabilities and (Q, H, W) mask logits at ``out_size`` (upsampled, cropped, resized)."""
         probs = pred.logits[0].float().softmax(-1)[:, :-1]
         masks = F.interpolate(pred.masks.float(), size=padded, mode="bilinear", align_corners=False)
@@ -74,8 +84,9 @@ class Segmenter:
             masks = F.interpolate(masks[None], size=out_size, mode="bilinear", align_corners=False)[0]
         return probs, masks
 
-    def _class_scores(self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int],
-                      out_size: tuple[int, int]) -> Iterator[tuple[int, Tensor]]:
+    def _class_scores(
+        self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int], out_size: tuple[int, int]
+    ) -> Iterator[tuple[int, Tensor]]:
         """Yield (first class index, (c, H, W) float32 scores at ``out_size``) chunk by chunk."""
         probs, masks = self._mask_logits(pred, padded, valid, out_size)
         masks = masks.sigmoid_().flatten(1)  # (Q, H*W)
@@ -96,8 +107,9 @@ class Segmenter:
         return self.postprocess(pred, padded, valid, image.shape[:2]).cpu().numpy().astype(np.int64)
 
     @torch.inference_mode()
-    def postprocess(self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int],
-                    out_size: tuple[int, int]) -> Tensor:
+    def postprocess(
+        self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int], out_size: tuple[int, int]
+    ) -> Tensor:
         """Label map (H, W) at ``out_size`` from one prediction: the argmax of :meth:`scores`, found with per-block
         bounds so that only the classes that can win a block are scored there (memory bounded for any C)."""
         probs, masks = self._mask_logits(pred, padded, valid, out_size)

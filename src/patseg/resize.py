@@ -3,10 +3,10 @@
 One definition of each, shared by the training transforms (``patseg.data.transforms``), the test-time
 ``Segmenter`` (which pads up to a multiple of 32) and the tokenizer and feature figures (which resize to one).
 """
+
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,8 +40,7 @@ def round_to_multiple(n: int, multiple: int = STRIDE) -> int:
     return max(multiple, round(n / multiple) * multiple)
 
 
-def resize_to_multiple(image: np.ndarray, short_side: int, multiple: int = STRIDE,
-                       max_long_side: int = 2560) -> Tensor:
+def resize_to_multiple(image: np.ndarray, short_side: int, multiple: int = STRIDE, max_long_side: int = 2560) -> Tensor:
     """(H, W, 3) uint8 RGB -> (1, 3, h, w) float in [0, 1] with h, w multiples of ``multiple``.
 
     The size is :func:`shortest_edge_size` (short side ``short_side``, long side at most ``max_long_side``) with

@@ -9,6 +9,7 @@ tokens (SAN's queries) take no part, so the code maps are the whole description 
     pyramid = tok.encode_image(rgb, 640)  # or one (H, W, 3) uint8 image, resized to multiples of 32
     recon = tok.decode(pyramid)           # (B, 3, H', W') in [0, 1]
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from patseg.atomic import atomic_path
 from patseg.models.pat.geometry import STAGES
@@ -36,25 +37,28 @@ class TokenPyramid:
 
     @property
     def grids(self) -> dict[str, tuple[int, int]]:
-        return {name: tuple(c.shape[-2:]) for name, c in self.codes.items()}
+        return {name: (c.shape[-2], c.shape[-1]) for name, c in self.codes.items()}
 
     def to_numpy(self) -> dict[str, np.ndarray]:
         """Smallest unsigned integer dtype per level (codebooks hold at most 65,536 codes)."""
-        return {name: c.cpu().numpy().astype(np.uint16 if int(c.max()) > 255 else np.uint8)
-                for name, c in self.codes.items()}
+        return {
+            name: c.cpu().numpy().astype(np.uint16 if int(c.max()) > 255 else np.uint8)
+            for name, c in self.codes.items()
+        }
 
 
 class PyramidTokenizer:
     """Wraps a PAT model (in eval mode) as an image tokenizer/detokenizer."""
 
-    def __init__(self, model: PAT) -> None:
+    def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, PAT):
             raise TypeError(f"PyramidTokenizer needs a PAT model, got {type(model).__name__} (SAN has no tokens)")
         self.model = model.eval()
 
     @classmethod
-    def from_checkpoint(cls, weights: str, *, preset: str | None = None,
-                        clip_weights: str | None = None) -> PyramidTokenizer:
+    def from_checkpoint(
+        cls, weights: str, *, preset: str | None = None, clip_weights: str | None = None
+    ) -> PyramidTokenizer:
         from patseg.build import build_model
 
         return cls(build_model(preset, weights=weights, clip_weights=clip_weights))
@@ -69,8 +73,9 @@ class PyramidTokenizer:
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] % 32 or images.shape[-2] % 32:
             raise ValueError(f"expected (B, 3, H, W) with H, W multiples of 32, got {tuple(images.shape)}")
         quant = self.model.encode(images.to(self.device))
-        return TokenPyramid(codes={name: quant[name].indices for name in LEVELS},
-                            image_size=tuple(images.shape[-2:]))
+        return TokenPyramid(
+            codes={name: quant[name].indices for name in LEVELS}, image_size=(images.shape[-2], images.shape[-1])
+        )
 
     def encode_image(self, image: np.ndarray, short_side: int = 640) -> TokenPyramid:
         """One (H, W, 3) uint8 RGB image -> TokenPyramid of batch 1. The image is resized with
@@ -81,11 +86,15 @@ class PyramidTokenizer:
     def decode(self, pyramid: TokenPyramid) -> Tensor:
         """TokenPyramid -> (B, 3, H, W) reconstruction in [0, 1]; no global tokens are involved."""
         m = self.model
-        stages = {name: stage for name, stage in zip(STAGES, m.pixel_branch.stages)}
-        codes = {name: stages[name].quantizer.lookup(pyramid.codes[name].to(self.device))
-                 for name in m.options.decoder_stages}
+        stages = {name: stage for name, stage in zip(STAGES, m.pixel_branch.pyramid_stages)}
+        codes = {
+            name: stages[name].quantizer.lookup(pyramid.codes[name].to(self.device))
+            for name in m.options.decoder_stages
+        }
         latent = m.pixel_branch.latent_quantizer.lookup(pyramid.codes["latent"].to(self.device))
-        return m.decode(codes, latent, queries=None, reconstruct=True)[2]
+        recon = m.decode(codes, latent, queries=None, reconstruct=True)[2]
+        assert recon is not None  # reconstruct=True
+        return recon
 
 
 def save_pyramids(path: Path, pyramids: list[TokenPyramid], meta: dict) -> None:
@@ -97,7 +106,7 @@ def save_pyramids(path: Path, pyramids: list[TokenPyramid], meta: dict) -> None:
     meta = dict(meta, count=len(pyramids), image_sizes=[list(p.image_size) for p in pyramids])
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # the keys are never "allow_pickle"
 
 
 def load_pyramids(path: Path) -> tuple[list[TokenPyramid], dict]:

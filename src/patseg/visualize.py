@@ -4,6 +4,7 @@ Per pyramid stage: the PCA (3 components as RGB) of the raw CLIP tap beside the 
 z_q_s and the code-index map (Fig. 1), and k-means clusters of the CLIP features beside the token clusters, i.e.
 the code assignment (Fig. 6). PCA uses one SVD per map; k-means is scipy's ``kmeans2`` (k-means++ seeding).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,22 +70,31 @@ def stage_maps(model: PAT, image01: Tensor, k: int = 8) -> dict[str, StageMaps]:
         codes = enc.pixel[name].quant.indices[0].cpu().numpy()
         used = np.unique(codes)
         remap = np.searchsorted(used, codes)  # colour by rank among the codes in use
-        out[name] = StageMaps(clip_pca=pca_rgb(tap.cpu()), token_pca=pca_rgb(zq.cpu()),
-                              codes=codes, clip_kmeans=colour_labels(kmeans_labels(tap.cpu(), k), k),
-                              token_clusters=colour_labels(remap, len(used)))
+        out[name] = StageMaps(
+            clip_pca=pca_rgb(tap.cpu()),
+            token_pca=pca_rgb(zq.cpu()),
+            codes=codes,
+            clip_kmeans=colour_labels(kmeans_labels(tap.cpu(), k), k),
+            token_clusters=colour_labels(remap, len(used)),
+        )
     return out
 
 
 def figure(image: np.ndarray, maps: StageMaps, title: str, cell: int = 192) -> Image.Image:
     """One row: image | CLIP PCA | token PCA | code indices | CLIP k-means, each ``cell`` pixels tall."""
-    panels = [("image", image), ("CLIP PCA", maps.clip_pca), ("tokens PCA", maps.token_pca),
-              ("CLIP k-means", maps.clip_kmeans), ("token clusters", maps.token_clusters)]
+    panels = [
+        ("image", image),
+        ("CLIP PCA", maps.clip_pca),
+        ("tokens PCA", maps.token_pca),
+        ("CLIP k-means", maps.clip_kmeans),
+        ("token clusters", maps.token_clusters),
+    ]
     w = round(cell * image.shape[1] / image.shape[0])
     canvas = Image.new("RGB", (len(panels) * (w + 4), cell + 36), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 2), title, fill=(0, 0, 0))
     for i, (label, arr) in enumerate(panels):
-        resample = Image.BILINEAR if label == "image" else Image.NEAREST
+        resample = Image.Resampling.BILINEAR if label == "image" else Image.Resampling.NEAREST
         canvas.paste(Image.fromarray(arr).resize((w, cell), resample), (i * (w + 4), 16))
         draw.text((i * (w + 4) + 2, cell + 20), label, fill=(0, 0, 0))
     return canvas

@@ -1,4 +1,5 @@
 """`patseg bench` and `patseg mini` hand --set to every model they build (the measuring and training replaced)."""
+
 import json
 
 import pytest
@@ -16,14 +17,40 @@ def test_bench_passes_overrides_and_records_the_command(tmp_path, monkeypatch, c
         seen.update(plan=plan, sections=list(sections), overrides=overrides)
         log("measured")
         m = {"median_ms": 10.0, "runs_ms": [10.0], "peak_mb": 1.0, "gflops": 2.0}
-        return {"environment": {"device_name": "cpu", "device": "cpu", "threads": 1, "precision": "float32",
-                                "torch": "x", "cpu_peak_memory": "RSS"},
-                "train_step": [{"preset": "pat_tiny", "size": 128, **m}]}
+        return {
+            "environment": {
+                "device_name": "cpu",
+                "device": "cpu",
+                "threads": 1,
+                "precision": "float32",
+                "torch": "x",
+                "cpu_peak_memory": "RSS",
+            },
+            "train_step": [{"preset": "pat_tiny", "size": 128, **m}],
+        }
 
     monkeypatch.setattr(patseg.bench, "run_suite", run_suite)
     out = tmp_path / "r" / "bench.json"
-    assert main(["bench", "--quick", "--device", "cpu", "--sections", "train", "--set", "pat.vmf=false",
-                 "loss.vq_weight=1e-4", "--json", str(out), "--markdown", str(tmp_path / "bench.md")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--quick",
+                "--device",
+                "cpu",
+                "--sections",
+                "train",
+                "--set",
+                "pat.vmf=false",
+                "loss.vq_weight=1e-4",
+                "--json",
+                str(out),
+                "--markdown",
+                str(tmp_path / "bench.md"),
+            ]
+        )
+        == 0
+    )
     assert seen["overrides"] == {"pat.vmf": False, "loss.vq_weight": 1e-4}
     assert seen["plan"].pat == "pat_tiny" and seen["sections"] == ["train"]
     captured = capsys.readouterr()
@@ -45,8 +72,16 @@ def fake_benchmark(monkeypatch):
         for r in runs:
             if on_model is not None:
                 on_model(r, settings.seeds[0], FakeModel())
-            results[r.name] = [{"seen": 10.0, "unseen": 5.0, "all": 8.0, "hIoU": 6.7, "seed": settings.seeds[0],
-                                "per_class": {"a": float("nan")}}]
+            results[r.name] = [
+                {
+                    "seen": 10.0,
+                    "unseen": 5.0,
+                    "all": 8.0,
+                    "hIoU": 6.7,
+                    "seed": settings.seeds[0],
+                    "per_class": {"a": float("nan")},
+                }
+            ]
         return {"world": "w", "results": results, "settings": {}}
 
     class FakeModel:
@@ -65,8 +100,10 @@ def fake_benchmark(monkeypatch):
 
 
 def test_mini_gives_every_run_the_keys_that_fit_it(tmp_path, fake_benchmark, capsys):
-    assert main(["mini", "--quick", "--ablations", "--out", str(tmp_path), "--set", "pat.vmf=true",
-                 "loss.vq_weight=0.5"]) == 0
+    assert (
+        main(["mini", "--quick", "--ablations", "--out", str(tmp_path), "--set", "pat.vmf=true", "loss.vq_weight=0.5"])
+        == 0
+    )
     runs = fake_benchmark["runs"]
     assert runs["SAN"] == {"loss.vq_weight": 0.5}  # pat.* keys would turn the SAN baseline into PAT
     assert runs["SAN, random text (control)"] == {"loss.vq_weight": 0.5}

@@ -1,5 +1,6 @@
 """The examples users copy: the README's Python snippet and every `patseg ...` example in the README and in the help
 epilogs. Those that need no external file (weights, images, datasets) are run; the others must at least parse."""
+
 from __future__ import annotations
 
 import json

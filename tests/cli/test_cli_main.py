@@ -1,4 +1,5 @@
 """`patseg.cli.main`: one error family caught once, exit codes, logging levels, --set parsing, cheap --help."""
+
 import json
 import logging
 import os
@@ -33,7 +34,9 @@ except SystemExit:
 print("HEAVY", sorted(m for m in {HEAVY!r} if m in sys.modules))
 """
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "usage: patseg" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
@@ -47,9 +50,15 @@ def _run_with(monkeypatch, func, argv=("info", "pat_tiny")):
     return main(list(argv))
 
 
-@pytest.mark.parametrize("error", [ConfigError("config key 'pat.vmff' is unknown"), UsageError("bad options"),
-                                   MissingFileError("weights file not found: w.safetensors"),
-                                   DatasetError("coco/val: no image/label pairs")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("config key 'pat.vmff' is unknown"),
+        UsageError("bad options"),
+        MissingFileError("weights file not found: w.safetensors"),
+        DatasetError("coco/val: no image/label pairs"),
+    ],
+)
 def test_patseg_errors_are_one_line_with_exit_code_2(monkeypatch, capsys, error):
     def fail(args):
         raise error
@@ -86,21 +95,31 @@ def test_closed_stdout_pipe_exits_quietly():
     os.close(read_end)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     try:
-        done = subprocess.run([sys.executable, "-m", "patseg", "info", "san_tiny", "--depth", "1"], check=False,
-                              stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "patseg", "info", "san_tiny", "--depth", "1"],
+            check=False,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=300,
+        )
     finally:
         os.close(write_end)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("flags, rank, shown", [
-    ([], "0", {"info", "warning"}),
-    (["-v"], "0", {"debug", "info", "warning"}),
-    (["--quiet"], "0", {"warning"}),
-    ([], "1", {"warning"}),  # torchrun: only rank 0 speaks at INFO
-    (["-v"], "1", {"debug", "info", "warning"}),
-])
+@pytest.mark.parametrize(
+    "flags, rank, shown",
+    [
+        ([], "0", {"info", "warning"}),
+        (["-v"], "0", {"debug", "info", "warning"}),
+        (["--quiet"], "0", {"warning"}),
+        ([], "1", {"warning"}),  # torchrun: only rank 0 speaks at INFO
+        (["-v"], "1", {"debug", "info", "warning"}),
+    ],
+)
 def test_log_levels(monkeypatch, capsys, flags, rank, shown):
     def chatty(args):
         log = logging.getLogger("patseg.engine.trainer")
@@ -111,8 +130,9 @@ def test_log_levels(monkeypatch, capsys, flags, rank, shown):
     monkeypatch.setenv("RANK", rank)
     assert _run_with(monkeypatch, chatty, [*flags, "info", "pat_tiny"]) == 0
     prefix = "patseg" if rank == "0" else f"patseg (rank {rank})"
-    expected = [f"{prefix}: {'warning: ' if m == 'warning' else ''}{m}" for m in ("debug", "info", "warning")
-                if m in shown]
+    expected = [
+        f"{prefix}: {'warning: ' if m == 'warning' else ''}{m}" for m in ("debug", "info", "warning") if m in shown
+    ]
     assert capsys.readouterr().err.splitlines() == expected
     assert logging.getLogger("patseg").handlers == []  # restored after the command
 
@@ -128,12 +148,15 @@ def test_no_command_prints_help(capsys):
     assert "COMMAND" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("items, message", [
-    (["pat.vmff=false"], "'pat.vmff'"),
-    (["pat.vmf=1"], "'pat.vmf' must be true or false"),
-    (["pat.vmf"], "'pat.vmf' is not KEY=VALUE"),
-    (["pat.stage_scales=[4,4"], "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["pat.vmff=false"], "'pat.vmff'"),
+        (["pat.vmf=1"], "'pat.vmf' must be true or false"),
+        (["pat.vmf"], "'pat.vmf' is not KEY=VALUE"),
+        (["pat.stage_scales=[4,4"], "not valid YAML"),
+    ],
+)
 def test_set_errors_name_the_key(capsys, items, message):
     assert main(["info", "pat_tiny", "--set", *items]) == 2
     err = capsys.readouterr().err
@@ -144,8 +167,21 @@ def test_set_is_repeatable_and_reaches_the_model(capsys):
     from patseg.build import build_model
     from patseg.models.introspect import parameter_breakdown
 
-    assert main(["info", "pat_tiny", "--json", "--set", "pat.token_mixer=false",
-                 "--set", "pat.stage_scales=[4,4,4]", "loss.vq_weight=1e-4"]) == 0
+    assert (
+        main(
+            [
+                "info",
+                "pat_tiny",
+                "--json",
+                "--set",
+                "pat.token_mixer=false",
+                "--set",
+                "pat.stage_scales=[4,4,4]",
+                "loss.vq_weight=1e-4",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     overrides = {"pat.token_mixer": False, "pat.stage_scales": [4, 4, 4]}
     expected = parameter_breakdown(build_model("pat_tiny", overrides=overrides), depth=2)

@@ -1,4 +1,5 @@
 """`patseg segment`, `info`, `tokenize`/`detokenize` and `visualize` end to end on tiny models."""
+
 import json
 
 import numpy as np
@@ -6,9 +7,9 @@ import pytest
 from PIL import Image
 
 from patseg.build import build_model
-from patseg.weights.files import save_weights
 from patseg.cli import main
 from patseg.tokenizer import load_pyramids
+from patseg.weights.files import save_weights
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,20 @@ def test_segment_all_modes_and_reports_broken_file(tmp_path, pat_weights, capsys
     src.mkdir()
     _write_images(src)
     out = tmp_path / "out"
-    code = main(["segment", str(src), "--vocab", "sky, tree,road", "--weights", str(pat_weights),
-                 "--out", str(out), "--short-side", "64"])
+    code = main(
+        [
+            "segment",
+            str(src),
+            "--vocab",
+            "sky, tree,road",
+            "--weights",
+            str(pat_weights),
+            "--out",
+            str(out),
+            "--short-side",
+            "64",
+        ]
+    )
     assert code == 1  # one image failed
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "not a readable image" in err
@@ -59,11 +72,31 @@ def test_segment_all_modes_and_reports_broken_file(tmp_path, pat_weights, capsys
 def test_segment_errors_are_one_line(tmp_path, capsys):
     code = main(["segment", str(tmp_path / "x.jpg"), "--vocab", "a", "--out", str(tmp_path)])
     assert code == 2 and "give --preset" in capsys.readouterr().err
-    code = main(["segment", str(tmp_path / "x.jpg"), "--vocab-file", str(tmp_path / "none.txt"),
-                 "--preset", "san_tiny", "--out", str(tmp_path)])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "x.jpg"),
+            "--vocab-file",
+            str(tmp_path / "none.txt"),
+            "--preset",
+            "san_tiny",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and "none.txt" in capsys.readouterr().err
-    code = main(["segment", str(tmp_path / "x.jpg"), "--vocab", "a", "--weights", str(tmp_path / "w.safetensors"),
-                 "--out", str(tmp_path)])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "x.jpg"),
+            "--vocab",
+            "a",
+            "--weights",
+            str(tmp_path / "w.safetensors"),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "w.safetensors" in err and "Traceback" not in err
 
@@ -81,8 +114,23 @@ def test_info_json_counts(capsys):
 def test_tokenize_detokenize_round_trip(tmp_path, pat_weights):
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     tokens = tmp_path / "t.npz"
-    assert main(["tokenize", str(tmp_path / "a.png"), "--weights", str(pat_weights), "--size", "64",
-                 "--set", "loss.vq_weight=0.5", "--out", str(tokens)]) == 0
+    assert (
+        main(
+            [
+                "tokenize",
+                str(tmp_path / "a.png"),
+                "--weights",
+                str(pat_weights),
+                "--size",
+                "64",
+                "--set",
+                "loss.vq_weight=0.5",
+                "--out",
+                str(tokens),
+            ]
+        )
+        == 0
+    )
     with np.load(tokens, allow_pickle=False) as data:
         assert data["0/early"].shape == (1, 8, 12) and data["0/late"].shape == (1, 2, 3)
         assert data["0/latent"].shape == (1, 4, 6)
@@ -105,8 +153,23 @@ def test_pat_only_commands_refuse_san(tmp_path, capsys, command):
 
 def test_visualize_writes_stage_figures(tmp_path, pat_weights):
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "v.png")
-    assert main(["visualize", str(tmp_path / "v.png"), "--weights", str(pat_weights), "--size", "64",
-                 "--clusters", "3", "--out", str(tmp_path / "viz")]) == 0
+    assert (
+        main(
+            [
+                "visualize",
+                str(tmp_path / "v.png"),
+                "--weights",
+                str(pat_weights),
+                "--size",
+                "64",
+                "--clusters",
+                "3",
+                "--out",
+                str(tmp_path / "viz"),
+            ]
+        )
+        == 0
+    )
     for stage in ("early", "mid", "late"):
         assert (tmp_path / "viz" / f"{stage}.png").is_file()
         codes = np.asarray(Image.open(tmp_path / "viz" / f"codes_{stage}.png"))

@@ -96,8 +96,7 @@ def test_items_png_and_uint16_tiff(tmp_path, monkeypatch):
     extra = tmp_path / DATASETS["voc_20"].splits["val"].image_dir / "2007_999999.jpg"
     Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(extra)
     with pytest.warns(UserWarning) as record:
-        voc = SemSegDataset("voc_20", transform=lambda im, lab: (resize_image(im, (12, 16)), lab),
-                            allow_partial=True)
+        voc = SemSegDataset("voc_20", transform=lambda im, lab: (resize_image(im, (12, 16)), lab), allow_partial=True)
     assert "no label" not in str(record[0].message)
     item = voc[0]
     assert item["image"].shape == (3, 12, 16)

@@ -1,4 +1,5 @@
 """`patseg prepare` on tiny fake downloads in the official formats; labels are checked pixel by pixel."""
+
 import json
 
 import numpy as np

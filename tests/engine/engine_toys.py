@@ -1,4 +1,5 @@
 """A toy model, dataset and launcher that implement the interface the trainer drives (tests only)."""
+
 from __future__ import annotations
 
 import os
@@ -36,15 +37,19 @@ class ToyModel(nn.Module):
         ids = torch.tensor([sum(map(ord, n)) % 16 for n in class_names], device=self.text.weight.device)
         return F.normalize(self.text(ids), dim=-1)
 
-    def training_losses(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *,
-                        ignore_index: int) -> StepOutput:
+    def training_losses(
+        self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *, ignore_index: int
+    ) -> StepOutput:
         x = self.proj(self.drop(F.gelu(self.norm(self.conv(images)))))  # (B, D, H, W)
         logits = torch.einsum("bdhw,cd->bchw", x + self.bg_embed[:, None, None], class_embeddings) * 4.0
         self.steps_seen += 1
-        losses = {"loss_ce": F.cross_entropy(logits, labels, ignore_index=ignore_index),
-                  "loss_reg": 0.01 * x.pow(2).mean()}
-        return StepOutput(losses=losses, stats={"mean_act": float(x.detach().mean())},
-                          visuals={"pred": logits.argmax(1)})
+        losses = {
+            "loss_ce": F.cross_entropy(logits, labels, ignore_index=ignore_index),
+            "loss_reg": 0.01 * x.pow(2).mean(),
+        }
+        return StepOutput(
+            losses=losses, stats={"mean_act": float(x.detach().mean())}, visuals={"pred": logits.argmax(1)}
+        )
 
 
 class ToyDataset(Dataset):
@@ -81,8 +86,9 @@ def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict) -> None:
     from patseg.engine.train_config import train_config_from_dict
     from patseg.engine.trainer import train
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     torch.manual_seed(rank)  # different inits per rank: DDP must broadcast rank 0's
     train(train_config_from_dict(cfg_dict), ToyModel(), ToyDataset(), CLASS_NAMES, collate_fn=collate)

@@ -1,4 +1,5 @@
 """Safe checkpoints: round trip, refusal of pickles and tampering (d), atomic writes and pruning (h)."""
+
 import json
 import pickle
 import shutil
@@ -19,17 +20,26 @@ def _trained(dim=8, steps=2, seed=0):
     opt = torch.optim.AdamW(build_param_groups(model, 1e-4), lr=1e-2)
     for _ in range(steps):
         opt.zero_grad()
-        out = model.training_losses(torch.rand(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4)),
-                                    model.encode_vocabulary(["a", "b", "c"]), ignore_index=255)
+        out = model.training_losses(
+            torch.rand(2, 3, 4, 4),
+            torch.randint(0, 3, (2, 4, 4)),
+            model.encode_vocabulary(["a", "b", "c"]),
+            ignore_index=255,
+        )
         out.total.backward()
         opt.step()
     return model, opt
 
 
 def _state(iteration=2):
-    return C.TrainState(iteration=iteration, sampler_position=8 * iteration,
-                        schedule=PolySchedule(1e-2, 10).state_dict(), scaler=None,
-                        rng=[C.capture_rng_state()], config={"note": "test"})
+    return C.TrainState(
+        iteration=iteration,
+        sampler_position=8 * iteration,
+        schedule=PolySchedule(1e-2, 10).state_dict(),
+        scaler=None,
+        rng=[C.capture_rng_state()],
+        config={"note": "test"},
+    )
 
 
 def _snapshot(model):
@@ -73,6 +83,7 @@ def test_rng_state_round_trip():
     import random
 
     import numpy as np
+
     state = json.loads(json.dumps(C.capture_rng_state()))
     expected = (random.random(), np.random.rand(), torch.rand(3))
     C.restore_rng_state(state)
@@ -133,14 +144,17 @@ def _tamper_state(folder, edit):
     path.write_text(json.dumps(record))
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda r: r.update(extra=1), "unexpected keys"),
-    (lambda r: r.pop("rng"), "missing keys"),
-    (lambda r: r.update(iteration="7"), "'iteration' has the wrong type"),
-    (lambda r: r.update(iteration=True), "'iteration' has the wrong type"),
-    (lambda r: r.update(format="detectron2"), "format"),
-    (lambda r: r.update(version=99), "version"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: r.update(extra=1), "unexpected keys"),
+        (lambda r: r.pop("rng"), "missing keys"),
+        (lambda r: r.update(iteration="7"), "'iteration' has the wrong type"),
+        (lambda r: r.update(iteration=True), "'iteration' has the wrong type"),
+        (lambda r: r.update(format="detectron2"), "format"),
+        (lambda r: r.update(version=99), "version"),
+    ],
+)
 def test_tampered_state_is_refused(tmp_path, edit, message):
     folder = C.save_checkpoint(tmp_path, *_trained(), _state())
     _tamper_state(folder, edit)

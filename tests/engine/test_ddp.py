@@ -1,4 +1,5 @@
 """Two gloo processes on CPU train to the same parameters as one process with the same global batch (a)."""
+
 import torch
 import torch.multiprocessing as mp
 from engine_toys import CLASS_NAMES, ToyDataset, ToyModel, collate, ddp_worker, free_port
@@ -14,9 +15,13 @@ ATOL, RTOL = 2e-6, 1e-5
 
 
 def _cfg_dict(out, grad_accum):
-    return {"output_dir": str(out), "data": {"workers": 0},
-            "solver": {"iters": 4, "batch_size": 4, "grad_accum": grad_accum, "lr": 1e-3},
-            "checkpoint": {"period": 4}, "log": {"period": 2, "image_period": 100}}
+    return {
+        "output_dir": str(out),
+        "data": {"workers": 0},
+        "solver": {"iters": 4, "batch_size": 4, "grad_accum": grad_accum, "lr": 1e-3},
+        "checkpoint": {"period": 4},
+        "log": {"period": 2, "image_period": 100},
+    }
 
 
 def test_two_process_ddp_matches_single_process(tmp_path):
@@ -25,8 +30,13 @@ def test_two_process_ddp_matches_single_process(tmp_path):
 
     torch.manual_seed(0)  # rank 0's init, which DDP broadcast
     init = ToyModel()
-    single = train(train_config_from_dict(_cfg_dict(tmp_path / "single", grad_accum=1)), init,
-                   ToyDataset(), CLASS_NAMES, collate_fn=collate)
+    single = train(
+        train_config_from_dict(_cfg_dict(tmp_path / "single", grad_accum=1)),
+        init,
+        ToyDataset(),
+        CLASS_NAMES,
+        collate_fn=collate,
+    )
 
     ddp_ckpt = tmp_path / "ddp" / "ckpt_0000004"
     a, b = load_file(ddp_ckpt / "model.safetensors"), load_file(single.checkpoint / "model.safetensors")

@@ -1,4 +1,5 @@
 """Poly learning rate (g) and AdamW parameter groups (f)."""
+
 import itertools
 import math
 
@@ -75,8 +76,19 @@ def test_param_groups_split_norms_and_embeddings():
     decay = {n for n, _ in by_name["decay"]["params"]}
     no_decay = {n for n, _ in by_name["no_decay"]["params"]}
     assert decay == {"fc.weight", "fc.bias"}
-    assert no_decay == {"ln.weight", "ln.bias", "gn.weight", "gn.bias", "bn.weight", "bn.bias", "pos_embed",
-                        "query_embed.weight", "positional_embedding", "codebook", "bg_embed"}
+    assert no_decay == {
+        "ln.weight",
+        "ln.bias",
+        "gn.weight",
+        "gn.bias",
+        "bn.weight",
+        "bn.bias",
+        "pos_embed",
+        "query_embed.weight",
+        "positional_embedding",
+        "codebook",
+        "bg_embed",
+    }
     decay_order = [n for n, _ in by_name["decay"]["params"]]
     opt = torch.optim.AdamW(groups, lr=1.0)  # (AdamW rewrites the group dicts in place)
     assert opt.param_groups[0]["param_names"] == decay_order

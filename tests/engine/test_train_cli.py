@@ -1,4 +1,5 @@
 """A 30-step pat_tiny run through `patseg train` on a generated dataset, then `patseg eval` (mIoU, rFID) on it."""
+
 import json
 import sys
 import types
@@ -53,11 +54,27 @@ def test_train_30_steps_then_eval(tmp_path, data_root, capsys):
     init = build_model("pat_tiny")
     save_weights(init, tmp_path / "init.safetensors")
     out = tmp_path / "run"
-    args = ["train", "--set", "model.preset=pat_tiny", f"model.weights={tmp_path / 'init.safetensors'}",
-            f"data.root={data_root}", "data.allow_partial=true", "data.crop_size=64", "data.workers=0",
-            "solver.iters=30", "solver.batch_size=4", "solver.lr=1e-3", "solver.grad_clip=1.0",
-            "checkpoint.period=15", "log.period=5", "log.image_period=15", "eval.period=1000", "eval.datasets=[]",
-            f"output_dir={out}", "--resume"]
+    args = [
+        "train",
+        "--set",
+        "model.preset=pat_tiny",
+        f"model.weights={tmp_path / 'init.safetensors'}",
+        f"data.root={data_root}",
+        "data.allow_partial=true",
+        "data.crop_size=64",
+        "data.workers=0",
+        "solver.iters=30",
+        "solver.batch_size=4",
+        "solver.lr=1e-3",
+        "solver.grad_clip=1.0",
+        "checkpoint.period=15",
+        "log.period=5",
+        "log.image_period=15",
+        "eval.period=1000",
+        "eval.datasets=[]",
+        f"output_dir={out}",
+        "--resume",
+    ]
     assert main(args) == 0
     assert f"patseg: no checkpoint in {out}: starting from iteration 0" in capsys.readouterr().err  # INFO shows
     records = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -71,8 +88,22 @@ def test_train_30_steps_then_eval(tmp_path, data_root, capsys):
     assert after < 0.95 * before, (before, after)  # deterministic: same batch, same sampled points
 
     capsys.readouterr()
-    code = main(["eval", "--weights", str(ckpt), "--datasets", "coco_stuff_171", "--root", str(data_root),
-                 "--allow-partial", "--short-side", "64", "--out", str(tmp_path / "res")])
+    code = main(
+        [
+            "eval",
+            "--weights",
+            str(ckpt),
+            "--datasets",
+            "coco_stuff_171",
+            "--root",
+            str(data_root),
+            "--allow-partial",
+            "--short-side",
+            "64",
+            "--out",
+            str(tmp_path / "res"),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "COCO-171" in printed and "mIoU_gt_or_pred" in printed
@@ -84,22 +115,56 @@ def test_train_from_a_san_checkpoint_logs_what_it_loaded(tmp_path, data_root, ca
     san = tmp_path / "san_tiny.safetensors"
     save_weights(build_model("san_tiny"), san)
     out = tmp_path / "run"
-    assert main(["train", "--set", "model.preset=pat_tiny", f"model.init_from={san}", f"data.root={data_root}",
-                 "data.allow_partial=true", "data.crop_size=64", "data.workers=0", "solver.iters=1",
-                 "solver.batch_size=2", "eval.datasets=[]", f"output_dir={out}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--set",
+                "model.preset=pat_tiny",
+                f"model.init_from={san}",
+                f"data.root={data_root}",
+                "data.allow_partial=true",
+                "data.crop_size=64",
+                "data.workers=0",
+                "solver.iters=1",
+                "solver.batch_size=2",
+                "eval.datasets=[]",
+                f"output_dir={out}",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"patseg: init_from {san}: loaded" in err and "pixel_branch" in err  # the fresh modules are named
     assert "model:\n  preset: pat_tiny" in (out / "config.yaml").read_text()
     assert f"init_from: {san}" in (out / "config.yaml").read_text()
-    assert main(["-q", "train", "--set", "model.preset=pat_tiny", f"model.init_from={san}", f"data.root={data_root}",
-                 "data.allow_partial=true", "data.crop_size=64", "data.workers=0", "solver.iters=1",
-                 "solver.batch_size=2", "eval.datasets=[]", f"output_dir={tmp_path / 'quiet'}"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--set",
+                "model.preset=pat_tiny",
+                f"model.init_from={san}",
+                f"data.root={data_root}",
+                "data.allow_partial=true",
+                "data.crop_size=64",
+                "data.workers=0",
+                "solver.iters=1",
+                "solver.batch_size=2",
+                "eval.datasets=[]",
+                f"output_dir={tmp_path / 'quiet'}",
+            ]
+        )
+        == 0
+    )
     assert "init_from" not in capsys.readouterr().err  # -q: warnings and errors only
 
 
 def test_train_refuses_missing_data_root(tmp_path, capsys):
-    code = main(["train", "--set", "model.preset=san_tiny", f"data.root={tmp_path / 'nowhere'}",
-                 f"output_dir={tmp_path}"])
+    code = main(
+        ["train", "--set", "model.preset=san_tiny", f"data.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path}"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "nowhere" in err and "Traceback" not in err
 
@@ -108,27 +173,48 @@ def test_train_refuses_missing_clip_weights(tmp_path, capsys):
     code = main(["train", "--set", "model.preset=san_vitb16", f"output_dir={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2 and "--clip-weights FILE" in err and "'ViT-B-16'" in err
-    code = main(["train", "--set", "model.preset=san_vitb16", f"output_dir={tmp_path}",
-                 "--clip-weights", str(tmp_path / "ViT-B-16.bin")])
+    code = main(
+        [
+            "train",
+            "--set",
+            "model.preset=san_vitb16",
+            f"output_dir={tmp_path}",
+            "--clip-weights",
+            str(tmp_path / "ViT-B-16.bin"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "ViT-B-16.bin" in err and "Traceback" not in err
 
 
 def test_train_refuses_missing_lpips_weights(tmp_path, data_root, capsys):
-    code = main(["train", "--set", "model.preset=pat_tiny", "loss.perceptual_weight=0.1", f"data.root={data_root}",
-                 f"output_dir={tmp_path}", "--lpips-weights", str(tmp_path / "vgg16-397923af.pth")])
+    code = main(
+        [
+            "train",
+            "--set",
+            "model.preset=pat_tiny",
+            "loss.perceptual_weight=0.1",
+            f"data.root={data_root}",
+            f"output_dir={tmp_path}",
+            "--lpips-weights",
+            str(tmp_path / "vgg16-397923af.pth"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "vgg16-397923af.pth" in err and "Traceback" not in err
     assert not (tmp_path / "config.yaml").exists()  # refused before training started
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "solver.lrr=1"], "'solver.lrr'"),
-    (["--set", "model.preset=pat_tiny", "pat.vmff=false"], "'pat.vmff'"),
-    (["--set", "solverr.lr=1"], "training keys start with"),
-    (["--set", "solver.iters"], "'solver.iters' is not KEY=VALUE"),
-    (["solver.iters=10"], "assignments go after --set: patseg train [CONFIG] --set solver.iters=10"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "solver.lrr=1"], "'solver.lrr'"),
+        (["--set", "model.preset=pat_tiny", "pat.vmff=false"], "'pat.vmff'"),
+        (["--set", "solverr.lr=1"], "training keys start with"),
+        (["--set", "solver.iters"], "'solver.iters' is not KEY=VALUE"),
+        (["solver.iters=10"], "assignments go after --set: patseg train [CONFIG] --set solver.iters=10"),
+    ],
+)
 def test_train_config_errors_are_one_line(args, message, capsys):
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err
@@ -141,13 +227,32 @@ class FakeRFID:
     def __init__(self):
         self.calls = []
 
-    def reconstruction_fid(self, model, dataset, *, inception_weights, short_side=640, crop=640, limit=None,
-                           batch_size=4, progress=True, device=None):
+    def reconstruction_fid(
+        self,
+        model,
+        dataset,
+        *,
+        inception_weights,
+        short_side=640,
+        crop=640,
+        limit=None,
+        batch_size=4,
+        progress=True,
+        device=None,
+    ):
         from patseg.evaluation.fid import RFIDResult
 
-        self.calls.append({"preset": model.config.name, "dataset": dataset.spec.name, "split": dataset.split,
-                           "inception_weights": inception_weights, "short_side": short_side, "crop": crop,
-                           "limit": limit})
+        self.calls.append(
+            {
+                "preset": model.config.name,
+                "dataset": dataset.spec.name,
+                "split": dataset.split,
+                "inception_weights": inception_weights,
+                "short_side": short_side,
+                "crop": crop,
+                "limit": limit,
+            }
+        )
         return RFIDResult(fid=12.5 + len(self.calls), num_images=min(limit or len(dataset), len(dataset)))
 
 
@@ -164,15 +269,41 @@ def test_eval_rfid_is_printed_and_stored(tmp_path, data_root, fake_rfid, capsys)
     weights = save_weights(build_model("pat_tiny"), tmp_path / "pat.safetensors")
     inception = tmp_path / "pt_inception.pth"
     inception.write_bytes(b"stand-in")
-    code = main(["eval", "--weights", str(weights), str(weights), "--seeds", "3", "4", "--datasets", "",
-                 "--root", str(data_root), "--allow-partial", "--short-side", "64", "--rfid",
-                 "--inception-weights", str(inception),
-                 "--out", str(tmp_path / "res")])
+    code = main(
+        [
+            "eval",
+            "--weights",
+            str(weights),
+            str(weights),
+            "--seeds",
+            "3",
+            "4",
+            "--datasets",
+            "",
+            "--root",
+            str(data_root),
+            "--allow-partial",
+            "--short-side",
+            "64",
+            "--rfid",
+            "--inception-weights",
+            str(inception),
+            "--out",
+            str(tmp_path / "res"),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "pat_tiny (seed 3): rFID = 13.50 (N = 3)" in printed and "pat_tiny (seed 4): rFID = 14.50 (N = 3)" in printed
-    assert fake_rfid.calls[0] == {"preset": "pat_tiny", "dataset": "coco_stuff_171", "split": "val",
-                                  "inception_weights": str(inception), "short_side": 64, "crop": 64, "limit": None}
+    assert fake_rfid.calls[0] == {
+        "preset": "pat_tiny",
+        "dataset": "coco_stuff_171",
+        "split": "val",
+        "inception_weights": str(inception),
+        "short_side": 64,
+        "crop": 64,
+        "limit": None,
+    }
     record = json.loads((tmp_path / "res_seed4.json").read_text())
     assert record["rfid"] == {"value": 14.5, "num_images": 3}
     rfid = json.loads((tmp_path / "res.json").read_text())["mIoU"]["rows"][0]["rfid"]

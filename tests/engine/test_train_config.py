@@ -1,4 +1,5 @@
 """Training config: YAML + ``--set`` assignments (training keys and model keys), with errors that name the key."""
+
 import pytest
 
 from patseg.config import ConfigError, parse_assignments
@@ -26,8 +27,10 @@ def test_defaults_follow_the_paper_recipe():
 
 def test_yaml_file_and_overrides(tmp_path):
     path = tmp_path / "cfg.yaml"
-    path.write_text("solver:\n  lr: 2e-4\n  amp: fp16\nmodel:\n  preset: san_vitb16\n  overrides:\n"
-                    "    pat: {vmf: false}\neval:\n  datasets: [ade20k_150]\n")
+    path.write_text(
+        "solver:\n  lr: 2e-4\n  amp: fp16\nmodel:\n  preset: san_vitb16\n  overrides:\n"
+        "    pat: {vmf: false}\neval:\n  datasets: [ade20k_150]\n"
+    )
     cfg = load(path, "solver.iters=10", "log.period=5", "model.overrides.pat.kappa=20", "output_dir=/tmp/x y")
     assert cfg.solver.lr == 2e-4 and isinstance(cfg.solver.lr, float)  # "2e-4" is a float, not a string
     assert (cfg.solver.amp, cfg.solver.iters, cfg.log.period) == ("fp16", 10, 5)
@@ -43,41 +46,63 @@ def test_yaml_file_and_overrides(tmp_path):
 def test_model_keys_join_the_yaml_overrides(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text("model:\n  preset: pat_tiny\n  overrides:\n    pat: {vmf: false, kappa: 20}\n")
-    cfg = load(path, "pat.kappa=10", "loss.vq_weight=1e-4", "pat.stage_scales=[4,4,4]", "solver.iters=7",
-               "model.clip_weights=ViT-B-16.bin", "model.lpips_weights=vgg.pth")
-    assert cfg.model.overrides == {"pat.vmf": False, "pat.kappa": 10, "loss.vq_weight": 1e-4,
-                                   "pat.stage_scales": [4, 4, 4]}  # the command line wins over the YAML
+    cfg = load(
+        path,
+        "pat.kappa=10",
+        "loss.vq_weight=1e-4",
+        "pat.stage_scales=[4,4,4]",
+        "solver.iters=7",
+        "model.clip_weights=ViT-B-16.bin",
+        "model.lpips_weights=vgg.pth",
+    )
+    assert cfg.model.overrides == {
+        "pat.vmf": False,
+        "pat.kappa": 10,
+        "loss.vq_weight": 1e-4,
+        "pat.stage_scales": [4, 4, 4],
+    }  # the command line wins over the YAML
     assert (cfg.solver.iters, cfg.model.clip_weights, cfg.model.lpips_weights) == (7, "ViT-B-16.bin", "vgg.pth")
     mc = model_config(cfg)
     assert (mc.pat.vmf, mc.pat.kappa, mc.pat.stage_scales, mc.loss.vq_weight) == (False, 10.0, (4, 4, 4), 1e-4)
 
 
 def test_assignments_are_routed_by_their_first_part():
-    keys = split_assignments({"solver.lr": 1.0, "output_dir": "o", "model.preset": "p", "pat.vmf": False,
-                              "model.overrides.side.depth": 3, "clip.taps": [0]})
+    keys = split_assignments(
+        {
+            "solver.lr": 1.0,
+            "output_dir": "o",
+            "model.preset": "p",
+            "pat.vmf": False,
+            "model.overrides.side.depth": 3,
+            "clip.taps": [0],
+        }
+    )
     assert keys.train == {"solver.lr": 1.0, "output_dir": "o", "model.preset": "p"}
     assert keys.model == {"pat.vmf": False, "side.depth": 3, "clip.taps": [0]}
     with pytest.raises(ConfigError, match="'solverr.lr'.*training keys start with.*solver.*model keys with.*pat"):
         split_assignments({"solverr.lr": 1})
 
 
-@pytest.mark.parametrize("override, key", [
-    ("solver.lrr=1", "solver.lrr"),
-    ("bogus=1", "bogus"),
-    ("solver.iters=abc", "solver.iters"),
-    ("solver.iters=1.5", "solver.iters"),
-    ("checkpoint.include_frozen=1", "checkpoint.include_frozen"),
-    ("solver.amp=fp8", "solver.amp"),
-    ("log.period=0", "log.period"),
-    ("solver.lr=-1", "solver.lr"),
-    ("eval.datasets=ade", "eval.datasets"),
-    ("model.overrides=3", "model.overrides"),
-    ("pat.vmff=false", "pat.vmff"),  # model keys are checked against the preset when the config is loaded
-    ("model.overrides.loss.vq=1", "loss.vq"),
-    ("pat.vmf=1", "pat.vmf"),
-    ("model.lpips_weights=3", "model.lpips_weights"),
-    ("eval.limit=some", "eval.limit"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("solver.lrr=1", "solver.lrr"),
+        ("bogus=1", "bogus"),
+        ("solver.iters=abc", "solver.iters"),
+        ("solver.iters=1.5", "solver.iters"),
+        ("checkpoint.include_frozen=1", "checkpoint.include_frozen"),
+        ("solver.amp=fp8", "solver.amp"),
+        ("log.period=0", "log.period"),
+        ("solver.lr=-1", "solver.lr"),
+        ("eval.datasets=ade", "eval.datasets"),
+        ("model.overrides=3", "model.overrides"),
+        ("pat.vmff=false", "pat.vmff"),  # model keys are checked against the preset when the config is loaded
+        ("model.overrides.loss.vq=1", "loss.vq"),
+        ("pat.vmf=1", "pat.vmf"),
+        ("model.lpips_weights=3", "model.lpips_weights"),
+        ("eval.limit=some", "eval.limit"),
+    ],
+)
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         load(None, "model.preset=pat_tiny", override)

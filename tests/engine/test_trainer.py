@@ -1,4 +1,5 @@
 """The train loop: bitwise kill-and-resume (b), poisoned-optimizer resume (c), accumulation, logging, errors."""
+
 import json
 
 import pytest
@@ -19,9 +20,16 @@ class _Killed(Exception):
 
 def _cfg(out, **solver):
     solver = {"iters": 6, "batch_size": 4, "grad_accum": 2, "lr": 1e-2, **solver}
-    return train_config_from_dict({"output_dir": str(out), "solver": solver, "data": {"workers": 0},
-                                   "checkpoint": {"period": 3, "keep_last": 5},
-                                   "log": {"period": 1, "image_period": 2}, "eval": {"period": 3}})
+    return train_config_from_dict(
+        {
+            "output_dir": str(out),
+            "solver": solver,
+            "data": {"workers": 0},
+            "checkpoint": {"period": 3, "keep_last": 5},
+            "log": {"period": 1, "image_period": 2},
+            "eval": {"period": 3},
+        }
+    )
 
 
 def _noisy_eval(model, iteration):
@@ -34,6 +42,7 @@ def _kill_at(k):
         if iteration == k:
             raise _Killed
         return {}
+
     return evaluate
 
 
@@ -41,8 +50,15 @@ def _run(out, *, workers=0, evaluate=_noisy_eval, resume=False, model_seed=0, **
     cfg = _cfg(out, **solver)
     cfg.data.workers = workers
     torch.manual_seed(model_seed)
-    return train(cfg, ToyModel(dropout=0.2), ToyDataset(augment=True, ignore=True), CLASS_NAMES,
-                 evaluate=evaluate, resume=resume, collate_fn=collate)
+    return train(
+        cfg,
+        ToyModel(dropout=0.2),
+        ToyDataset(augment=True, ignore=True),
+        CLASS_NAMES,
+        evaluate=evaluate,
+        resume=resume,
+        collate_fn=collate,
+    )
 
 
 def _tensors(folder):
@@ -116,7 +132,8 @@ def test_logs_every_term_and_images(tmp_path):
     train_lines = [x for x in lines if "lr" in x]
     assert [x["iteration"] for x in train_lines] == [1, 2, 3, 4, 5, 6]
     assert {"loss/loss_ce", "loss/loss_reg", "loss/total", "stats/mean_act", "grad_norm", "time/iter"} <= set(
-        train_lines[0])
+        train_lines[0]
+    )
     assert [x["lr"] for x in train_lines] == pytest.approx([poly_lr(1e-2, i, 6) for i in range(6)])
     last = train_lines[-1]
     assert last["loss/total"] == pytest.approx(last["loss/loss_ce"] + last["loss/loss_reg"])
@@ -145,5 +162,11 @@ def test_non_finite_loss_stops_training(tmp_path):
 
 def test_eval_metrics_must_be_numbers(tmp_path):
     with pytest.raises(TypeError, match="per_class"):
-        train(_cfg(tmp_path, iters=3), ToyModel(), ToyDataset(), CLASS_NAMES, collate_fn=collate,
-              evaluate=lambda m, i: {"per_class": [1.0, 2.0]})
+        train(
+            _cfg(tmp_path, iters=3),
+            ToyModel(),
+            ToyDataset(),
+            CLASS_NAMES,
+            collate_fn=collate,
+            evaluate=lambda m, i: {"per_class": [1.0, 2.0]},
+        )

@@ -5,6 +5,7 @@ Inception3 with 1008 classes and no aux head) stands in. On CPU the network cost
 the 2048-d metric's ``compute`` (eigenvalues of a 2048 x 2048 product) several seconds, so the fast tests use a few
 images and the 64-d first-pool features (``fast_fid``); the slow ones run pool3, in one process and in two.
 """
+
 from __future__ import annotations
 
 import socket
@@ -73,8 +74,9 @@ def naive_fid(a: np.ndarray, b: np.ndarray) -> float:
     return float(mean_term + (xa**2).sum() / na + (xb**2).sum() / nb - 2 * trace_root)
 
 
-def test_random_weights_load_without_network(inception_weights: Path, monkeypatch: pytest.MonkeyPatch,
-                                             fast_fid: None) -> None:
+def test_random_weights_load_without_network(
+    inception_weights: Path, monkeypatch: pytest.MonkeyPatch, fast_fid: None
+) -> None:
     import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
     def refuse(*args, **kwargs):
@@ -89,8 +91,9 @@ def test_random_weights_load_without_network(inception_weights: Path, monkeypatc
     assert set(loaded) == set(saved)
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
     # the resize is TensorFlow's (as torch-fidelity's reference extractor), not torchmetrics' antialiased default
-    reference = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["64"],
-                                                feature_extractor_weights_path=str(inception_weights))
+    reference = tfi.FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["64"], feature_extractor_weights_path=str(inception_weights)
+    )
     images = smooth_images(2, 72, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(metric.inception(images), reference(images)[0], rtol=1e-5, atol=1e-5)
@@ -119,8 +122,9 @@ def test_missing_or_foreign_weights_are_refused(tmp_path: Path, pat_tiny) -> Non
         inception_fid(tmp_path / "missing.pth")
     dataset = [{"image": smooth_images(1, 32, seed=i)[0]} for i in range(2)]
     with pytest.raises(MissingFileError, match="missing.pth"):
-        reconstruction_fid(pat_tiny, dataset, inception_weights=str(tmp_path / "missing.pth"), short_side=32,
-                           crop=32, progress=False)
+        reconstruction_fid(
+            pat_tiny, dataset, inception_weights=str(tmp_path / "missing.pth"), short_side=32, crop=32, progress=False
+        )
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="fc.weight"):
         inception_fid(tmp_path / "other.pth")
@@ -163,8 +167,16 @@ def image_dataset(count: int) -> list[dict[str, torch.Tensor]]:
 def test_reconstruction_fid_on_pat_tiny(inception_weights: Path, pat_tiny, fast_fid: None) -> None:
     dataset = image_dataset(4)
     pat_tiny.train()
-    result = reconstruction_fid(pat_tiny, dataset, inception_weights=str(inception_weights), short_side=32, crop=32,
-                                limit=3, batch_size=2, progress=False)
+    result = reconstruction_fid(
+        pat_tiny,
+        dataset,
+        inception_weights=str(inception_weights),
+        short_side=32,
+        crop=32,
+        limit=3,
+        batch_size=2,
+        progress=False,
+    )
     assert isinstance(result, RFIDResult) and result.num_images == 3
     assert np.isfinite(result.fid) and result.fid > 0  # a random model reconstructs poorly
     assert pat_tiny.training  # the mode is restored
@@ -183,22 +195,27 @@ def _rfid_worker(rank: int, init_file: str, weights: str, model_file: str, out_f
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     model = build_model("pat_tiny")
     model.load_state_dict(torch.load(model_file, weights_only=True))
-    result = reconstruction_fid(model, image_dataset(5), inception_weights=weights, short_side=32, crop=32,
-                                batch_size=2, progress=False)
+    result = reconstruction_fid(
+        model, image_dataset(5), inception_weights=weights, short_side=32, crop=32, batch_size=2, progress=False
+    )
     torch.save(result._asdict(), f"{out_file}.{rank}")
     dist.destroy_process_group()
 
 
 @pytest.mark.slow  # pool3 features: three 2048 x 2048 eigenvalue problems and two process start-ups
-def test_reconstruction_fid_is_the_same_over_two_processes(inception_weights: Path, pat_tiny,
-                                                           tmp_path: Path) -> None:
-    single = reconstruction_fid(pat_tiny, image_dataset(5), inception_weights=str(inception_weights),
-                                short_side=32, crop=32, progress=False)
+def test_reconstruction_fid_is_the_same_over_two_processes(inception_weights: Path, pat_tiny, tmp_path: Path) -> None:
+    single = reconstruction_fid(
+        pat_tiny, image_dataset(5), inception_weights=str(inception_weights), short_side=32, crop=32, progress=False
+    )
     assert single.num_images == 5 and np.isfinite(single.fid) and single.fid > 0
     torch.save(pat_tiny.state_dict(), tmp_path / "pat_tiny.pt")
     out = tmp_path / "result"
-    mp.spawn(_rfid_worker, args=(str(tmp_path / "init"), str(inception_weights), str(tmp_path / "pat_tiny.pt"),
-                                 str(out)), nprocs=2, join=True)
+    mp.spawn(
+        _rfid_worker,
+        args=(str(tmp_path / "init"), str(inception_weights), str(tmp_path / "pat_tiny.pt"), str(out)),
+        nprocs=2,
+        join=True,
+    )
     for rank in range(2):  # every rank saw 2 or 3 images and reports the rFID of all 5
         got = torch.load(f"{out}.{rank}", weights_only=True)
         assert got["num_images"] == 5

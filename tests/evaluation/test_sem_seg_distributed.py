@@ -1,4 +1,5 @@
 """SemSegEvaluator sums its state over processes (two gloo processes on CPU)."""
+
 import numpy as np
 import pytest
 import torch

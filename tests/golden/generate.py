@@ -8,6 +8,7 @@ Regenerate (only after a change that is meant to alter numbers; say why in the c
 
     python tests/golden/generate.py            # writes tests/golden/presets.json
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,12 @@ def deterministic_fill(model: torch.nn.Module) -> None:
 def digest(t: torch.Tensor) -> dict[str, Any]:
     """Shape, sums and the first values of a tensor (float64), enough to catch any numeric change."""
     x = t.detach().double().flatten()
-    return {"shape": list(t.shape), "sum": float(x.sum()), "abs_sum": float(x.abs().sum()),
-            "head": [float(v) for v in x[:6]]}
+    return {
+        "shape": list(t.shape),
+        "sum": float(x.sum()),
+        "abs_sum": float(x.abs().sum()),
+        "head": [float(v) for v in x[:6]],
+    }
 
 
 def image(size: int) -> torch.Tensor:
@@ -72,9 +77,11 @@ def record(name: str) -> dict[str, Any]:
     deterministic_fill(model)
     model.eval()
     emb = class_embeddings(model, list(VOCAB))
-    out: dict[str, Any] = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                           "total": sum(p.numel() for p in model.parameters()),
-                           "text": digest(emb)}
+    out: dict[str, Any] = {
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total": sum(p.numel() for p in model.parameters()),
+        "text": digest(emb),
+    }
     x = image(size)
     with torch.no_grad():
         pred = model(x, emb)

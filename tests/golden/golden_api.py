@@ -1,4 +1,5 @@
 """How the golden generator reaches the library: the only place to adapt when an API is renamed."""
+
 from __future__ import annotations
 
 import torch
@@ -15,6 +16,7 @@ def class_embeddings(model: torch.nn.Module, names: list[str]) -> torch.Tensor:
         return model.encode_vocabulary(names).clone()
 
 
-def training_losses(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                    emb: torch.Tensor) -> dict[str, torch.Tensor]:
+def training_losses(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, emb: torch.Tensor
+) -> dict[str, torch.Tensor]:
     return dict(model.training_losses(images, labels, emb).losses)

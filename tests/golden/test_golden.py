@@ -4,6 +4,7 @@ The tiny presets (forward, reconstruction, codes and training losses) run in the
 presets (forward at 64x64 with deterministic weights) under ``-m slow``. Regenerate with
 ``python tests/golden/generate.py`` only for a change that is meant to alter numbers.
 """
+
 from __future__ import annotations
 
 import json

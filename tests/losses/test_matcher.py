@@ -1,13 +1,20 @@
 """Hungarian matcher against brute-force enumeration and float64 loop references for its costs."""
+
 import itertools
 import math
 
 import pytest
 import torch
-
-from patseg.losses.matcher import (HungarianMatcher, SemSegTarget, assign, pairwise_dice, pairwise_sigmoid_bce,
-                                   targets_from_semseg)
 from test_point_sampling import naive_point_sample  # pytest puts this directory on sys.path
+
+from patseg.losses.matcher import (
+    HungarianMatcher,
+    SemSegTarget,
+    assign,
+    pairwise_dice,
+    pairwise_sigmoid_bce,
+    targets_from_semseg,
+)
 
 
 def brute_force_assignment(cost: torch.Tensor) -> tuple[float, set]:
@@ -15,11 +22,13 @@ def brute_force_assignment(cost: torch.Tensor) -> tuple[float, set]:
     num_queries, num_targets = cost.shape
     best, best_pairs = math.inf, set()
     if num_queries >= num_targets:
-        candidates = (list(zip(rows, range(num_targets)))
-                      for rows in itertools.permutations(range(num_queries), num_targets))
+        candidates = (
+            list(zip(rows, range(num_targets))) for rows in itertools.permutations(range(num_queries), num_targets)
+        )
     else:
-        candidates = (list(zip(range(num_queries), cols))
-                      for cols in itertools.permutations(range(num_targets), num_queries))
+        candidates = (
+            list(zip(range(num_queries), cols)) for cols in itertools.permutations(range(num_targets), num_queries)
+        )
     for pairs in candidates:
         total = sum(cost[q, t].item() for q, t in pairs)
         if total < best:
@@ -83,15 +92,18 @@ def test_cost_matrix_matches_naive_formula():
     for q in range(5):
         for t in range(2):
             bce = sum(naive_bce(pred[q, p].item(), tgt[t, p].item()) for p in range(num_points)) / num_points
-            expected = 5 * bce - 2 * probs[q, target.labels[t]].item() + 5 * naive_dice(pred[q].tolist(),
-                                                                                        tgt[t].tolist())
+            expected = (
+                5 * bce - 2 * probs[q, target.labels[t]].item() + 5 * naive_dice(pred[q].tolist(), tgt[t].tolist())
+            )
             assert cost[q, t].item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
 
 
 def test_matcher_equals_brute_force_on_its_costs():
     logits, masks = torch.randn(2, 5, 4), torch.randn(2, 5, 4, 4)
-    targets = [SemSegTarget(torch.tensor([0, 1, 2]), torch.rand(3, 8, 8) > 0.5),
-               SemSegTarget(torch.tensor([1, 3]), torch.rand(2, 8, 8) > 0.5)]
+    targets = [
+        SemSegTarget(torch.tensor([0, 1, 2]), torch.rand(3, 8, 8) > 0.5),
+        SemSegTarget(torch.tensor([1, 3]), torch.rand(2, 8, 8) > 0.5),
+    ]
     matcher = HungarianMatcher(num_points=32)
     torch.manual_seed(11)
     costs = [matcher.cost_matrix(logits[b], masks[b], targets[b]) for b in range(2)]
@@ -137,12 +149,7 @@ def test_cost_is_float32_under_autocast():
 
 
 def test_targets_from_semseg_hand_made():
-    labels = torch.tensor([[[0, 0, 255],
-                            [3, 3, 0]],
-                           [[255, 255, 255],
-                            [255, 255, 255]],
-                           [[7, 7, 7],
-                            [7, 7, 7]]])
+    labels = torch.tensor([[[0, 0, 255], [3, 3, 0]], [[255, 255, 255], [255, 255, 255]], [[7, 7, 7], [7, 7, 7]]])
     first, second, third = targets_from_semseg(labels, ignore_index=255)
     assert first.labels.tolist() == [0, 3] and first.labels.dtype == torch.int64
     assert first.masks.dtype == torch.bool

@@ -1,5 +1,6 @@
 """PatCriterion: every PAT loss term with its weight against a direct computation, the Table II spatial switch,
 LPIPS preparation, and the losses layer's independence from the models."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,14 @@ def labels() -> torch.Tensor:
 
 
 def criterion(**kwargs) -> PatCriterion:
-    weights = {"vq_weight": 0.3, "spatial_weight": 0.7, "crf_weight": 2.0, "tv_weight": 5.0, "crf_points": 16,
-               "rec_weight": 1.5}
+    weights = {
+        "vq_weight": 0.3,
+        "spatial_weight": 0.7,
+        "crf_weight": 2.0,
+        "tv_weight": 5.0,
+        "crf_points": 16,
+        "rec_weight": 1.5,
+    }
     weights.update(kwargs)
     reconstruction = ReconstructionLoss(l1_weight=0.2, l2_weight=3.0, perceptual_weight=0.0)
     return PatCriterion(set_loss=SetCriterion(num_points=16), reconstruction=reconstruction, **weights)
@@ -40,8 +47,13 @@ def step_inputs() -> dict:
     def pred() -> SimpleNamespace:
         return SimpleNamespace(logits=torch.randn(2, 5, 4), masks=torch.randn(2, 5, 4, 4))
 
-    return {"main": pred(), "aux": {"side3": pred()}, "vq_losses": [torch.rand(()) for _ in range(4)],
-            "stage_codes": [torch.randn(2, 6, s, s) for s in (8, 4, 2)], "reconstruction": torch.rand(2, 3, 32, 32)}
+    return {
+        "main": pred(),
+        "aux": {"side3": pred()},
+        "vq_losses": [torch.rand(()) for _ in range(4)],
+        "stage_codes": [torch.randn(2, 6, s, s) for s in (8, 4, 2)],
+        "reconstruction": torch.rand(2, 3, 32, 32),
+    }
 
 
 def test_every_term_is_weighted_as_documented() -> None:
@@ -49,8 +61,19 @@ def test_every_term_is_weighted_as_documented() -> None:
     images, targets = torch.rand(2, 3, 32, 32), targets_from_semseg(labels(), 255)
     torch.manual_seed(3)
     losses = crit(images, targets, **inputs)
-    assert list(losses) == ["loss_ce", "loss_mask", "loss_dice", "loss_ce_side3", "loss_mask_side3",
-                            "loss_dice_side3", "loss_vq", "loss_spatial", "loss_l1", "loss_l2", "loss_lpips"]
+    assert list(losses) == [
+        "loss_ce",
+        "loss_mask",
+        "loss_dice",
+        "loss_ce_side3",
+        "loss_mask_side3",
+        "loss_dice_side3",
+        "loss_vq",
+        "loss_spatial",
+        "loss_l1",
+        "loss_l2",
+        "loss_lpips",
+    ]
 
     torch.manual_seed(3)  # the set losses draw their points first, as in the forward
     sets = crit.set_loss.sets(inputs["main"], inputs["aux"], targets)
@@ -109,8 +132,10 @@ def test_rec_weight_reaches_lpips() -> None:
 
 
 def test_losses_layer_does_not_import_the_models() -> None:
-    code = ("import sys, patseg.losses, patseg.losses.pat_criterion; "
-            "print(sorted(m for m in sys.modules if m.startswith('patseg.models')))")
+    code = (
+        "import sys, patseg.losses, patseg.losses.pat_criterion; "
+        "print(sorted(m for m in sys.modules if m.startswith('patseg.models')))"
+    )
     src = str(Path(patseg.__file__).parents[1])  # the patseg under test, not another installed copy
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)

@@ -1,4 +1,5 @@
 """point_sample against a float64 bilinear loop; uncertain_point_coords against a replay of its random draws."""
+
 import math
 
 import pytest

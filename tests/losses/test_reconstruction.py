@@ -3,6 +3,7 @@
 LPIPS-VGG construction initialises a full torchvision VGG16 (a few seconds on CPU), so the networks are built once
 per module.
 """
+
 import pytest
 import torch
 import torchvision

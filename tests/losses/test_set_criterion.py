@@ -1,4 +1,5 @@
 """SetCriterion: each loss term against a float64 formula, the whole forward against a replay, and training."""
+
 import math
 from types import SimpleNamespace
 
@@ -81,8 +82,11 @@ def test_forward_equals_its_parts_replayed():
     matched, matched_targets = torch.cat(pred_rows), torch.cat(target_rows)
     assert matched.shape[0] == 4
     coords = uncertain_point_coords(matched.unsqueeze(1), num_points, 2.0, 0.5)
-    bce, dice = naive_mask_losses(naive_point_sample(matched.unsqueeze(1), coords)[:, 0],
-                                  naive_point_sample(matched_targets.unsqueeze(1), coords)[:, 0], num_masks=4.0)
+    bce, dice = naive_mask_losses(
+        naive_point_sample(matched.unsqueeze(1), coords)[:, 0],
+        naive_point_sample(matched_targets.unsqueeze(1), coords)[:, 0],
+        num_masks=4.0,
+    )
     assert losses["loss_ce"].item() == pytest.approx(2 * naive_weighted_ce(logits, classes, 0.1), rel=1e-5)
     assert losses["loss_mask"].item() == pytest.approx(5 * bce, rel=1e-5)
     assert losses["loss_dice"].item() == pytest.approx(5 * dice, rel=1e-5)
@@ -139,8 +143,9 @@ def test_sets_match_each_set_on_its_own_with_one_mask_count(monkeypatch):
     own; the mask count is computed once and handed to every set."""
     targets = targets_from_semseg(label_maps(), ignore_index=255)
     main = SimpleNamespace(logits=torch.randn(2, 5, 5), masks=torch.randn(2, 5, 4, 4))  # any MaskSet will do
-    aux = {name: SimpleNamespace(logits=torch.randn(2, 5, 5), masks=torch.randn(2, 5, 4, 4))
-           for name in ("side3", "side7")}
+    aux = {
+        name: SimpleNamespace(logits=torch.randn(2, 5, 5), masks=torch.randn(2, 5, 4, 4)) for name in ("side3", "side7")
+    }
     criterion = SetCriterion(num_points=16)
     torch.manual_seed(5)
     expected = {"": criterion(main.logits, main.masks, targets, 4.0)}
@@ -152,8 +157,9 @@ def test_sets_match_each_set_on_its_own_with_one_mask_count(monkeypatch):
     torch.manual_seed(5)
     got = criterion.sets(main, aux, targets)
     assert counted == [1]
-    assert list(got) == [f"{k}{suffix}" for suffix in ("", "_side3", "_side7")
-                         for k in ("loss_ce", "loss_mask", "loss_dice")]
+    assert list(got) == [
+        f"{k}{suffix}" for suffix in ("", "_side3", "_side7") for k in ("loss_ce", "loss_mask", "loss_dice")
+    ]
     for suffix, terms in expected.items():
         for k, v in terms.items():
             torch.testing.assert_close(got[k + suffix], v, rtol=0, atol=0)
@@ -170,8 +176,9 @@ def test_rejects_labels_outside_the_vocabulary():
 def test_losses_are_float32_under_autocast():
     targets = targets_from_semseg(label_maps(), ignore_index=255)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = SetCriterion(num_points=16)(torch.randn(2, 5, 5).bfloat16(), torch.randn(2, 5, 4, 4).bfloat16(),
-                                             targets)
+        losses = SetCriterion(num_points=16)(
+            torch.randn(2, 5, 5).bfloat16(), torch.randn(2, 5, 4, 4).bfloat16(), targets
+        )
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
 
 

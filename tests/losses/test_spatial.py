@@ -1,4 +1,5 @@
 """Spatial-alignment losses (FeatUp sampled CRF and TV) against float64 double loops."""
+
 import math
 
 import pytest
@@ -141,8 +142,9 @@ def test_imagenet_normalize_values():
 def test_spatial_alignment_loss_composes_resize_crf_and_tv():
     images = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     feats = torch.randn(2, 4, 8, 8, dtype=torch.float64)
-    out = spatial_alignment_loss(images, feats, crf_weight=0.5, tv_weight=2.0, num_points=16,
-                                 generator=torch.Generator().manual_seed(5))
+    out = spatial_alignment_loss(
+        images, feats, crf_weight=0.5, tv_weight=2.0, num_points=16, generator=torch.Generator().manual_seed(5)
+    )
     guidance = imagenet_normalize(F.interpolate(images, size=(8, 8), mode="bilinear", antialias=True))
     crf = crf_loss(guidance, feats, num_points=16, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(out.crf, 0.5 * crf)

@@ -1,4 +1,5 @@
 """Mini CLIP pretraining: losses against float64 loops, views, the model config, and the cache end to end."""
+
 import json
 import math
 
@@ -7,8 +8,8 @@ import open_clip
 import pytest
 import torch
 
-from patseg.mini.world import WorldConfig, world_hash
 from patseg.mini import clip_pretrain as cp
+from patseg.mini.world import WorldConfig, world_hash
 
 WORLD = WorldConfig()
 
@@ -166,8 +167,8 @@ def test_shipped_mini_clip_matches_the_default_world(monkeypatch):
         --out-dir src/patseg/resources/mini_clip"""
     import json
 
-    from patseg.mini.world import WorldConfig, world_hash
     from patseg.mini import clip_pretrain
+    from patseg.mini.world import WorldConfig, world_hash
 
     monkeypatch.delenv("PATSEG_NO_SHIPPED_MINI_CLIP", raising=False)
     meta = json.loads((clip_pretrain.SHIPPED_DIR / clip_pretrain.META_FILE).read_text())

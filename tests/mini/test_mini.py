@@ -1,4 +1,5 @@
 """OVSS-mini: a seconds-long run of the whole pipeline through `patseg mini`."""
+
 import json
 import os
 
@@ -43,8 +44,10 @@ def test_random_text_encoder_is_fixed_per_name():
 
 
 def test_summary_mean_and_std():
-    rows = [{"seen": 10.0, "unseen": 2.0, "all": 8.0, "hIoU": 3.3}, {"seen": 20.0, "unseen": 4.0, "all": 16.0,
-                                                                      "hIoU": 6.7}]
+    rows = [
+        {"seen": 10.0, "unseen": 2.0, "all": 8.0, "hIoU": 3.3},
+        {"seen": 20.0, "unseen": 4.0, "all": 16.0, "hIoU": 6.7},
+    ]
     s = summarize({"SAN": rows})
     assert s["SAN"]["seen"][0] == pytest.approx(15.0)
     assert s["SAN"]["seen"][1] == pytest.approx(7.0710678, rel=1e-6)
@@ -55,8 +58,22 @@ def test_mini_pipeline_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("PATSEG_CACHE", str(tmp_path / "cache"))
     # conftest sets PATSEG_NO_SHIPPED_MINI_CLIP: this exercises pretraining + caching, not the shipped file
     out = tmp_path / "mini"
-    code = main(["mini", "--quick", "--iters", "2", "--train-scenes", "8", "--val-scenes", "3",
-                 "--clip-steps", "2", "--out", str(out)])
+    code = main(
+        [
+            "mini",
+            "--quick",
+            "--iters",
+            "2",
+            "--train-scenes",
+            "8",
+            "--val-scenes",
+            "3",
+            "--clip-steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads((out / "results.json").read_text())
     assert set(report["results"]) == {"SAN", "PAT", "SAN, random text (control)"}

@@ -1,4 +1,5 @@
 """The cache root and the machine-independent paths that result files record."""
+
 from pathlib import Path
 
 from patseg.mini.clip_pretrain import SHIPPED_DIR, WEIGHTS_FILE, cache_dir_for

@@ -1,4 +1,5 @@
 """OVSS-mini world: vocabulary and split, determinism, exact labels, captions, restricted vocabularies."""
+
 import dataclasses
 
 import numpy as np
@@ -82,6 +83,7 @@ def _point_in_polygon(py: float, px: float, vertices: list[tuple[float, float]])
 
 def _reference_mask(shape: str, size: int, cy: float, cx: float, r: float, angle: float) -> np.ndarray:
     """Slow float64 rasteriser: polygons by ray casting on explicit vertices, loops over pixel centres."""
+
     def vertex(radius: float, theta: float) -> tuple[float, float]:
         # local (u, v) = (r cos theta, r sin theta) back to image (y, x); u = x sin + y cos, v = x cos - y sin
         u, v = radius * np.cos(theta), radius * np.sin(theta)

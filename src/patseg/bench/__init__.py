@@ -7,11 +7,31 @@ Everything is measured in one process, side by side, with warm-up runs and the m
 - :mod:`patseg.bench.suite`: what ``patseg bench`` runs (:class:`BenchPlan`, :func:`run_suite`) and the targets
   it checks (:func:`check_targets`).
 """
-from patseg.bench.measure import (Measurement, count_flops, cpu_peak_supported, measure, measure_all,
-                                  peak_memory_mb, precision, synchronize, time_runs)
+
+from patseg.bench.measure import (
+    Measurement,
+    count_flops,
+    cpu_peak_supported,
+    measure,
+    measure_all,
+    peak_memory_mb,
+    precision,
+    synchronize,
+    time_runs,
+)
 from patseg.bench.stages import Breakdown, StageRecorder, stage_breakdown, stage_targets
-from patseg.bench.suite import (BenchPlan, as_dict, cached_vocabulary, check_targets, clip_encoder, environment,
-                                make_segmenter, random_image, run_suite, train_step)
+from patseg.bench.suite import (
+    BenchPlan,
+    as_dict,
+    cached_vocabulary,
+    check_targets,
+    clip_encoder,
+    environment,
+    make_segmenter,
+    random_image,
+    run_suite,
+    train_step,
+)
 
 __all__ = [
     "BenchPlan",

@@ -7,6 +7,7 @@
   (:func:`_register_attention_formulas`, run on import).
 - Peak memory is the CUDA allocator peak, or on CPU the growth of the resident set (Linux ``VmHWM``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
@@ -32,27 +33,34 @@ def _register_attention_formulas() -> None:
     torch 2.14's counter knows the CUDA SDPA kernels only; without these, CLIP's attention (``nn.MultiheadAttention``
     takes the fused ``_native_multi_head_attention`` path in inference) and every CPU SDPA call would count as zero.
     """
-    missing = lambda op: op not in torch.utils.flop_counter.flop_registry
+
+    def missing(op: Any) -> bool:
+        return op not in torch.utils.flop_counter.flop_registry
 
     if missing(aten._scaled_dot_product_flash_attention_for_cpu):
+
         @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
         def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
             return sdpa_flop_count(query_shape, key_shape, value_shape)
 
     if missing(aten._scaled_dot_product_flash_attention_for_cpu_backward):
+
         @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
-        def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
-                               **kwargs) -> int:
+        def _cpu_sdpa_backward(
+            grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
+        ) -> int:
             return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
     if missing(aten._native_multi_head_attention):
+
         @register_flop_formula(aten._native_multi_head_attention)
-        def _native_mha(query_shape, key_shape, value_shape, embed_dim, num_heads, *args, out_shape=None,
-                        **kwargs) -> int:
-            # (B, L, E) queries, (B, S, E) keys: packed q/k/v projections, the output projection, q k^T and a v.
-            b, l, e = query_shape
+        def _native_mha(
+            query_shape, key_shape, value_shape, embed_dim, num_heads, *args, out_shape=None, **kwargs
+        ) -> int:
+            # (B, N, E) queries, (B, S, E) keys: packed q/k/v projections, the output projection, q k^T and a v.
+            b, n, e = query_shape
             s = key_shape[1]
-            return 2 * (b * l * e * e + 2 * b * s * e * e + b * l * e * e + 2 * b * l * s * e)
+            return 2 * (b * n * e * e + 2 * b * s * e * e + b * n * e * e + 2 * b * n * s * e)
 
 
 _register_attention_formulas()
@@ -131,21 +139,36 @@ def time_runs(fn: Callable[[], Any], device: torch.device, *, warmup: int, repea
     return runs
 
 
-def measure_all(fns: dict[str, Callable[[], Any]], device: torch.device, *, warmup: int = 1, repeats: int = 3,
-                memory: bool = True, flops: bool = True) -> dict[str, Measurement]:
+K = TypeVar("K")
+
+
+def measure_all(
+    fns: dict[K, Callable[[], Any]],
+    device: torch.device,
+    *,
+    warmup: int = 1,
+    repeats: int = 3,
+    memory: bool = True,
+    flops: bool = True,
+) -> dict[K, Measurement]:
     """Time several callables side by side: each round runs every callable once, so load that comes and goes
     on a shared machine hits all of them alike and their ratios stay meaningful. Then, optionally, one call each
     for peak memory and for FLOPs."""
     for fn in fns.values():
         time_runs(fn, device, warmup=0, repeats=warmup)
-    runs: dict[str, list[float]] = {name: [] for name in fns}
+    runs: dict[K, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             runs[name] += time_runs(fn, device, warmup=0, repeats=1)
-    return {name: Measurement(median_ms=statistics.median(runs[name]), runs_ms=[round(r, 2) for r in runs[name]],
-                              peak_mb=peak_memory_mb(fn, device) if memory else None,
-                              gflops=count_flops(fn) / 1e9 if flops else None)
-            for name, fn in fns.items()}
+    return {
+        name: Measurement(
+            median_ms=statistics.median(runs[name]),
+            runs_ms=[round(r, 2) for r in runs[name]],
+            peak_mb=peak_memory_mb(fn, device) if memory else None,
+            gflops=count_flops(fn) / 1e9 if flops else None,
+        )
+        for name, fn in fns.items()
+    }
 
 
 def measure(fn: Callable[[], Any], device: torch.device, **kwargs: Any) -> Measurement:

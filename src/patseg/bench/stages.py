@@ -5,6 +5,7 @@ call's inputs, and :func:`stage_breakdown` then replays each stage alone on thos
 another (PAT's semantic branch inside the side ViT) is subtracted from its parent, so the stage times add up to the
 work done; what the end-to-end time has beyond that sum is glue (reshapes, Python, small ops).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class StageRecorder:
                 return original(*args, **kwargs)
             finally:
                 self._stack.pop()
+
         return recorded
 
     def __enter__(self) -> "StageRecorder":
@@ -71,6 +73,7 @@ class StageRecorder:
         def run() -> None:
             for c in calls:
                 c.fn(*c.args, **c.kwargs)
+
         return run
 
     def stages(self) -> list[str]:
@@ -119,9 +122,15 @@ class Breakdown:
     nesting: dict[str, str] = field(default_factory=dict)
 
 
-def stage_breakdown(seg: Segmenter, image: np.ndarray, device: torch.device, *, warmup: int,
-                    repeats: int) -> Breakdown:
+def _gflops(m: Measurement) -> float:
+    """The FLOP count of ``m``; set here because ``measure_all`` counts FLOPs unless told not to."""
+    assert m.gflops is not None
+    return m.gflops
+
+
+def stage_breakdown(seg: Segmenter, image: np.ndarray, device: torch.device, *, warmup: int, repeats: int) -> Breakdown:
     """End-to-end ``predict`` and every stage replayed alone (exclusive times, memory and FLOPs)."""
+
     def predict() -> None:
         with precision(device):
             seg.predict(image)
@@ -136,6 +145,7 @@ def stage_breakdown(seg: Segmenter, image: np.ndarray, device: torch.device, *, 
         def timed() -> None:
             with torch.inference_mode(), precision(device):
                 run()
+
         return timed
 
     fns = {"end_to_end": predict, **{stage: replay(stage) for stage in recorder.stages()}}
@@ -146,8 +156,16 @@ def stage_breakdown(seg: Segmenter, image: np.ndarray, device: torch.device, *, 
     for stage, m in inclusive.items():
         children = [inclusive[c] for c, p in nesting.items() if p == stage]
         stages[stage] = Measurement(
-            median_ms=m.median_ms - sum(c.median_ms for c in children), runs_ms=m.runs_ms, peak_mb=m.peak_mb,
-            gflops=m.gflops - sum(c.gflops for c in children))
+            median_ms=m.median_ms - sum(c.median_ms for c in children),
+            runs_ms=m.runs_ms,
+            peak_mb=m.peak_mb,
+            gflops=_gflops(m) - sum(_gflops(c) for c in children),
+        )
     total = sum(m.median_ms for m in stages.values())
-    return Breakdown(end_to_end=end_to_end, stages=stages, stage_sum_ms=total,
-                     glue_ratio=end_to_end.median_ms / total, nesting=nesting)
+    return Breakdown(
+        end_to_end=end_to_end,
+        stages=stages,
+        stage_sum_ms=total,
+        glue_ratio=end_to_end.median_ms / total,
+        nesting=nesting,
+    )

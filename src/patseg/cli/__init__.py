@@ -10,6 +10,7 @@ user can fix: a missing file, a bad config key, options that do not fit) is prin
 with exit code 2 and no traceback; any other exception is a bug and keeps its traceback. It also configures
 logging: messages of the ``patseg`` loggers go to stderr as ``patseg: <message>``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ Each command has its own help: patseg COMMAND --help."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="patseg", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="PAT (Feature Pyramid Tokenization) and SAN for open-vocabulary semantic segmentation.")
+        prog="patseg",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="PAT (Feature Pyramid Tokenization) and SAN for open-vocabulary semantic segmentation.",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="also print debug messages")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")

@@ -4,14 +4,16 @@ computed only when it is shown.
 Nothing here imports torch at module level: every command's parser is built on each ``patseg`` call, ``--help``
 included, and must stay cheap.
 """
+
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 from typing import Any
 
-SET_HELP = ("model config keys, e.g. pat.vmf=false loss.vq_weight=1e-4 'pat.stage_scales=[4,4,4]' (values are YAML; "
-            "repeatable)")
+SET_HELP = (
+    "model config keys, e.g. pat.vmf=false loss.vq_weight=1e-4 'pat.stage_scales=[4,4,4]' (values are YAML; repeatable)"
+)
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -38,9 +40,12 @@ def add_set_option(parser: argparse.ArgumentParser, text: str = SET_HELP) -> Non
 
 
 def add_clip_weights_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clip-weights", metavar="FILE",
-                        help="local open_clip checkpoint for the CLIP towers (needed with training checkpoints, "
-                             "which leave the frozen CLIP out)")
+    parser.add_argument(
+        "--clip-weights",
+        metavar="FILE",
+        help="local open_clip checkpoint for the CLIP towers (needed with training checkpoints, "
+        "which leave the frozen CLIP out)",
+    )
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -50,8 +55,7 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return parse_assignments(args.set)
 
 
-def build_from_args(args: argparse.Namespace, weights: str | None, *,
-                    overrides: dict[str, Any] | None = None) -> Any:
+def build_from_args(args: argparse.Namespace, weights: str | None, *, overrides: dict[str, Any] | None = None) -> Any:
     """``build_model`` with the command's ``--preset``, ``--clip-weights`` and ``--set`` (or ``overrides``).
 
     Raises:
@@ -63,8 +67,12 @@ def build_from_args(args: argparse.Namespace, weights: str | None, *,
     preset = args.preset
     if preset is None and weights is None:
         raise UsageError("give --preset, or --weights from a file that records its preset")
-    return build_model(preset, weights=weights, clip_weights=args.clip_weights,
-                       overrides=model_overrides(args) if overrides is None else overrides)
+    return build_model(
+        preset,
+        weights=weights,
+        clip_weights=args.clip_weights,
+        overrides=model_overrides(args) if overrides is None else overrides,
+    )
 
 
 def require_pat(model: Any, what: str) -> None:

@@ -1,4 +1,5 @@
 """``patseg bench``: latency, peak memory and FLOPs of SAN and PAT, per stage and end to end, as a table and JSON."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,21 +18,31 @@ OPTIONAL_SECTIONS = ("compile",)  # asked for by name: compiling the full models
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "bench", help="measure latency, peak memory and FLOPs (per stage, sizes, vocabularies, training step)",
+        "bench",
+        help="measure latency, peak memory and FLOPs (per stage, sizes, vocabularies, training step)",
         description="Measure, in one process and side by side, the bare CLIP image encoder, SAN and PAT with random "
-                    "weights: a per-stage breakdown at 640x640, image sizes, vocabulary sizes (cached text "
-                    "embeddings) and a training step; prints a table and checks the speed and memory targets of "
-                    "docs/performance.md. Full-size runs take minutes on a CPU: --quick measures the tiny presets.")
+        "weights: a per-stage breakdown at 640x640, image sizes, vocabulary sizes (cached text "
+        "embeddings) and a training step; prints a table and checks the speed and memory targets of "
+        "docs/performance.md. Full-size runs take minutes on a CPU: --quick measures the tiny presets.",
+    )
     p.add_argument("--quick", action="store_true", help="tiny presets at 128 px (seconds, for a smoke check)")
-    p.add_argument("--sections", nargs="+", choices=SECTIONS + OPTIONAL_SECTIONS, default=list(SECTIONS),
-                   help="what to measure (default: all but 'compile', which times predict with the model forward "
-                        "under torch.compile against eager)")
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS + OPTIONAL_SECTIONS,
+        default=list(SECTIONS),
+        help="what to measure (default: all but 'compile', which times predict with the model forward "
+        "under torch.compile against eager)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs before timing (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs; the median is reported (default 3)")
-    add_set_option(p, "model config keys for every model measured (pat.* keys for the PAT models only), e.g. "
-                      "pat.vmf=false (values are YAML; repeatable)")
+    add_set_option(
+        p,
+        "model config keys for every model measured (pat.* keys for the PAT models only), e.g. "
+        "pat.vmf=false (values are YAML; repeatable)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
     p.add_argument("--markdown", type=Path, default=None, help="also write the markdown table to this file")
     p.set_defaults(func=run)
@@ -89,17 +100,31 @@ def _mb(value: Any) -> str:
 
 
 def _case_rows(cases: list[dict[str, Any]]) -> list[list[Any]]:
-    return [[c["preset"], f"{c['size'][0]}x{c['size'][1]}", c["classes"], f"{c['forward']['median_ms']:.0f}",
-             f"{c['predict']['median_ms']:.0f}", f"{c['predict']['gflops']:.3g}", _mb(c["predict"]["peak_mb"])]
-            for c in cases]
+    return [
+        [
+            c["preset"],
+            f"{c['size'][0]}x{c['size'][1]}",
+            c["classes"],
+            f"{c['forward']['median_ms']:.0f}",
+            f"{c['predict']['median_ms']:.0f}",
+            f"{c['predict']['gflops']:.3g}",
+            _mb(c["predict"]["peak_mb"]),
+        ]
+        for c in cases
+    ]
 
 
 def format_markdown(report: dict[str, Any]) -> str:
     """The report as markdown tables: environment, per-stage breakdown, sizes, vocabularies, training, targets."""
     env = report["environment"]
-    lines = [(f"Measured on {env['device_name']} ({env['device']}, {env['threads']} threads, {env['precision']}), "
-              f"torch {env['torch']}, random weights, batch 1. Times are medians in ms; peak memory is "
-              f"{env['cpu_peak_memory'] if env['device'] == 'cpu' else 'the CUDA allocator peak'} in MB."), ""]
+    lines = [
+        (
+            f"Measured on {env['device_name']} ({env['device']}, {env['threads']} threads, {env['precision']}), "
+            f"torch {env['torch']}, random weights, batch 1. Times are medians in ms; peak memory is "
+            f"{env['cpu_peak_memory'] if env['device'] == 'cpu' else 'the CUDA allocator peak'} in MB."
+        ),
+        "",
+    ]
     if "command" in report:
         lines += [f"Command: `{report['command']}`", ""]
     models = report.get("models")
@@ -110,17 +135,28 @@ def format_markdown(report: dict[str, Any]) -> str:
         rows = []
         for s in stages:
             cells = [models[n]["stages"].get(s) for n in names]
-            rows.append([s] + [f"{c['median_ms']:.0f}" if c else "" for c in cells]
-                        + [f"{c['gflops']:.3g}" if c else "" for c in cells])
+            rows.append(
+                [s]
+                + [f"{c['median_ms']:.0f}" if c else "" for c in cells]
+                + [f"{c['gflops']:.3g}" if c else "" for c in cells]
+            )
         rows.append(["**sum of parts**"] + [f"{models[n]['stage_sum_ms']:.0f}" for n in names] + [""] * len(names))
-        rows.append(["**end to end**"] + [f"{models[n]['end_to_end']['median_ms']:.0f}" for n in names]
-                    + [f"{models[n]['end_to_end']['gflops']:.3g}" for n in names])
+        rows.append(
+            ["**end to end**"]
+            + [f"{models[n]['end_to_end']['median_ms']:.0f}" for n in names]
+            + [f"{models[n]['end_to_end']['gflops']:.3g}" for n in names]
+        )
         rows.append(["peak memory MB"] + [_mb(models[n]["end_to_end"]["peak_mb"]) for n in names] + [""] * len(names))
         clip = report["clip_image_encoder"]
         size = report["plan"]["size"]
-        lines += [(f"Per-part breakdown at {size[0]}x{size[1]}, {report['plan']['classes']} classes "
-                   f"(bare CLIP image encoder at SAN's CLIP input: {clip['median_ms']:.0f} ms, "
-                   f"{clip['gflops']:.3g} GFLOPs):"), ""]
+        lines += [
+            (
+                f"Per-part breakdown at {size[0]}x{size[1]}, {report['plan']['classes']} classes "
+                f"(bare CLIP image encoder at SAN's CLIP input: {clip['median_ms']:.0f} ms, "
+                f"{clip['gflops']:.3g} GFLOPs):"
+            ),
+            "",
+        ]
         lines += _table(header, rows)
     case_header = ["preset", "image", "classes", "forward ms", "predict ms", "predict GFLOPs", "peak MB"]
     if report.get("sizes"):
@@ -129,25 +165,47 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines += ["Vocabulary sizes (cached text embeddings):", ""]
         lines += _table(case_header, _case_rows(report["vocabulary"]))
     if report.get("postprocess_regions"):
-        rows = [[c["preset"], f"{c['size'][0]}x{c['size'][1]}", c["classes"], f"{c['bounded_ms']:.0f}",
-                 f"{c['dense_ms']:.0f}", "yes" if c["labels_equal"] else "**no**"]
-                for c in report["postprocess_regions"]]
+        rows = [
+            [
+                c["preset"],
+                f"{c['size'][0]}x{c['size'][1]}",
+                c["classes"],
+                f"{c['bounded_ms']:.0f}",
+                f"{c['dense_ms']:.0f}",
+                "yes" if c["labels_equal"] else "**no**",
+            ]
+            for c in report["postprocess_regions"]
+        ]
         lines += ["Post-processing alone on region-like predictions (bounded argmax vs every class scored):", ""]
         lines += _table(["preset", "image", "classes", "bounded ms", "dense ms", "same labels"], rows)
     if report.get("compile"):
-        rows = [[c["preset"], f"{c['size'][0]}x{c['size'][1]}", c["classes"], f"{c['eager_ms']:.0f}",
-                 f"{c['compiled_ms']:.0f}", f"{c['compile_s']:.0f}", f"{100 * c['labels_agree']:.2f}"]
-                for c in report["compile"]]
+        rows = [
+            [
+                c["preset"],
+                f"{c['size'][0]}x{c['size'][1]}",
+                c["classes"],
+                f"{c['eager_ms']:.0f}",
+                f"{c['compiled_ms']:.0f}",
+                f"{c['compile_s']:.0f}",
+                f"{100 * c['labels_agree']:.2f}",
+            ]
+            for c in report["compile"]
+        ]
         lines += ["`predict` with the model forward under torch.compile (inductor, default mode):", ""]
-        lines += _table(["preset", "image", "classes", "eager ms", "compiled ms", "first call s", "same labels %"],
-                        rows)
+        lines += _table(
+            ["preset", "image", "classes", "eager ms", "compiled ms", "first call s", "same labels %"], rows
+        )
     if report.get("train_step"):
-        rows = [[t["preset"], t["size"], f"{t['median_ms']:.0f}", f"{t['gflops']:.3g}", _mb(t["peak_mb"])]
-                for t in report["train_step"]]
+        rows = [
+            [t["preset"], t["size"], f"{t['median_ms']:.0f}", f"{t['gflops']:.3g}", _mb(t["peak_mb"])]
+            for t in report["train_step"]
+        ]
         lines += ["Training step (forward + backward + AdamW, batch 1):", ""]
         lines += _table(["preset", "crop", "ms", "GFLOPs", "peak MB"], rows)
     if report.get("targets"):
-        rows = [[t["target"], t["value"], t["limit"], "yes" if t["passed"] else "**no**", t["note"]]
-                for t in report["targets"]]
+        rows = [
+            [t["target"], t["value"], t["limit"], "yes" if t["passed"] else "**no**", t["note"]]
+            for t in report["targets"]
+        ]
         lines += ["Targets (docs/performance.md):", ""] + _table(["target", "value", "limit", "met", "note"], rows)
     return "\n".join(lines)

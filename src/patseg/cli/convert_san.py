@@ -1,4 +1,5 @@
 """``patseg convert-san CKPT --out FILE.safetensors``: a released SAN checkpoint as patseg weights."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,15 +7,17 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "convert-san", help="convert a released SAN checkpoint (.pth) into patseg weights",
+        "convert-san",
+        help="convert a released SAN checkpoint (.pth) into patseg weights",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert a SAN release (MendelXu/SAN: san_vit_b_16.pth, san_vit_large_14.pth) into a patseg "
-                    ".safetensors file that carries every tensor, CLIP's included, and records its preset. The "
-                    "checkpoint is read with torch.load(weights_only=True); unknown, missing or mis-shaped keys "
-                    "are listed and nothing is written.",
+        ".safetensors file that carries every tensor, CLIP's included, and records its preset. The "
+        "checkpoint is read with torch.load(weights_only=True); unknown, missing or mis-shaped keys "
+        "are listed and nothing is written.",
         epilog="examples:\n"
-               "  patseg convert-san san_vit_b_16.pth --out san_vitb16.safetensors\n"
-               "  patseg segment photo.jpg --vocab 'sky,tree,road' --weights san_vitb16.safetensors --out seg/")
+        "  patseg convert-san san_vit_b_16.pth --out san_vitb16.safetensors\n"
+        "  patseg segment photo.jpg --vocab 'sky,tree,road' --weights san_vitb16.safetensors --out seg/",
+    )
     p.add_argument("checkpoint", help="SAN release file (detectron2-style {'model': state_dict})")
     p.add_argument("--out", required=True, help="output patseg weights file (.safetensors)")
     p.add_argument("--preset", help="san_vitb16 or san_vitl14 (default: told by the checkpoint's CLIP patch size)")

@@ -1,4 +1,5 @@
 """``patseg eval``: zero-shot evaluation on the OVSS benchmarks (and PAT's rFID), printed as a Table-I-style table."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,27 +20,38 @@ reconstruction FID on the COCO-Stuff validation images (short side --short-side,
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "eval", help="zero-shot evaluation on the OVSS benchmarks", epilog=EPILOG,
+        "eval",
+        help="zero-shot evaluation on the OVSS benchmarks",
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Evaluate one or several checkpoints (one per training seed) on registered validation sets: "
-                    "short side 640, whole image, class names verbatim with the 14 vild templates.")
+        "short side 640, whole image, class names verbatim with the 14 vild templates.",
+    )
     p.add_argument("--config", help="training YAML: supplies preset, model keys, CLIP weights and data root")
     p.add_argument("--preset", help="preset name (default: recorded in the weights file)")
     p.add_argument("--weights", nargs="+", required=True, help="weights files or checkpoint folders")
     p.add_argument("--seeds", nargs="*", type=int, help="training seed of each --weights entry (for mean +/- std)")
     add_clip_weights_option(p)
-    add_set_option(p, "model config keys on top of the --config ones, e.g. pat.vmf=false (values are YAML; "
-                      "repeatable)")
-    p.add_argument("--datasets", default="pcontext_59,ade20k_150,pcontext_459,ade20k_847",
-                   help="comma-separated dataset names (default: the four Table I sets)")
+    add_set_option(p, "model config keys on top of the --config ones, e.g. pat.vmf=false (values are YAML; repeatable)")
+    p.add_argument(
+        "--datasets",
+        default="pcontext_59,ade20k_150,pcontext_459,ade20k_847",
+        help="comma-separated dataset names (default: the four Table I sets)",
+    )
     p.add_argument("--root", help="data root (default $PATSEG_DATA or ./datasets)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images of each set (quick check)")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="accept sets whose image count differs from the official one (subsets); warns")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="accept sets whose image count differs from the official one (subsets); warns",
+    )
     p.add_argument("--short-side", type=int, default=640, help="test resize of the short side (default 640)")
     p.add_argument("--rfid", action="store_true", help="also compute the reconstruction FID (PAT models only)")
-    p.add_argument("--inception-weights", metavar="FILE",
-                   help="the FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); needed by --rfid")
+    p.add_argument(
+        "--inception-weights",
+        metavar="FILE",
+        help="the FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); needed by --rfid",
+    )
     p.add_argument("--name", help="row label in the table (default: the preset name)")
     p.add_argument("--out", help="write OUT.json/OUT.md tables and OUT_seed{N}.json results")
     p.set_defaults(func=run)
@@ -92,14 +104,24 @@ def run(args: argparse.Namespace) -> int:
         if args.rfid:
             require_pat(model, "--rfid")
         label = args.name or model.config.name
-        record = {"model": label, "seed": seed, "meta": {"weights": str(weights), "limit": args.limit},
-                  "datasets": evaluate_datasets(model, names, root=root, limit=args.limit,
-                                                allow_partial=args.allow_partial, short_side=args.short_side)}
+        record: dict[str, Any] = {
+            "model": label,
+            "seed": seed,
+            "meta": {"weights": str(weights), "limit": args.limit},
+            "datasets": evaluate_datasets(
+                model, names, root=root, limit=args.limit, allow_partial=args.allow_partial, short_side=args.short_side
+            ),
+        }
         if args.rfid:
-            record["rfid"] = evaluate_rfid(model, inception_weights=args.inception_weights, root=root,
-                                           limit=args.limit, allow_partial=args.allow_partial, size=args.short_side)
-            print(f"{label} (seed {seed}): rFID = {record['rfid']['value']:.2f} "
-                  f"(N = {record['rfid']['num_images']})")
+            record["rfid"] = evaluate_rfid(
+                model,
+                inception_weights=args.inception_weights,
+                root=root,
+                limit=args.limit,
+                allow_partial=args.allow_partial,
+                size=args.short_side,
+            )
+            print(f"{label} (seed {seed}): rFID = {record['rfid']['value']:.2f} (N = {record['rfid']['num_images']})")
         records.append(record)
         if args.out:
             write_results(f"{args.out}_seed{seed}.json", record)
@@ -108,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         tables = {m: table_json(aggregate(records, m), m) for m in ("mIoU", "mIoU_gt_or_pred")}
         atomic_write_json(Path(f"{args.out}.json"), tables)
-        atomic_write_text(Path(f"{args.out}.md"), "\n\n".join(
-            f"{m} (%)\n\n" + format_markdown(aggregate(records, m), m) for m in tables))
+        atomic_write_text(
+            Path(f"{args.out}.md"),
+            "\n\n".join(f"{m} (%)\n\n" + format_markdown(aggregate(records, m), m) for m in tables),
+        )
     return 0

@@ -1,4 +1,5 @@
 """``patseg info PRESET``: parameter counts with a per-module breakdown."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,10 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from patseg.config import list_presets  # reads the preset folder; no torch
 
     p = subparsers.add_parser(
-        "info", help="parameter counts of a preset (total, trainable, per module)", epilog=EPILOG,
+        "info",
+        help="parameter counts of a preset (total, trainable, per module)",
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build a preset with random weights and print its total and trainable parameter counts with a "
-                    "per-module breakdown. SAN ViT-B/16 has 8,370,866 trainable parameters (SAN's own logs).")
+        "per-module breakdown. SAN ViT-B/16 has 8,370,866 trainable parameters (SAN's own logs).",
+    )
     p.add_argument("preset", help=f"preset name ({', '.join(list_presets())}) or a preset JSON file")
     p.add_argument("--json", action="store_true", help="print JSON: {total, trainable, modules: {name: {...}}}")
     p.add_argument("--depth", type=int, default=2, help="levels of the module tree to list (default 2)")

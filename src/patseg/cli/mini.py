@@ -1,4 +1,5 @@
 """``patseg mini``: the OVSS-mini benchmark (SAN vs PAT, zero-shot on unseen concepts), on a CPU."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,22 +17,28 @@ from patseg.config import keys_for_preset
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "mini", help="OVSS-mini: train SAN and PAT on a generated world, evaluate zero-shot on unseen concepts",
+        "mini",
+        help="OVSS-mini: train SAN and PAT on a generated world, evaluate zero-shot on unseen concepts",
         description="Generate a procedural world of named concepts, pretrain (once, cached) a tiny CLIP on "
-                    "captioned scenes of every concept, train san_tiny and pat_tiny on the seen concepts only, and "
-                    "evaluate zero-shot on all concepts: mIoU seen / unseen / all and hIoU, mean +/- std over "
-                    "seeds. A control (SAN with random text embeddings) shows the CLIP transfer at work. Writes "
-                    "results.md, results.json and figure.png to --out.")
+        "captioned scenes of every concept, train san_tiny and pat_tiny on the seen concepts only, and "
+        "evaluate zero-shot on all concepts: mIoU seen / unseen / all and hIoU, mean +/- std over "
+        "seeds. A control (SAN with random text embeddings) shows the CLIP transfer at work. Writes "
+        "results.md, results.json and figure.png to --out.",
+    )
     p.add_argument("--quick", action="store_true", help="1 seed and shorter schedules (< 5 minutes on 2 cores)")
-    p.add_argument("--ablations", action="store_true", help="add PAT's Table II switches vmf, token_mixer, "
-                                                            "pixel_residual")
+    p.add_argument(
+        "--ablations", action="store_true", help="add PAT's Table II switches vmf, token_mixer, pixel_residual"
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 0-4, or 0 with --quick)")
     p.add_argument("--iters", type=int, help="segmentation training iterations per run")
     p.add_argument("--train-scenes", type=int, help="generated training scenes per run")
     p.add_argument("--val-scenes", type=int, help="generated evaluation scenes (all concepts)")
     p.add_argument("--clip-steps", type=int, help="mini CLIP pretraining steps when it is not cached yet")
-    add_set_option(p, "model config keys for every model trained (pat.* keys for the PAT models only), e.g. "
-                      "pat.vmf=false loss.vq_weight=1e-4 (values are YAML; repeatable)")
+    add_set_option(
+        p,
+        "model config keys for every model trained (pat.* keys for the PAT models only), e.g. "
+        "pat.vmf=false loss.vq_weight=1e-4 (values are YAML; repeatable)",
+    )
     p.add_argument("--out", default="outputs/ovss-mini", help="output folder (default outputs/ovss-mini)")
     p.set_defaults(func=run)
 
@@ -59,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, field_name):
             settings = replace(settings, **{field_name: getattr(args, field_name)})
     overrides = model_overrides(args)
-    runs = tuple(replace(r, overrides={**keys_for_preset(r.preset, overrides), **r.overrides})  # ablations win
-                 for r in DEFAULT_RUNS + (ABLATION_RUNS if args.ablations else ()))
+    runs = tuple(
+        replace(r, overrides={**keys_for_preset(r.preset, overrides), **r.overrides})  # ablations win
+        for r in DEFAULT_RUNS + (ABLATION_RUNS if args.ablations else ())
+    )
     figure_runs = {r.name for r in DEFAULT_RUNS if not r.random_text}  # SAN and PAT, without ablations
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,11 +85,17 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(report["results"])
     table = format_table(summary)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    command = " ".join(["patseg mini"] + (["--quick"] if args.quick else []) + (["--ablations"] if args.ablations else [])
-                       + (["--set", *map(shlex.quote, args.set)] if args.set else []))
-    text = (f"OVSS-mini ({report['world']}), mIoU % (mean ± std over seeds {list(settings.seeds)}), "
-            f"{settings.iters} iterations per run\n\n{table}\n\n"
-            f"machine: {machine}; command: `{command}`; wall time {seconds / 60:.1f} min\n")
+    command = " ".join(
+        ["patseg mini"]
+        + (["--quick"] if args.quick else [])
+        + (["--ablations"] if args.ablations else [])
+        + (["--set", *map(shlex.quote, args.set)] if args.set else [])
+    )
+    text = (
+        f"OVSS-mini ({report['world']}), mIoU % (mean ± std over seeds {list(settings.seeds)}), "
+        f"{settings.iters} iterations per run\n\n{table}\n\n"
+        f"machine: {machine}; command: `{command}`; wall time {seconds / 60:.1f} min\n"
+    )
     print("\n" + text)
     report["summary"] = {k: {m: list(v) for m, v in d.items()} for k, d in summary.items()}
     report["wall_seconds"] = round(seconds, 1)

@@ -1,4 +1,5 @@
 """``patseg prepare DATASET --src RAW_DIR --dst DATA_ROOT``: convert an official download for evaluation/training."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,15 +12,15 @@ def _layouts() -> str:
     from patseg.data.prepare import CONVERTERS
 
     return "DATASET and what --src must hold:\n" + "\n".join(
-        f"  {name}: {module.RAW_LAYOUT}" for name, module in sorted(CONVERTERS.items()))
+        f"  {name}: {module.RAW_LAYOUT}" for name, module in sorted(CONVERTERS.items())
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prepare",
         help="convert an official dataset download into patseg's layout",
-        description="Convert an official download into the layout patseg reads. Resumable: finished files are "
-                    "skipped.",
+        description="Convert an official download into the layout patseg reads. Resumable: finished files are skipped.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         details=_layouts,
     )
@@ -39,8 +40,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dataset not in CONVERTERS:
         raise UsageError(f"no converter for '{args.dataset}' (available: {', '.join(sorted(CONVERTERS))})")
-    summaries = prepare_dataset(args.dataset, args.src, data_root(args.dst), splits=args.splits,
-                                workers=args.workers, progress=not args.no_progress)
+    summaries = prepare_dataset(
+        args.dataset,
+        args.src,
+        data_root(args.dst),
+        splits=args.splits,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
     failed = 0
     for summary in summaries:
         print(summary.line())

@@ -1,4 +1,5 @@
 """``patseg report RESULTS.json...``: a Table-I-style table (markdown, JSON) with seeds as mean +/- std."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``patseg segment``: segment images (or folders of images) with any vocabulary."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,15 +13,17 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "segment", help="segment images with any list of class names",
+        "segment",
+        help="segment images with any list of class names",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Segment images with an open vocabulary. For every image NAME it writes NAME_labels.png "
-                    "(class index per pixel; 16-bit when there are more than 256 classes), NAME_overlay.png "
-                    "(colours and a legend) and NAME.json (the class names).",
+        "(class index per pixel; 16-bit when there are more than 256 classes), NAME_overlay.png "
+        "(colours and a legend) and NAME.json (the class names).",
         epilog="examples:\n"
-               "  patseg segment photo.jpg --vocab 'sky,tree,road' --preset san_vitb16 \\\n"
-               "      --clip-weights ViT-B-16.bin --out seg/\n"
-               "  patseg segment photos/ --dataset ade20k_150 --weights san_vitb16.safetensors --out seg/")
+        "  patseg segment photo.jpg --vocab 'sky,tree,road' --preset san_vitb16 \\\n"
+        "      --clip-weights ViT-B-16.bin --out seg/\n"
+        "  patseg segment photos/ --dataset ade20k_150 --weights san_vitb16.safetensors --out seg/",
+    )
     p.add_argument("images", nargs="+", help="image files or folders of images")
     vocab = p.add_mutually_exclusive_group(required=True)
     vocab.add_argument("--vocab", help="comma-separated class names, e.g. 'sky,tree,road'")
@@ -86,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
             label_image(labels).save(tmp, format="PNG")
         with atomic_path(out / f"{stem}_overlay.png") as tmp:
             overlay_with_legend(image, labels, names).save(tmp, format="PNG")
-        atomic_write_json(out / f"{stem}.json", {"image": str(path), "classes": names,
-                                                 "height": int(labels.shape[0]), "width": int(labels.shape[1])})
+        atomic_write_json(
+            out / f"{stem}.json",
+            {"image": str(path), "classes": names, "height": int(labels.shape[0]), "width": int(labels.shape[1])},
+        )
     done = len(files) - len(failed)
     print(f"segmented {done} of {len(files)} images into {out}" + (f"; {len(failed)} failed" if failed else ""))
     return 1 if failed else 0

@@ -1,4 +1,5 @@
 """``patseg tokenize`` / ``patseg detokenize``: PAT's pixel branch as a stand-alone multi-scale tokenizer."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,10 +14,12 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "tokenize", help="images -> integer code maps at four resolutions (.npz)",
+        "tokenize",
+        help="images -> integer code maps at four resolutions (.npz)",
         description="Encode images with PAT's pyramid tokenizer: early/mid/late codes (H/8, H/16, H/32 by "
-                    "default) and latent codes (H/16). Images are resized so the short side is --size and both "
-                    "sides are multiples of 32. The .npz holds arrays '{i}/{level}' and a JSON 'meta' entry.")
+        "default) and latent codes (H/16). Images are resized so the short side is --size and both "
+        "sides are multiples of 32. The .npz holds arrays '{i}/{level}' and a JSON 'meta' entry.",
+    )
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--weights", required=True, help="PAT weights (.safetensors or checkpoint folder)")
     p.add_argument("--preset", help="preset (default: recorded in the weights)")
@@ -26,10 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .npz file")
     p.set_defaults(func=run_tokenize)
     d = subparsers.add_parser(
-        "detokenize", help="code maps (.npz from tokenize) -> reconstructed images",
+        "detokenize",
+        help="code maps (.npz from tokenize) -> reconstructed images",
         description="Decode a tokens .npz back to images with PAT's decoder (no global tokens involved). The "
-                    "model is rebuilt as tokenize built it: weights file, preset and --set keys recorded in the "
-                    ".npz, unless given here.")
+        "model is rebuilt as tokenize built it: weights file, preset and --set keys recorded in the "
+        ".npz, unless given here.",
+    )
     d.add_argument("tokens", help=".npz written by `patseg tokenize`")
     d.add_argument("--weights", help="PAT weights (default: the file recorded in the tokens' metadata)")
     d.add_argument("--preset", help="preset (default: recorded in the weights)")
@@ -39,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_detokenize)
 
 
-def _tokenizer(args: argparse.Namespace, weights: str, overrides: dict[str, Any]) -> Any:
+def _tokenizer(args: argparse.Namespace, weights: str | None, overrides: dict[str, Any]) -> Any:
     from patseg.tokenizer import PyramidTokenizer
 
     model = build_from_args(args, weights, overrides=overrides)
@@ -67,8 +72,11 @@ def run_tokenize(args: argparse.Namespace) -> int:
         pyramids.append(tok.encode_image(image, args.size))
         names.append(path.name)
     if pyramids:
-        save_pyramids(Path(args.out), pyramids, {"images": names, "weights": str(args.weights),
-                                                 "preset": tok.model.config.name, "overrides": overrides})
+        save_pyramids(
+            Path(args.out),
+            pyramids,
+            {"images": names, "weights": str(args.weights), "preset": tok.model.config.name, "overrides": overrides},
+        )
         print(f"wrote {len(pyramids)} token pyramids to {args.out}")
     return 1 if failed or not pyramids else 0
 

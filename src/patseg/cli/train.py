@@ -1,4 +1,5 @@
 """``patseg train [CONFIG.yaml] [--set KEY=VALUE ...]``: train SAN or PAT (one process, or torchrun for DDP)."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,20 +29,27 @@ Values are YAML (1e-4, true, [ade20k_150, voc_20]). An unknown key or a wrong ty
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "train", help="train a SAN or PAT model (DDP with torchrun)", epilog=EPILOG,
+        "train",
+        help="train a SAN or PAT model (DDP with torchrun)",
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train on a registered dataset with the paper's recipe (AdamW, poly schedule, gradient "
-                    "clipping, mixed precision on CUDA). Checkpoints are safetensors folders in output_dir; "
-                    "TensorBoard events in output_dir/logs; the resolved config in output_dir/config.yaml.")
+        "clipping, mixed precision on CUDA). Checkpoints are safetensors folders in output_dir; "
+        "TensorBoard events in output_dir/logs; the resolved config in output_dir/config.yaml.",
+    )
     p.add_argument("config", nargs="?", help="training YAML (see configs/); omitted = built-in defaults")
-    add_set_option(p, "training keys (solver.iters=1000, data.root=datasets) or model keys (pat.vmf=false); "
-                      "see below")
-    p.add_argument("--clip-weights", metavar="FILE",
-                   help="local open_clip checkpoint of the preset's CLIP (required unless the CLIP is one of "
-                        "patseg's own tiny ones)")
-    p.add_argument("--lpips-weights", metavar="FILE",
-                   help="torchvision's vgg16-397923af.pth for PAT's LPIPS loss (required when "
-                        "loss.perceptual_weight > 0)")
+    add_set_option(p, "training keys (solver.iters=1000, data.root=datasets) or model keys (pat.vmf=false); see below")
+    p.add_argument(
+        "--clip-weights",
+        metavar="FILE",
+        help="local open_clip checkpoint of the preset's CLIP (required unless the CLIP is one of "
+        "patseg's own tiny ones)",
+    )
+    p.add_argument(
+        "--lpips-weights",
+        metavar="FILE",
+        help="torchvision's vgg16-397923af.pth for PAT's LPIPS loss (required when loss.perceptual_weight > 0)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from output_dir/last_checkpoint")
     p.set_defaults(func=run)
 
@@ -66,9 +74,11 @@ def build_for_training(cfg: Any) -> Any:
     mcfg = model_config(cfg)
     clip_weights = cfg.model.clip_weights
     if clip_weights is None and not mcfg.clip.model_name.startswith("patseg-"):
-        raise UsageError(f"training needs the pretrained CLIP weights of '{mcfg.clip.model_name}': pass "
-                         f"--clip-weights FILE (an open_clip checkpoint, e.g. the 'openai' weights) or set "
-                         f"model.clip_weights in the training YAML")
+        raise UsageError(
+            f"training needs the pretrained CLIP weights of '{mcfg.clip.model_name}': pass "
+            f"--clip-weights FILE (an open_clip checkpoint, e.g. the 'openai' weights) or set "
+            f"model.clip_weights in the training YAML"
+        )
     model = build_model(mcfg, clip_weights=clip_weights, init_from=cfg.model.init_from)
     model.prepare_training(lpips_vgg_weights=cfg.model.lpips_weights)
     return model
@@ -83,22 +93,35 @@ def run(args: argparse.Namespace) -> int:
     from patseg.evaluation.loop import evaluate_datasets
 
     if args.config is not None and "=" in args.config and not Path(args.config).is_file():
-        raise UsageError(f"'{args.config}' is not a training YAML; assignments go after --set: "
-                         f"patseg train [CONFIG] --set {args.config}")
+        raise UsageError(
+            f"'{args.config}' is not a training YAML; assignments go after --set: "
+            f"patseg train [CONFIG] --set {args.config}"
+        )
     cfg = load_train_config(args.config, training_assignments(args))
     model = build_for_training(cfg)
     if cfg.model.clip_weights is None:
         # A CLIP without a file (patseg's tiny ones, random) cannot be restored from one: keep it in the checkpoints.
         cfg.checkpoint.include_frozen = True
-    dataset = build_dataset(cfg.data.dataset, "train", root=cfg.data.root,
-                            transform=TrainTransform(crop_size=cfg.data.crop_size, ignore_label=cfg.data.ignore_index),
-                            allow_partial=cfg.data.allow_partial)
+    dataset = build_dataset(
+        cfg.data.dataset,
+        "train",
+        root=cfg.data.root,
+        transform=TrainTransform(crop_size=cfg.data.crop_size, ignore_label=cfg.data.ignore_index),
+        allow_partial=cfg.data.allow_partial,
+    )
 
     def evaluate(m: Any, iteration: int) -> dict:
-        return evaluate_datasets(m, cfg.eval.datasets, root=cfg.data.root, limit=cfg.eval.limit,
-                                 allow_partial=cfg.data.allow_partial)
+        return evaluate_datasets(
+            m, cfg.eval.datasets, root=cfg.data.root, limit=cfg.eval.limit, allow_partial=cfg.data.allow_partial
+        )
 
-    result = train(cfg, model, dataset, dataset.spec.class_names,
-                   evaluate=evaluate if cfg.eval.datasets else None, resume=args.resume)
+    result = train(
+        cfg,
+        model,
+        dataset,
+        dataset.spec.class_names,
+        evaluate=evaluate if cfg.eval.datasets else None,
+        resume=args.resume,
+    )
     print(f"finished at iteration {result.iteration}; last checkpoint: {result.checkpoint}")
     return 0

@@ -1,4 +1,5 @@
 """``patseg visualize IMAGE``: the paper's feature figures (Fig. 1, Fig. 6) for one image."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,11 +10,13 @@ from patseg.cli._common import add_clip_weights_option, add_set_option, build_fr
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "visualize", help="PCA / k-means / code-map figures of PAT's pyramid for one image",
+        "visualize",
+        help="PCA / k-means / code-map figures of PAT's pyramid for one image",
         description="For each pyramid stage (early, mid, late) write STAGE.png with: the image, the PCA of the raw "
-                    "CLIP features (3 components as RGB), the PCA of the tokenized features, k-means clusters of "
-                    "the CLIP features and the token clusters (code assignment); plus codes_STAGE.png, the "
-                    "code-index map (8/16-bit PNG).")
+        "CLIP features (3 components as RGB), the PCA of the tokenized features, k-means clusters of "
+        "the CLIP features and the token clusters (code assignment); plus codes_STAGE.png, the "
+        "code-index map (8/16-bit PNG).",
+    )
     p.add_argument("image", help="an image file")
     p.add_argument("--weights", required=True, help="PAT weights (.safetensors or checkpoint folder)")
     p.add_argument("--preset", help="preset (default: recorded in the weights)")

@@ -4,6 +4,7 @@
 incomplete splits), ``factory.build_dataset`` opens any registered name, ``transforms`` holds SAN's training
 transforms and the batch collate, and ``prepare`` converts the raw downloads (``patseg prepare``).
 """
+
 from importlib import import_module
 from typing import Any
 

@@ -10,6 +10,7 @@ to [0, 255] and truncates to uint8, as upstream's ``convert`` does.
 OpenCV is not a dependency, so the 8-bit HSV conversions are written out below with OpenCV's conventions (V = max,
 S = 255 (V - min) / V, H = hue / 2); results can differ from ``cv2.cvtColor`` by one grey level through rounding.
 """
+
 from __future__ import annotations
 
 from typing import Optional

@@ -7,6 +7,7 @@ a silently shrunken validation set gives numbers that cannot be compared with th
 Items are dicts ``{"image": uint8 (3, H, W), "label": int64 (H, W), "name": str}``; ignore pixels keep the
 dataset's ignore value (255 for PNG sets, 65535 for TIFF sets).
 """
+
 from __future__ import annotations
 
 import os

@@ -5,19 +5,24 @@ place that turns a key into a dataset object, so a new kind of dataset is added 
 benchmark registered today (``patseg.data.registry.DATASETS``) is a prepared image/label folder pair, read by
 :class:`SemSegDataset`.
 """
+
 from __future__ import annotations
 
 import os
-
-from torch.utils.data import Dataset
 
 from patseg.data.datasets import PairTransform, SemSegDataset
 from patseg.data.registry import DATASETS, list_datasets
 from patseg.errors import DatasetError
 
 
-def build_dataset(name: str, split: str, *, root: str | os.PathLike | None = None,
-                  transform: PairTransform | None = None, allow_partial: bool = False) -> Dataset:
+def build_dataset(
+    name: str,
+    split: str,
+    *,
+    root: str | os.PathLike | None = None,
+    transform: PairTransform | None = None,
+    allow_partial: bool = False,
+) -> SemSegDataset:
     """The dataset registered as ``name``, split ``split``.
 
     Arguments:

@@ -6,6 +6,7 @@ root prepared for SAN works unchanged. Label formats and the expected validation
 
 The data root is ``$PATSEG_DATA``, or ``./datasets`` when the variable is unset.
 """
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ crops.
 Images are uint8 tensors (3, H, W), labels int64 tensors (H, W). Resizing goes through PIL (bilinear for images,
 nearest for labels), which is what detectron2's ``ResizeTransform`` uses.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[1:]) == tuple(size):
         return image
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-    out = np.asarray(pil.resize((size[1], size[0]), Image.BILINEAR))
+    out = np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BILINEAR))
     return torch.from_numpy(out.copy()).permute(2, 0, 1).contiguous()
 
 
@@ -43,7 +44,7 @@ def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(label.shape) == tuple(size):
         return label
     pil = Image.fromarray(label.numpy().astype(np.int32), mode="I")
-    out = np.asarray(pil.resize((size[1], size[0]), Image.NEAREST))
+    out = np.asarray(pil.resize((size[1], size[0]), Image.Resampling.NEAREST))
     return torch.from_numpy(out.astype(np.int64))
 
 

@@ -13,6 +13,7 @@ that, so a crash leaves the old or the new checkpoint, never half of one (detect
 writes the pointer last). Loading parses only JSON and safetensors and checks keys and shapes before it touches
 the model, so a tampered or foreign folder is refused and nothing in it is executed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +24,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -31,8 +32,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from patseg.errors import CheckpointError
-from patseg.weights.files import MODEL_FILE, architecture_metadata, check_state, frozen_keys, read_tensors, \
-    state_to_save
+from patseg.weights.files import (
+    MODEL_FILE,
+    architecture_metadata,
+    check_state,
+    frozen_keys,
+    read_tensors,
+    state_to_save,
+)
 
 FORMAT, VERSION = "patseg-checkpoint", 1
 OPTIM_FILE, STATE_FILE = "optim.safetensors", "state.json"
@@ -53,17 +60,30 @@ class TrainState:
     config: dict[str, Any]  # the TrainConfig as a dict, for the record
 
 
-_STATE_TYPES = {"iteration": int, "sampler_position": int, "schedule": dict, "scaler": (dict, type(None)),
-                "rng": list, "config": dict, "format": str, "version": int, "frozen_excluded": bool}
+_STATE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "iteration": int,
+    "sampler_position": int,
+    "schedule": dict,
+    "scaler": (dict, type(None)),
+    "rng": list,
+    "config": dict,
+    "format": str,
+    "version": int,
+    "frozen_excluded": bool,
+}
 
 
 # ---------------------------------------------------------------------------------------------------- RNG states
 def capture_rng_state() -> dict[str, Any]:
     """This process's Python, NumPy, torch CPU (and current CUDA device) generator states as JSON-able lists."""
     version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(mt), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-             "torch": torch.get_rng_state().tolist()}
+    # The legacy tuple form (the default); numpy's stub also admits the dict form.
+    name, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
@@ -134,26 +154,34 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tens
     return _cpu_copies(tensors), {"param_groups": sd["param_groups"], "state": state_index}
 
 
-def _write_folder(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
-                  include_frozen: bool) -> None:
+def _write_folder(
+    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, include_frozen: bool
+) -> None:
     # The architecture record lets build_model(weights=folder) rebuild the model.
-    save_file(state_to_save(model, include_frozen=include_frozen), folder / MODEL_FILE,
-              metadata=architecture_metadata(model))
+    save_file(
+        state_to_save(model, include_frozen=include_frozen), folder / MODEL_FILE, metadata=architecture_metadata(model)
+    )
     optim_tensors, index = _flatten_optimizer(optimizer)
     try:
         index_text = json.dumps(index)
     except TypeError as exc:
         raise CheckpointError(f"optimizer param_groups are not JSON-serialisable: {exc}") from None
     save_file(optim_tensors, folder / OPTIM_FILE, metadata={"format": "pt", INDEX_KEY: index_text})
-    record = {"format": FORMAT, "version": VERSION, "frozen_excluded": not include_frozen,
-              **dataclasses.asdict(state)}
+    record = {"format": FORMAT, "version": VERSION, "frozen_excluded": not include_frozen, **dataclasses.asdict(state)}
     _write_text(folder / STATE_FILE, json.dumps(record))
     for name in (MODEL_FILE, OPTIM_FILE):
         _fsync(folder / name)
 
 
-def save_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
-                    *, include_frozen: bool = False, keep_last: int = 3) -> Path:
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    *,
+    include_frozen: bool = False,
+    keep_last: int = 3,
+) -> Path:
     """Write ``directory/ckpt_{state.iteration:07d}`` atomically, point ``last_checkpoint`` at it, prune old ones.
 
     ``model`` must be the plain module, not its DistributedDataParallel wrapper. Returns the folder.
@@ -236,10 +264,12 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     return read_tensors(path)
 
 
-def _check_model_tensors(tensors: dict[str, Tensor], model: nn.Module, allow_missing_frozen: bool,
-                         source: Path) -> None:
-    check_state(tensors, model.state_dict(), source, may_lack=sorted(frozen_keys(model)) if allow_missing_frozen
-                else ())
+def _check_model_tensors(
+    tensors: dict[str, Tensor], model: nn.Module, allow_missing_frozen: bool, source: Path
+) -> None:
+    check_state(
+        tensors, model.state_dict(), source, may_lack=sorted(frozen_keys(model)) if allow_missing_frozen else ()
+    )
 
 
 def load_model_weights(path: str | Path, model: nn.Module) -> None:
@@ -261,13 +291,13 @@ def load_model_weights(path: str | Path, model: nn.Module) -> None:
 def _check_groups(saved_groups: Any, optimizer: torch.optim.Optimizer, source: Path) -> dict[int, Tensor]:
     """Match the saved param groups to the optimizer's; returns saved param id -> live parameter."""
     if not isinstance(saved_groups, list) or len(saved_groups) != len(optimizer.param_groups):
-        raise CheckpointError(f"{source}: the optimizer has {len(optimizer.param_groups)} param groups, "
-                              f"the checkpoint does not")
+        raise CheckpointError(
+            f"{source}: the optimizer has {len(optimizer.param_groups)} param groups, the checkpoint does not"
+        )
     params_by_id: dict[int, Tensor] = {}
     for i, (saved, current) in enumerate(zip(saved_groups, optimizer.param_groups)):
         ids = saved.get("params") if isinstance(saved, dict) else None
-        well_formed = isinstance(ids, list) and all(isinstance(x, int) for x in ids)
-        if not well_formed or len(ids) != len(current["params"]):
+        if not (isinstance(ids, list) and all(isinstance(x, int) for x in ids)) or len(ids) != len(current["params"]):
             raise CheckpointError(f"{source}: param group {i} does not match the optimizer's")
         if saved.get("param_names") != current.get("param_names"):
             raise CheckpointError(f"{source}: param group {i} holds different parameters (names differ)")
@@ -304,8 +334,10 @@ def _read_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> dict[str, A
                 raise CheckpointError(f"{path}: optimizer state '{pid_text}.{key}' points at no tensor")
             tensor, param = tensors[name], params_by_id[pid]
             if tensor.dim() > 0 and tensor.shape != param.shape:
-                raise CheckpointError(f"{path}: optimizer state '{name}' has shape {tuple(tensor.shape)}, "
-                                      f"its parameter {tuple(param.shape)}")
+                raise CheckpointError(
+                    f"{path}: optimizer state '{name}' has shape {tuple(tensor.shape)}, "
+                    f"its parameter {tuple(param.shape)}"
+                )
             state[pid][key] = tensor
             used.add(name)
     if used != set(tensors):

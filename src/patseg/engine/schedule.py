@@ -5,6 +5,7 @@ AdamW whose weight decay is 0 for norm layers (detectron2 WEIGHT_DECAY_NORM) and
 embeddings (WEIGHT_DECAY_EMBED). PAT adds codebooks, which get no decay for the same reason: decay would pull
 code vectors toward the origin rather than regularise a weight matrix.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -10,6 +10,7 @@ One rule for assignments: a key whose first part names a section of :class:`Trai
 of the model record :class:`patseg.config.ModelConfig` (``pat.vmf``, ``loss.vq_weight``) is a model key, as with
 every other command's ``--set``, and lands in ``model.overrides`` (``model.overrides.pat.vmf`` means the same).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -79,8 +80,7 @@ class LogConfig:
 class EvalConfig:
     period: int = 5000  # iterations between calls of the evaluate callback (and at the end)
     # SAN's test list (configs/Base-coco-stuff-164K-171.yaml), named as patseg's class-name files
-    datasets: tuple[str, ...] = ("coco_stuff_171", "voc_20", "pcontext_59", "ade20k_150", "pcontext_459",
-                                 "ade20k_847")
+    datasets: tuple[str, ...] = ("coco_stuff_171", "voc_20", "pcontext_59", "ade20k_150", "pcontext_459", "ade20k_847")
     limit: Optional[int] = None  # evaluate only the first N images of each set (quick checks); None = all
 
 
@@ -111,9 +111,11 @@ def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _check_values(cfg: TrainConfig) -> None:
     """Constraints that types alone do not express; each message names its key."""
     if cfg.model.weights and cfg.model.init_from:
-        raise ConfigError("config keys 'model.weights' (a full patseg checkpoint) and 'model.init_from' (a SAN "
-                          "checkpoint) exclude each other")
-    positive = {
+        raise ConfigError(
+            "config keys 'model.weights' (a full patseg checkpoint) and 'model.init_from' (a SAN "
+            "checkpoint) exclude each other"
+        )
+    positive: dict[str, float] = {
         "solver.iters": cfg.solver.iters,
         "solver.batch_size": cfg.solver.batch_size,
         "solver.grad_accum": cfg.solver.grad_accum,
@@ -127,8 +129,12 @@ def _check_values(cfg: TrainConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key '{key}' must be positive, got {value}")
-    for key, value in {"solver.lr": cfg.solver.lr, "solver.weight_decay": cfg.solver.weight_decay,
-                       "solver.grad_clip": cfg.solver.grad_clip, "data.workers": cfg.data.workers}.items():
+    for key, value in {
+        "solver.lr": cfg.solver.lr,
+        "solver.weight_decay": cfg.solver.weight_decay,
+        "solver.grad_clip": cfg.solver.grad_clip,
+        "data.workers": cfg.data.workers,
+    }.items():
         if value < 0:
             raise ConfigError(f"config key '{key}' must not be negative, got {value}")
     if cfg.solver.amp not in AMP_MODES:
@@ -164,19 +170,20 @@ def split_assignments(assignments: Mapping[str, Any]) -> Assignments:
     for key, value in assignments.items():
         head = key.split(".")[0]
         if key.startswith(OVERRIDES_PREFIX):
-            out.model[key[len(OVERRIDES_PREFIX):]] = value
+            out.model[key[len(OVERRIDES_PREFIX) :]] = value
         elif head in train_sections:
             out.train[key] = value
         elif head in model_sections:
             out.model[key] = value
         else:
-            raise ConfigError(f"unknown config key '{key}': training keys start with {', '.join(train_sections)}; "
-                              f"model keys with {', '.join(model_sections)}")
+            raise ConfigError(
+                f"unknown config key '{key}': training keys start with {', '.join(train_sections)}; "
+                f"model keys with {', '.join(model_sections)}"
+            )
     return out
 
 
-def load_train_config(path: str | Path | None = None,
-                      assignments: Mapping[str, Any] | None = None) -> TrainConfig:
+def load_train_config(path: str | Path | None = None, assignments: Mapping[str, Any] | None = None) -> TrainConfig:
     """Read a YAML training config (or start from the defaults), apply ``assignments`` and validate everything.
 
     ``assignments`` are dotted keys with parsed values (:func:`patseg.config.parse_assignments`), routed by

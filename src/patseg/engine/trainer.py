@@ -12,16 +12,17 @@ everything (model, optimizer, schedule, scaler, sampler position, RNG of every r
 The data iterator restarts at every checkpoint boundary with seeds derived from (seed, rank, iteration), so a
 resumed run sees the same batches, augmentations included, as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -29,9 +30,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from patseg import distributed as D
 from patseg.atomic import atomic_write_text
 from patseg.config import ConfigError, to_dict
-from patseg import distributed as D
 from patseg.engine.checkpoint import (
     TrainState,
     capture_rng_state,
@@ -44,11 +45,21 @@ from patseg.engine.checkpoint import (
 from patseg.engine.schedule import PolySchedule, build_param_groups
 from patseg.engine.train_config import TrainConfig, dump_train_config
 from patseg.engine.writers import ProgressBar, TrainingWriter
-from patseg.models.outputs import StepOutput
+from patseg.models.outputs import StepOutput, Visual
 
 logger = logging.getLogger(__name__)
 
 Evaluate = Callable[[nn.Module, int], dict]  # (plain model, iterations completed) -> metrics
+
+
+class TrainableModel(Protocol):
+    """What the loop calls on the model besides ``nn.Module``'s own methods (SAN and PAT implement it)."""
+
+    def training_losses(
+        self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *, ignore_index: int
+    ) -> StepOutput: ...
+
+    def encode_vocabulary(self, class_names: Sequence[str]) -> Tensor: ...
 
 
 @dataclass
@@ -67,7 +78,8 @@ class _LossForward(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, ignore_index: int) -> StepOutput:
-        return self.model.training_losses(images, labels, class_embeddings, ignore_index=ignore_index)
+        model = cast(TrainableModel, self.model)
+        return model.training_losses(images, labels, class_embeddings, ignore_index=ignore_index)
 
 
 @dataclass
@@ -95,7 +107,7 @@ class _Step:
     losses: dict[str, Tensor]  # this rank's loss terms, averaged over micro-batches
     stats: dict[str, float]
     grad_norm: Tensor
-    panels: dict[str, Tensor]  # last micro-batch's inputs and the model's visuals
+    panels: dict[str, Visual]  # last micro-batch's inputs and the model's visuals
     data_time: float
 
 
@@ -108,8 +120,10 @@ def _seed_all(seed: int) -> None:
 def _micro_batch(cfg: TrainConfig, world_size: int) -> int:
     per_step = world_size * cfg.solver.grad_accum
     if cfg.solver.batch_size % per_step:
-        raise ConfigError(f"config key 'solver.batch_size' ({cfg.solver.batch_size}) must be divisible by "
-                          f"world size x solver.grad_accum ({world_size} x {cfg.solver.grad_accum})")
+        raise ConfigError(
+            f"config key 'solver.batch_size' ({cfg.solver.batch_size}) must be divisible by "
+            f"world size x solver.grad_accum ({world_size} x {cfg.solver.grad_accum})"
+        )
     return cfg.solver.batch_size // per_step
 
 
@@ -122,8 +136,15 @@ def _autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def _setup(cfg: TrainConfig, model: nn.Module, dataset: Dataset, class_names: Sequence[str],
-           collate_fn: Callable, info: D.DistInfo, device: torch.device) -> _Run:
+def _setup(
+    cfg: TrainConfig,
+    model: nn.Module,
+    dataset: Dataset,
+    class_names: Sequence[str],
+    collate_fn: Callable,
+    info: D.DistInfo,
+    device: torch.device,
+) -> _Run:
     micro = _micro_batch(cfg, info.world_size)
     _seed_all(cfg.solver.seed + info.rank)
     model.to(device).train()
@@ -132,13 +153,27 @@ def _setup(cfg: TrainConfig, model: nn.Module, dataset: Dataset, class_names: Se
     dtype = _autocast_dtype(cfg.solver.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # bf16 needs no loss scaling
     with torch.no_grad():
-        class_embeddings = model.encode_vocabulary(list(class_names)).detach().to(device)
+        class_embeddings = cast(TrainableModel, model).encode_vocabulary(list(class_names)).detach().to(device)
     forward: nn.Module = _LossForward(model)
     if info.enabled:
         forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
     writer = TrainingWriter(Path(cfg.output_dir) / "logs") if info.is_main else None
-    return _Run(cfg, info, device, model, forward, optimizer, schedule, scaler, dtype, class_embeddings,
-                dataset, collate_fn, micro, writer)
+    return _Run(
+        cfg,
+        info,
+        device,
+        model,
+        forward,
+        optimizer,
+        schedule,
+        scaler,
+        dtype,
+        class_embeddings,
+        dataset,
+        collate_fn,
+        micro,
+        writer,
+    )
 
 
 def _resume_or_load(run: _Run, resume: bool) -> tuple[int, int]:
@@ -157,8 +192,11 @@ def _resume_or_load(run: _Run, resume: bool) -> tuple[int, int]:
     if len(state.rng) == run.info.world_size:
         restore_rng_state(state.rng[run.info.rank])
     else:
-        logger.warning("checkpoint was written by %d ranks, this run has %d: RNG reseeded, resume is not bitwise",
-                       len(state.rng), run.info.world_size)
+        logger.warning(
+            "checkpoint was written by %d ranks, this run has %d: RNG reseeded, resume is not bitwise",
+            len(state.rng),
+            run.info.world_size,
+        )
         _seed_all(run.cfg.solver.seed + run.info.rank + state.iteration)
     logger.info("resumed from %s at iteration %d", folder, state.iteration)
     return state.iteration, state.sampler_position
@@ -167,12 +205,20 @@ def _resume_or_load(run: _Run, resume: bool) -> tuple[int, int]:
 def _batches(run: _Run, it: int, position: int) -> Iterator[dict[str, Tensor]]:
     """A fresh data iterator at ``position``; its worker seeds depend only on (seed, rank, it)."""
     cfg, info = run.cfg, run.info
-    sampler = D.InfiniteSampler(len(run.dataset), seed=cfg.solver.seed, rank=info.rank,
-                                world_size=info.world_size, start=position)
+    sampler = D.InfiniteSampler(
+        len(cast(Sized, run.dataset)), seed=cfg.solver.seed, rank=info.rank, world_size=info.world_size, start=position
+    )
     generator = torch.Generator().manual_seed(cfg.solver.seed * 1_000_003 + info.rank * 7_919 + it)
-    loader = DataLoader(run.dataset, batch_size=run.micro_batch, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.workers, collate_fn=run.collate_fn, generator=generator,
-                        pin_memory=run.device.type == "cuda")
+    loader = DataLoader(
+        run.dataset,
+        batch_size=run.micro_batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.data.workers,
+        collate_fn=run.collate_fn,
+        generator=generator,
+        pin_memory=run.device.type == "cuda",
+    )
     return iter(loader)
 
 
@@ -189,9 +235,9 @@ def _train_step(run: _Run, batches: Iterator[dict[str, Tensor]]) -> _Step:
         labels = batch["labels"].to(run.device, non_blocking=True)
         data_time += time.perf_counter() - tick
         last = micro == accum - 1
-        sync = nullcontext() if last or not run.info.enabled else run.forward.no_sync()
-        autocast = (torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype
-                    else nullcontext())
+        # Accumulation steps skip DDP's gradient sync; run.forward is DDP-wrapped whenever distributed is enabled.
+        sync = nullcontext() if last or not run.info.enabled else cast(DistributedDataParallel, run.forward).no_sync()
+        autocast = torch.autocast(run.device.type, dtype=run.autocast_dtype) if run.autocast_dtype else nullcontext()
         with sync:
             with autocast:
                 out: StepOutput = run.forward(images, labels, run.class_embeddings, run.cfg.data.ignore_index)
@@ -204,7 +250,11 @@ def _train_step(run: _Run, batches: Iterator[dict[str, Tensor]]) -> _Step:
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # full-model L2 norm (SAN CLIP_TYPE full_model)
     run.scaler.step(run.optimizer)
     run.scaler.update()
-    panels = {"input/images": images, "input/labels": labels, **{f"visual/{k}": v for k, v in out.visuals.items()}}
+    panels: dict[str, Visual] = {
+        "input/images": images,
+        "input/labels": labels,
+        **{f"visual/{k}": v for k, v in out.visuals.items()},
+    }
     return _Step(sums, dict(out.stats), grad_norm.detach(), panels, data_time)
 
 
@@ -212,18 +262,20 @@ def _reduced_scalars(step: _Step, it: int, device: torch.device) -> dict[str, fl
     """Loss terms, stats and grad norm averaged over ranks; every rank calls this at the same iterations."""
     names = sorted(step.losses)
     stat_names = sorted(step.stats)
-    values = torch.stack([step.losses[n].to(device) for n in names]
-                         + [torch.tensor(float(step.stats[n]), device=device) for n in stat_names]
-                         + [step.grad_norm.float().to(device)])
-    values = D.all_reduce_mean(values).tolist()
-    losses = dict(zip(names, values))
+    values = torch.stack(
+        [step.losses[n].to(device) for n in names]
+        + [torch.tensor(float(step.stats[n]), device=device) for n in stat_names]
+        + [step.grad_norm.float().to(device)]
+    )
+    reduced = D.all_reduce_mean(values).tolist()
+    losses = dict(zip(names, reduced))
     total = sum(losses.values())
     if not np.isfinite(total):  # all ranks see the same reduced value, so all stop together
         raise FloatingPointError(f"loss became {total} at iteration {it}: {losses}")
     scalars = {f"loss/{n}": v for n, v in losses.items()}
     scalars["loss/total"] = total
-    scalars.update({f"stats/{n}": v for n, v in zip(stat_names, values[len(names):])})
-    scalars["grad_norm"] = values[-1]
+    scalars.update({f"stats/{n}": v for n, v in zip(stat_names, reduced[len(names) :])})
+    scalars["grad_norm"] = reduced[-1]
     return scalars
 
 
@@ -257,12 +309,22 @@ def _save(run: _Run, done: int, position: int) -> Path:
     rng = D.all_gather_json(capture_rng_state(), run.device)  # every rank's streams, for a bitwise resume
     folder = Path(run.cfg.output_dir) / f"ckpt_{done:07d}"
     if run.info.is_main:
-        state = TrainState(iteration=done, sampler_position=position, schedule=run.schedule.state_dict(),
-                           scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None, rng=rng,
-                           config=to_dict(run.cfg))
-        folder = save_checkpoint(run.cfg.output_dir, run.model, run.optimizer, state,
-                                 include_frozen=run.cfg.checkpoint.include_frozen,
-                                 keep_last=run.cfg.checkpoint.keep_last)
+        state = TrainState(
+            iteration=done,
+            sampler_position=position,
+            schedule=run.schedule.state_dict(),
+            scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            rng=rng,
+            config=to_dict(run.cfg),
+        )
+        folder = save_checkpoint(
+            run.cfg.output_dir,
+            run.model,
+            run.optimizer,
+            state,
+            include_frozen=run.cfg.checkpoint.include_frozen,
+            keep_last=run.cfg.checkpoint.keep_last,
+        )
     return folder
 
 
@@ -302,9 +364,16 @@ def _loop(run: _Run, start: int, position: int, evaluate: Evaluate | None) -> Tr
     return result
 
 
-def train(cfg: TrainConfig, model: nn.Module, dataset: Dataset, class_names: Sequence[str], *,
-          evaluate: Evaluate | None = None, resume: bool = False,
-          collate_fn: Callable[[list[Any]], dict[str, Tensor]] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    model: nn.Module,
+    dataset: Dataset,
+    class_names: Sequence[str],
+    *,
+    evaluate: Evaluate | None = None,
+    resume: bool = False,
+    collate_fn: Callable[[list[Any]], dict[str, Tensor]] | None = None,
+) -> TrainResult:
     """Train ``model`` on ``dataset`` for ``cfg.solver.iters`` optimizer steps (see the module docstring).
 
     Arguments:
@@ -317,7 +386,9 @@ def train(cfg: TrainConfig, model: nn.Module, dataset: Dataset, class_names: Seq
         resume: continue from ``cfg.output_dir/last_checkpoint`` if there is one.
     """
     if collate_fn is None:
-        from patseg.data.transforms import collate_semseg as collate_fn
+        from patseg.data.transforms import collate_semseg
+
+        collate_fn = collate_semseg
     owns_group = D.detect().enabled and not torch.distributed.is_initialized()
     info, device = D.init_distributed()
     try:

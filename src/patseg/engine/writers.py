@@ -3,6 +3,7 @@
 ``metrics.jsonl`` holds one JSON object per logged step (as detectron2's JSONWriter does), so runs can be plotted
 or compared without TensorBoard. TensorBoard is imported only when a writer is created.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from patseg.models.outputs import Visual
 
 PANEL_IMAGES = 4  # batch items shown side by side in one image panel
 
@@ -60,7 +63,7 @@ class TrainingWriter:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
 
-    def images(self, panels: dict[str, Tensor], step: int) -> None:
+    def images(self, panels: dict[str, Visual], step: int) -> None:
         """Log image panels; each value (or the result of calling it) goes through :func:`image_panel`."""
         for name, tensor in panels.items():
             self._tb.add_image(name, image_panel(tensor() if callable(tensor) else tensor), step)
@@ -76,8 +79,9 @@ class ProgressBar:
     def __init__(self, start: int, total: int, enabled: bool) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="it",
-                         dynamic_ncols=True, smoothing=0.05)
+        self._bar = tqdm(
+            total=total, initial=start, disable=not enabled, desc="train", unit="it", dynamic_ncols=True, smoothing=0.05
+        )
 
     def update(self, postfix: Optional[dict[str, float]] = None) -> None:
         if postfix:

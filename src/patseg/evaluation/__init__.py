@@ -1,5 +1,6 @@
 """Metrics and the evaluation loop: semantic-segmentation scores (both mIoU rules, ``sem_seg``), Table-I reports
 over seeds (``report``), reconstruction FID (``fid``, ``rfid``) and zero-shot evaluation of a model (``loop``)."""
+
 from importlib import import_module
 from typing import Any
 

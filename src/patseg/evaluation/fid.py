@@ -11,6 +11,7 @@ torchmetrics keeps float64 sums of the features and of their outer products (sum
 FID = |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 sum_i sqrt(lambda_i(S1 S2)) with unbiased covariances S. Report N with
 every number: with N < 2048 images the covariances are rank-deficient and FID is biased upward.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,9 @@ def inception_fid(weights: str | os.PathLike, device: torch.device | str | None 
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     try:
-        metric = FrechetInceptionDistance(feature=FID_FEATURES, normalize=False, antialias=False,
-                                          feature_extractor_weights_path=str(path))
+        metric = FrechetInceptionDistance(
+            feature=FID_FEATURES, normalize=False, antialias=False, feature_extractor_weights_path=str(path)
+        )
     except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen keys
         raise CheckpointError(f"{path}: does not fit the FID Inception ({err})") from err
     return metric.to(device) if device is not None else metric

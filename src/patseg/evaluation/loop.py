@@ -6,6 +6,7 @@ prompt templates; predictions accumulate in one confusion matrix per dataset, al
 :class:`SemSegEvaluator`. The reconstruction FID compares PAT's pixel reconstructions of the COCO-Stuff
 validation images with the images themselves.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,21 +14,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
+from patseg import distributed as D
 from patseg.data.datasets import SemSegDataset
 from patseg.data.factory import build_dataset
-from patseg import distributed as D
 from patseg.evaluation import SemSegEvaluator
+from patseg.models.san.model import SAN
 from patseg.predictor import Segmenter
 
 RFID_DATASET = "coco_stuff_171"  # PAT reports rFID on the COCO-Stuff validation images
 
 
-def evaluate_dataset(model: nn.Module, dataset: SemSegDataset, *, short_side: int = 640, max_long_side: int = 2560,
-                     limit: int | None = None, progress: bool = True,
-                     class_names: Sequence[str] | None = None) -> dict:
+def evaluate_dataset(
+    model: SAN,
+    dataset: SemSegDataset,
+    *,
+    short_side: int = 640,
+    max_long_side: int = 2560,
+    limit: int | None = None,
+    progress: bool = True,
+    class_names: Sequence[str] | None = None,
+) -> dict:
     """Metrics of ``model`` on ``dataset`` (every rank evaluates its shard; the result is the same on all ranks).
 
     Arguments:
@@ -54,9 +62,16 @@ def evaluate_dataset(model: nn.Module, dataset: SemSegDataset, *, short_side: in
     return metrics
 
 
-def evaluate_datasets(model: nn.Module, names: Sequence[str], *, root: str | None = None,
-                      limit: int | None = None, allow_partial: bool = False, progress: bool = True,
-                      short_side: int = 640) -> dict:
+def evaluate_datasets(
+    model: SAN,
+    names: Sequence[str],
+    *,
+    root: str | None = None,
+    limit: int | None = None,
+    allow_partial: bool = False,
+    progress: bool = True,
+    short_side: int = 640,
+) -> dict:
     """{dataset name: metrics} for several benchmarks (validation splits)."""
     results = {}
     for name in names:
@@ -66,9 +81,16 @@ def evaluate_datasets(model: nn.Module, names: Sequence[str], *, root: str | Non
     return results
 
 
-def evaluate_rfid(model: nn.Module, *, inception_weights: str, root: str | None = None,
-                  limit: int | None = None, allow_partial: bool = False, size: int = 640,
-                  progress: bool = True) -> dict[str, Any]:
+def evaluate_rfid(
+    model: SAN,
+    *,
+    inception_weights: str,
+    root: str | None = None,
+    limit: int | None = None,
+    allow_partial: bool = False,
+    size: int = 640,
+    progress: bool = True,
+) -> dict[str, Any]:
     """PAT's reconstruction FID on the COCO-Stuff validation images, as the results file's ``rfid`` entry.
 
     Arguments:
@@ -81,6 +103,7 @@ def evaluate_rfid(model: nn.Module, *, inception_weights: str, root: str | None 
     from patseg.evaluation.rfid import reconstruction_fid  # brings in the Inception network, needed only here
 
     dataset = build_dataset(RFID_DATASET, "val", root=root, allow_partial=allow_partial or limit is not None)
-    result = reconstruction_fid(model, dataset, inception_weights=inception_weights, short_side=size, crop=size,
-                                limit=limit, progress=progress)
+    result = reconstruction_fid(
+        model, dataset, inception_weights=inception_weights, short_side=size, crop=size, limit=limit, progress=progress
+    )
     return {"value": float(result.fid), "num_images": int(result.num_images)}

@@ -19,6 +19,7 @@ classes absent from the ground truth) are written as ``null``. Per-dataset means
 standard deviations use the runs of a model that have that dataset; the std is the sample std (ddof = 1) and is
 omitted for a single run. :func:`write_results` writes this format; ``patseg report`` reads it.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,10 +5,11 @@ cropped to ``crop`` x ``crop`` and stored as uint8; that image is the real sampl
 uint8, the fake one (see :mod:`patseg.evaluation.fid` for the metric). Under torch.distributed each process takes
 images ``rank, rank + world_size, ...`` and the metric sums its statistics over processes.
 """
+
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 import torch.distributed as dist
@@ -69,13 +70,32 @@ def _check_arguments(count: int, short_side: int, crop: int, batch_size: int) ->
         raise UsageError(f"rFID batch size must be at least 1, got {batch_size}")
     world = _rank_and_world()[1]
     if count < max(2, world):
-        raise UsageError(f"rFID over {count} images on {world} process(es): a covariance needs at least 2 images "
-                         "and every process at least one")
+        raise UsageError(
+            f"rFID over {count} images on {world} process(es): a covariance needs at least 2 images "
+            "and every process at least one"
+        )
 
 
-def reconstruction_fid(model: nn.Module, dataset: Sequence[Mapping[str, Any]], *, inception_weights: str,
-                       short_side: int = 640, crop: int = 640, limit: int | None = None, batch_size: int = 4,
-                       progress: bool = True, device: torch.device | str | None = None) -> RFIDResult:
+class ImageItems(Protocol):
+    """What the rFID loop reads: a length and items whose ``"image"`` is a (3, H, W) uint8 tensor."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+
+
+def reconstruction_fid(
+    model: nn.Module,
+    dataset: ImageItems,
+    *,
+    inception_weights: str,
+    short_side: int = 640,
+    crop: int = 640,
+    limit: int | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> RFIDResult:
     """rFID of ``model`` on the first ``limit`` images of ``dataset`` (all when None); the same on every rank.
 
     Arguments:
@@ -87,8 +107,9 @@ def reconstruction_fid(model: nn.Module, dataset: Sequence[Mapping[str, Any]], *
     than two images (or than processes).
     """
     if not isinstance(model, PAT):
-        raise UsageError(f"rFID needs a PAT model (it reconstructs images); {type(model).__name__} has no "
-                         "reconstruction")
+        raise UsageError(
+            f"rFID needs a PAT model (it reconstructs images); {type(model).__name__} has no reconstruction"
+        )
     count = len(dataset) if limit is None else min(limit, len(dataset))
     _check_arguments(count, short_side, crop, batch_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device

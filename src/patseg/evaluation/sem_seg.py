@@ -14,6 +14,7 @@ Pixels whose ground truth is the ignore label are dropped; every other pixel add
 
 All values are percentages. Under ``torch.distributed`` the matrix is summed over processes in :meth:`compute`.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -21,6 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
+
 
 def _as_int64(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(x, np.ndarray):

@@ -11,6 +11,7 @@ uniformly random points shared by every query and target of the image. Facts fro
 ``batch_sigmoid_ce_loss``) and ``mask2former/data/dataset_mappers/mask_former_semantic_dataset_mapper.py`` (targets),
 as copied by MendelXu/SAN.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -116,8 +117,9 @@ class HungarianMatcher:
         num_points: uniform random points per image, shared by all its queries and targets (SAN: 112^2).
     """
 
-    def __init__(self, *, class_weight: float = 2.0, mask_weight: float = 5.0, dice_weight: float = 5.0,
-                 num_points: int = 12544) -> None:
+    def __init__(
+        self, *, class_weight: float = 2.0, mask_weight: float = 5.0, dice_weight: float = 5.0, num_points: int = 12544
+    ) -> None:
         if num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {num_points}")
         self.class_weight = class_weight
@@ -148,12 +150,15 @@ class HungarianMatcher:
             target_points = point_sample(target_masks, coords.expand(num_targets, -1, -1))
             pred_points, target_points = pred_points[:, 0], target_points[:, 0]  # (Q, P), (n, P)
 
-            return (self.mask_weight * pairwise_sigmoid_bce(pred_points, target_points)
-                    + self.class_weight * class_cost
-                    + self.dice_weight * pairwise_dice(pred_points, target_points))
+            return (
+                self.mask_weight * pairwise_sigmoid_bce(pred_points, target_points)
+                + self.class_weight * class_cost
+                + self.dice_weight * pairwise_dice(pred_points, target_points)
+            )
 
-    def __call__(self, pred_logits: Tensor, pred_masks: Tensor,
-                 targets: list[SemSegTarget]) -> list[tuple[Tensor, Tensor]]:
+    def __call__(
+        self, pred_logits: Tensor, pred_masks: Tensor, targets: list[SemSegTarget]
+    ) -> list[tuple[Tensor, Tensor]]:
         """Match every image of the batch.
 
         Arguments:

@@ -11,9 +11,11 @@
 
 The model hands over plain tensors and prediction sets, so this layer never imports the models.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -40,9 +42,19 @@ class PatCriterion(nn.Module):
         spatial_alignment: False drops ``loss_spatial`` (Table II ablation).
     """
 
-    def __init__(self, *, set_loss: SetCriterion, reconstruction: ReconstructionLoss, vq_weight: float = 0.1,
-                 spatial_weight: float = 0.1, crf_weight: float = 1.0, tv_weight: float = 1.0,
-                 crf_points: int = 1000, rec_weight: float = 1.0, spatial_alignment: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        set_loss: SetCriterion,
+        reconstruction: ReconstructionLoss,
+        vq_weight: float = 0.1,
+        spatial_weight: float = 0.1,
+        crf_weight: float = 1.0,
+        tv_weight: float = 1.0,
+        crf_points: int = 1000,
+        rec_weight: float = 1.0,
+        spatial_alignment: bool = True,
+    ) -> None:
         super().__init__()
         self.set_loss = set_loss
         self.reconstruction = reconstruction
@@ -51,9 +63,11 @@ class PatCriterion(nn.Module):
         self.spatial_alignment = spatial_alignment
 
     def extra_repr(self) -> str:
-        return (f"vq_weight={self.vq_weight}, spatial_weight={self.spatial_weight}, rec_weight={self.rec_weight}, "
-                f"crf_weight={self.crf_weight}, tv_weight={self.tv_weight}, crf_points={self.crf_points}, "
-                f"spatial_alignment={self.spatial_alignment}")
+        return (
+            f"vq_weight={self.vq_weight}, spatial_weight={self.spatial_weight}, rec_weight={self.rec_weight}, "
+            f"crf_weight={self.crf_weight}, tv_weight={self.tv_weight}, crf_points={self.crf_points}, "
+            f"spatial_alignment={self.spatial_alignment}"
+        )
 
     def prepare(self, lpips_vgg_weights: str | None = None) -> None:
         """Build LPIPS from torchvision's VGG16 file now; raises MissingFileError when it is needed and missing."""
@@ -68,13 +82,25 @@ class PatCriterion(nn.Module):
         Returns:
             scalar.
         """
-        terms = [spatial_alignment_loss(images, codes, crf_weight=self.crf_weight, tv_weight=self.tv_weight,
-                                        num_points=self.crf_points).total for codes in stage_codes]
+        terms = [
+            spatial_alignment_loss(
+                images, codes, crf_weight=self.crf_weight, tv_weight=self.tv_weight, num_points=self.crf_points
+            ).total
+            for codes in stage_codes
+        ]
         return torch.stack(terms).mean()
 
-    def forward(self, images: Tensor, targets: list[SemSegTarget], *, main: MaskSet, aux: Mapping[str, MaskSet],
-                vq_losses: Sequence[Tensor], stage_codes: Sequence[Tensor],
-                reconstruction: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self,
+        images: Tensor,
+        targets: list[SemSegTarget],
+        *,
+        main: MaskSet,
+        aux: Mapping[str, MaskSet],
+        vq_losses: Sequence[Tensor],
+        stage_codes: Sequence[Tensor],
+        reconstruction: Tensor,
+    ) -> dict[str, Tensor]:
         """Every weighted term of PAT's loss.
 
         Arguments:
@@ -90,7 +116,7 @@ class PatCriterion(nn.Module):
             scalar already multiplied by its weight.
         """
         losses = self.set_loss.sets(main, aux, targets)
-        losses["loss_vq"] = self.vq_weight * sum(vq_losses)
+        losses["loss_vq"] = self.vq_weight * cast(Tensor, sum(vq_losses))  # a Tensor: one loss per quantizer
         if self.spatial_alignment:
             losses["loss_spatial"] = self.spatial_weight * self.spatial(images, stage_codes)
         rec = self.reconstruction(reconstruction, images)

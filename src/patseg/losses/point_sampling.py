@@ -9,6 +9,7 @@ costs ``P`` values whatever its size. Facts from detectron2 ``projects/PointRend
 Coordinates are ``(x, y)`` in ``[0, 1]`` with (0, 0) the top-left corner of the top-left pixel
 (``align_corners=False``); points within half a pixel of the border blend with zero padding, as upstream.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,9 @@ def point_sample(inputs: Tensor, coords: Tensor) -> Tensor:
         ``(N, C, P)`` values; outside-pixel neighbours count as zero (``grid_sample`` zero padding).
     """
     if inputs.dim() != 4 or coords.dim() != 3 or coords.shape[-1] != 2:
-        raise ValueError(f"point_sample expects (N,C,H,W) and (N,P,2), got {tuple(inputs.shape)} and "
-                         f"{tuple(coords.shape)}")
+        raise ValueError(
+            f"point_sample expects (N,C,H,W) and (N,P,2), got {tuple(inputs.shape)} and {tuple(coords.shape)}"
+        )
     if inputs.shape[0] != coords.shape[0]:
         raise ValueError(f"point_sample: {inputs.shape[0]} maps but {coords.shape[0]} point sets")
     # grid_sample wants [-1, 1] and a (N, H_out, W_out, 2) grid: use a 1-pixel-wide grid of P points.
@@ -50,8 +52,9 @@ def point_uncertainty(logits: Tensor) -> Tensor:
     return -logits.abs()
 
 
-def uncertain_point_coords(logits: Tensor, num_points: int, oversample_ratio: float,
-                           importance_sample_ratio: float) -> Tensor:
+def uncertain_point_coords(
+    logits: Tensor, num_points: int, oversample_ratio: float, importance_sample_ratio: float
+) -> Tensor:
     """PointRend training points: the most uncertain of an oversampled random set, plus uniform random points.
 
     ``int(num_points * oversample_ratio)`` candidates are drawn uniformly; the ``int(importance_sample_ratio *

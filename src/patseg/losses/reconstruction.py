@@ -10,6 +10,7 @@ trunk: ``lpips.LPIPS(pretrained=True)`` would download torchvision's ``vgg16-397
 so the network is built with a random trunk and the trunk is filled from a local copy of that file. The file is a
 training input, not part of the architecture: it reaches the loss through ``model.prepare_training``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -115,7 +116,7 @@ class ReconstructionLoss(nn.Module):
         """The frozen LPIPS network, or None when ``perceptual_weight`` is 0."""
         return self._perceptual[0] if self._perceptual else None
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+    def _apply(self, fn, recurse: bool = True):
         # Device and dtype moves reach the LPIPS network although it is not a registered submodule.
         super()._apply(fn, recurse)
         for net in self._perceptual:

@@ -10,6 +10,7 @@ MendelXu/SAN ``san/model/criterion.py``.
 A model hands over its prediction sets (anything with ``masks`` and ``logits``, see :class:`MaskSet`), so this layer
 never imports the models.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -109,12 +110,21 @@ class SetCriterion(nn.Module):
         importance_sample_ratio: share of the points chosen by uncertainty.
     """
 
-    def __init__(self, *, class_weight: float = 2.0, mask_weight: float = 5.0, dice_weight: float = 5.0,
-                 no_object_weight: float = 0.1, num_points: int = 12544, oversample_ratio: float = 3.0,
-                 importance_sample_ratio: float = 0.75) -> None:
+    def __init__(
+        self,
+        *,
+        class_weight: float = 2.0,
+        mask_weight: float = 5.0,
+        dice_weight: float = 5.0,
+        no_object_weight: float = 0.1,
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+    ) -> None:
         super().__init__()
-        self.matcher = HungarianMatcher(class_weight=class_weight, mask_weight=mask_weight,
-                                        dice_weight=dice_weight, num_points=num_points)
+        self.matcher = HungarianMatcher(
+            class_weight=class_weight, mask_weight=mask_weight, dice_weight=dice_weight, num_points=num_points
+        )
         self.class_weight = class_weight
         self.mask_weight = mask_weight
         self.dice_weight = dice_weight
@@ -123,8 +133,9 @@ class SetCriterion(nn.Module):
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
 
-    def forward(self, pred_logits: Tensor, pred_masks: Tensor, targets: list[SemSegTarget],
-                num_masks: float | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, pred_logits: Tensor, pred_masks: Tensor, targets: list[SemSegTarget], num_masks: float | None = None
+    ) -> dict[str, Tensor]:
         """Match, then compute the weighted losses.
 
         Arguments:
@@ -146,8 +157,9 @@ class SetCriterion(nn.Module):
             raise ValueError(f"num_masks must be positive, got {num_masks}")
 
         with torch.autocast(device_type=pred_logits.device.type, enabled=False):
-            loss_ce = classification_loss(pred_logits, self._target_classes(pred_logits, targets, matches),
-                                          self.no_object_weight)
+            loss_ce = classification_loss(
+                pred_logits, self._target_classes(pred_logits, targets, matches), self.no_object_weight
+            )
             loss_mask, loss_dice = self._mask_losses(pred_masks, targets, matches, num_masks)
         return {
             "loss_ce": self.class_weight * loss_ce,
@@ -174,8 +186,10 @@ class SetCriterion(nn.Module):
     @staticmethod
     def _check_inputs(pred_logits: Tensor, pred_masks: Tensor, targets: list[SemSegTarget]) -> None:
         if pred_logits.dim() != 3 or pred_masks.dim() != 4 or pred_logits.shape[:2] != pred_masks.shape[:2]:
-            raise ValueError(f"expected pred_logits (B,Q,C+1) and pred_masks (B,Q,h,w), got "
-                             f"{tuple(pred_logits.shape)} and {tuple(pred_masks.shape)}")
+            raise ValueError(
+                f"expected pred_logits (B,Q,C+1) and pred_masks (B,Q,h,w), got "
+                f"{tuple(pred_logits.shape)} and {tuple(pred_masks.shape)}"
+            )
         if len(targets) != pred_logits.shape[0]:
             raise ValueError(f"{pred_logits.shape[0]} images but {len(targets)} targets")
         num_classes = pred_logits.shape[-1] - 1
@@ -183,12 +197,14 @@ class SetCriterion(nn.Module):
         if labels.numel():
             low, high = labels.min().item(), labels.max().item()
             if low < 0 or high >= num_classes:
-                raise ValueError(f"target labels must lie in [0, {num_classes}) for {num_classes} classes, "
-                                 f"got [{low}, {high}]")
+                raise ValueError(
+                    f"target labels must lie in [0, {num_classes}) for {num_classes} classes, got [{low}, {high}]"
+                )
 
     @staticmethod
-    def _target_classes(pred_logits: Tensor, targets: list[SemSegTarget],
-                        matches: list[tuple[Tensor, Tensor]]) -> Tensor:
+    def _target_classes(
+        pred_logits: Tensor, targets: list[SemSegTarget], matches: list[tuple[Tensor, Tensor]]
+    ) -> Tensor:
         """``(B, Q)`` class per query: the matched target's label, else no-object (index C)."""
         batch, num_queries, num_outputs = pred_logits.shape
         classes = torch.full((batch, num_queries), num_outputs - 1, dtype=torch.int64, device=pred_logits.device)
@@ -196,8 +212,9 @@ class SetCriterion(nn.Module):
             classes[b, query_idx.to(classes.device)] = target.labels.to(classes.device)[target_idx.to(classes.device)]
         return classes
 
-    def _mask_losses(self, pred_masks: Tensor, targets: list[SemSegTarget], matches: list[tuple[Tensor, Tensor]],
-                     num_masks: float) -> tuple[Tensor, Tensor]:
+    def _mask_losses(
+        self, pred_masks: Tensor, targets: list[SemSegTarget], matches: list[tuple[Tensor, Tensor]], num_masks: float
+    ) -> tuple[Tensor, Tensor]:
         """Point-sampled BCE and dice over matched pairs, unweighted. Returns two scalars."""
         device = pred_masks.device
         batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(device)
@@ -209,8 +226,9 @@ class SetCriterion(nn.Module):
             return zero, zero.clone()
 
         with torch.no_grad():
-            coords = uncertain_point_coords(matched.unsqueeze(1), self.num_points, self.oversample_ratio,
-                                            self.importance_sample_ratio)  # (M, P, 2)
+            coords = uncertain_point_coords(
+                matched.unsqueeze(1), self.num_points, self.oversample_ratio, self.importance_sample_ratio
+            )  # (M, P, 2)
         pred_points = point_sample(matched.unsqueeze(1), coords)[:, 0]  # (M, P)
 
         # Targets are read image by image, so images need not share a label resolution.

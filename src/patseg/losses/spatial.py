@@ -16,6 +16,7 @@ difference tensor is gigabytes; the kernel is built without gradient (it is a fi
 random 30-d projection of the features (FeatUp needs it for 384-d+ backbones, PAT's codes are already 32-d); both
 losses run in float32 under autocast, as the Gram form cancels catastrophically in bf16.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

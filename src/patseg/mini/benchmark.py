@@ -9,6 +9,7 @@
 4. A control that shows the open-vocabulary mechanism is at work: SAN with the CLIP text embeddings replaced by
    fixed random vectors (``RandomTextEncoder``), trained and evaluated the same way; its unseen mIoU should collapse.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,6 +38,7 @@ from patseg.evaluation import SemSegEvaluator
 from patseg.mini.clip_pretrain import MODEL_NAME, load_or_pretrain_mini_clip
 from patseg.mini.scenes import SyntheticSegmentation
 from patseg.mini.world import WorldConfig
+from patseg.models.san.model import SAN
 from patseg.paths import portable_path
 from patseg.predictor import Segmenter
 
@@ -88,6 +90,8 @@ QUICK = replace(FULL, seeds=(0,), iters=250, val_scenes=100, clip_steps=400)
 class RandomTextEncoder(nn.Module):
     """Stand-in for the text tower: a fixed random unit vector per class name (seeded by the name's hash)."""
 
+    _device_probe: Tensor
+
     def __init__(self, dim: int, logit_scale: float) -> None:
         super().__init__()
         self.dim, self._scale = dim, logit_scale
@@ -106,12 +110,13 @@ class RandomTextEncoder(nn.Module):
         return nn.functional.normalize(torch.stack(rows), dim=-1).to(self._device_probe.device)
 
 
-def build_mini_model(run: MiniRun, clip_weights: Path) -> nn.Module:
+def build_mini_model(run: MiniRun, clip_weights: Path) -> SAN:
     """The run's preset on the pretrained mini CLIP (frozen), optionally with random text embeddings."""
     cfg = load_preset(run.preset, {**MINI_CLIP, **run.overrides})
     model = build_model(cfg, clip_weights=str(clip_weights))
     if run.random_text:
-        model.text = RandomTextEncoder(model.clip.out_dim, model.text.logit_scale)
+        # Duck-typed: SAN calls the text tower and reads its logit_scale, which the stand-in has.
+        model.text = RandomTextEncoder(model.clip.out_dim, model.text.logit_scale)  # type: ignore[assignment]
     return model
 
 
@@ -119,8 +124,9 @@ def train_config(settings: MiniSettings, run: MiniRun, seed: int, out_dir: Path)
     return TrainConfig(
         model=ModelChoice(preset=run.preset, overrides=dict(run.overrides)),
         data=DataConfig(dataset="ovss_mini", root=str(out_dir), crop_size=settings.image_size, workers=0),
-        solver=SolverConfig(lr=settings.lr, iters=settings.iters, batch_size=settings.batch_size, grad_clip=1.0,
-                            amp="off", seed=seed),
+        solver=SolverConfig(
+            lr=settings.lr, iters=settings.iters, batch_size=settings.batch_size, grad_clip=1.0, amp="off", seed=seed
+        ),
         checkpoint=CheckpointConfig(period=settings.iters, keep_last=1),
         log=LogConfig(period=max(1, settings.iters // 20), image_period=settings.iters),
         eval=EvalConfig(period=10 * settings.iters, datasets=()),
@@ -129,7 +135,7 @@ def train_config(settings: MiniSettings, run: MiniRun, seed: int, out_dir: Path)
 
 
 @torch.inference_mode()
-def evaluate_mini(model: nn.Module, world: WorldConfig, settings: MiniSettings) -> dict:
+def evaluate_mini(model: SAN, world: WorldConfig, settings: MiniSettings) -> dict:
     """Zero-shot mIoU on scenes with every concept: seen, unseen, all, and hIoU (percent)."""
     names = list(world.concept_names)
     val = SyntheticSegmentation(world, "val", settings.val_scenes, settings.image_size, VAL_SEED)
@@ -149,8 +155,9 @@ def evaluate_mini(model: nn.Module, world: WorldConfig, settings: MiniSettings) 
     return {"seen": seen, "unseen": unseen, "all": mean_iou(names), "hIoU": h, "per_class": per_class}
 
 
-def run_one(run: MiniRun, seed: int, world: WorldConfig, settings: MiniSettings, clip_weights: Path,
-            out_dir: Path) -> tuple[nn.Module, dict]:
+def run_one(
+    run: MiniRun, seed: int, world: WorldConfig, settings: MiniSettings, clip_weights: Path, out_dir: Path
+) -> tuple[SAN, dict]:
     """Train one model on the seen concepts and evaluate it zero-shot on all of them."""
     torch.manual_seed(seed)
     model = build_mini_model(run, clip_weights)
@@ -162,8 +169,13 @@ def run_one(run: MiniRun, seed: int, world: WorldConfig, settings: MiniSettings,
     return model, metrics
 
 
-def run_benchmark(settings: MiniSettings, out_dir: Path, runs: Sequence[MiniRun] = DEFAULT_RUNS,
-                  world: WorldConfig | None = None, on_model: Callable | None = None) -> dict:
+def run_benchmark(
+    settings: MiniSettings,
+    out_dir: Path,
+    runs: Sequence[MiniRun] = DEFAULT_RUNS,
+    world: WorldConfig | None = None,
+    on_model: Callable | None = None,
+) -> dict:
     """Every run for every seed; returns {"world", "clip_weights", "settings", "results": {run name: [metrics per
     seed]}}. ``clip_weights`` is recorded by :func:`patseg.paths.portable_path` (``patseg/...`` for the shipped
     mini CLIP, ``$PATSEG_CACHE/...`` for a cached one), so the record holds no absolute path of this machine."""
@@ -179,8 +191,12 @@ def run_benchmark(settings: MiniSettings, out_dir: Path, runs: Sequence[MiniRun]
             results[run.name].append(metrics)
             if on_model is not None:
                 on_model(run, seed, model)
-    return {"world": world.name, "clip_weights": portable_path(clip_weights), "results": results,
-            "settings": {k: v for k, v in settings.__dict__.items()}}
+    return {
+        "world": world.name,
+        "clip_weights": portable_path(clip_weights),
+        "results": results,
+        "settings": {k: v for k, v in settings.__dict__.items()},
+    }
 
 
 def _slug(text: str) -> str:
@@ -189,7 +205,7 @@ def _slug(text: str) -> str:
 
 def summarize(results: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, float]]]:
     """{run: {metric: (mean, std)}} over seeds (sample std, NaN for one seed)."""
-    out = {}
+    out: dict[str, dict[str, tuple[float, float]]] = {}
     for name, rows in results.items():
         out[name] = {}
         for metric in ("seen", "unseen", "all", "hIoU"):
@@ -212,8 +228,9 @@ def format_table(summary: dict[str, dict[str, tuple[float, float]]]) -> str:
 
 
 @torch.inference_mode()
-def make_figure(world: WorldConfig, settings: MiniSettings, models: dict[str, nn.Module],
-                num_scenes: int = 4, cell: int = 128):
+def make_figure(
+    world: WorldConfig, settings: MiniSettings, models: dict[str, SAN], num_scenes: int = 4, cell: int = 128
+):
     """Rows of example val scenes: image, ground truth, each model's prediction, and PAT's early-stage tokens."""
     from PIL import Image, ImageDraw
 
@@ -241,6 +258,6 @@ def make_figure(world: WorldConfig, settings: MiniSettings, models: dict[str, nn
             codes = pat.encode(x)["early"].indices[0].cpu().numpy()
             panels.append(palette(int(codes.max()) + 1)[codes])
         for c, panel in enumerate(panels):
-            tile = Image.fromarray(panel.astype(np.uint8)).resize((cell, cell), Image.NEAREST)
+            tile = Image.fromarray(panel.astype(np.uint8)).resize((cell, cell), Image.Resampling.NEAREST)
             canvas.paste(tile, (c * (cell + 4), 18 + r * (cell + 4)))
     return canvas

@@ -10,14 +10,16 @@ included. We build open_clip's own CLIP class from the config ``patseg-mini-ViT`
   name for a region by cosine similarity x logit scale.
 
 Views are square crops resized to CLIP's input: half of them random (35-100% of the scene area), half framing
-one thing, so the model learns regions and objects, not only whole scenes. A concept covering less than ``MIN_FRACTION`` of a view is neither a positive
-nor a negative. The result is cached per world as ``mini_clip.safetensors`` (an open_clip state dict, loadable
-with ``open_clip.create_model('patseg-mini-ViT', pretrained=path)``) beside ``mini_clip.json`` (metadata).
+one thing, so the model learns regions and objects, not only whole scenes. A concept covering less than
+``MIN_FRACTION`` of a view is neither a positive nor a negative. The result is cached per world as
+``mini_clip.safetensors`` (an open_clip state dict, loadable with
+``open_clip.create_model('patseg-mini-ViT', pretrained=path)``) beside ``mini_clip.json`` (metadata).
 
 Regenerate the default cache (about 1-2 minutes on 2 CPU cores)::
 
     python -m patseg.mini.clip_pretrain            # --steps, --batch-size, --seed, --out-dir, --threads
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +28,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
 import open_clip
@@ -145,8 +147,11 @@ def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit
 
 
 def concept_loss(
-    image_emb: torch.Tensor, concept_emb: torch.Tensor, logit_scale: torch.Tensor,
-    targets: torch.Tensor, valid: torch.Tensor,
+    image_emb: torch.Tensor,
+    concept_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    targets: torch.Tensor,
+    valid: torch.Tensor,
 ) -> torch.Tensor:
     """Cross-entropy of softmax over concepts against the uniform distribution on the present ones.
 
@@ -159,7 +164,7 @@ def concept_loss(
     return -(weights * log_p).sum(dim=1).mean()
 
 
-Tokenizer = open_clip.tokenizer.SimpleTokenizer
+Tokenizer: TypeAlias = open_clip.tokenizer.SimpleTokenizer
 
 
 def _encode_texts(model: open_clip.CLIP, tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
@@ -294,8 +299,16 @@ def _model_config() -> dict:
 
 
 def pretrain_mini_clip(
-    world: WorldConfig, *, steps: int = 600, batch_size: int = 64, seed: int = 0, lr: float = 1e-3,
-    out_dir: Path | None = None, eval_scenes: int = 256, log_every: int = 0, half: bool = False,
+    world: WorldConfig,
+    *,
+    steps: int = 600,
+    batch_size: int = 64,
+    seed: int = 0,
+    lr: float = 1e-3,
+    out_dir: Path | None = None,
+    eval_scenes: int = 256,
+    log_every: int = 0,
+    half: bool = False,
 ) -> Path:
     """Train the mini CLIP on ``world``, evaluate it, and write weights + metadata into ``out_dir``.
 
@@ -311,9 +324,11 @@ def pretrain_mini_clip(
     train_seconds = time.perf_counter() - start
     report = evaluate_zero_shot(model, world, num_scenes=eval_scenes, seed=seed + 1)
     # half=True stores float16 (the copy shipped in patseg/resources/mini_clip); loading casts back to float32.
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().contiguous()
-             for k, v in model.state_dict().items()}
-    meta = {
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    meta: dict[str, Any] = {
         "world_hash": world_hash(world),
         "world": world.to_dict(),
         "model_name": MODEL_NAME,
@@ -339,8 +354,13 @@ def read_metadata(weights: Path) -> dict:
 
 
 def load_or_pretrain_mini_clip(
-    world: WorldConfig, *, steps: int = 600, batch_size: int = 64, seed: int = 0,
-    cache_dir: Path | None = None, eval_scenes: int = 256,
+    world: WorldConfig,
+    *,
+    steps: int = 600,
+    batch_size: int = 64,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    eval_scenes: int = 256,
 ) -> Path:
     """Weights path of the cached mini CLIP for ``world``, training it first when no valid cache exists.
 
@@ -390,8 +410,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     weights = pretrain_mini_clip(
-        WorldConfig(), steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr, out_dir=args.out_dir,
-        eval_scenes=args.eval_scenes, log_every=max(1, args.steps // 20), half=args.half,
+        WorldConfig(),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lr=args.lr,
+        out_dir=args.out_dir,
+        eval_scenes=args.eval_scenes,
+        log_every=max(1, args.steps // 20),
+        half=args.half,
     )
     print(weights)
     print(_summary(read_metadata(weights)))

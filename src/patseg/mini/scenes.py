@@ -5,6 +5,7 @@ over it in order (later things occlude earlier ones). The label map is written b
 paint the pixels, so every pixel's label is the concept drawn there; the caption is derived from the label map, so
 it names exactly the concepts present. Everything is a function of (world, seed, split, index).
 """
+
 from __future__ import annotations
 
 import zlib
@@ -97,8 +98,14 @@ def _dots(rng: np.random.Generator, grid: Grid, p: float) -> np.ndarray:
 
 
 TEXTURES: dict[str, Callable[[np.random.Generator, Grid, float], np.ndarray]] = {
-    "grass": _grass, "clouds": _clouds, "waves": _waves, "grain": _grain,
-    "bricks": _bricks, "wood": _wood, "stripes": _stripes, "dots": _dots,
+    "grass": _grass,
+    "clouds": _clouds,
+    "waves": _waves,
+    "grain": _grain,
+    "bricks": _bricks,
+    "wood": _wood,
+    "stripes": _stripes,
+    "dots": _dots,
 }
 
 
@@ -135,7 +142,10 @@ def _star(u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
 
 
 SHAPES: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
-    "circle": _circle, "square": _square, "triangle": _triangle, "star": _star,
+    "circle": _circle,
+    "square": _square,
+    "triangle": _triangle,
+    "star": _star,
 }
 
 

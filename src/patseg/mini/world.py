@@ -11,6 +11,7 @@ pair (colour-major). The *unseen* concepts are held out of segmentation training
 with seen concepts ("green triangle" is unseen while "green square" and "red triangle" are seen), so zero-shot
 transfer through the text encoder is possible at all. Rendering lives in :mod:`patseg.mini.scenes`.
 """
+
 from __future__ import annotations
 
 import hashlib

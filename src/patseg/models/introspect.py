@@ -1,4 +1,5 @@
 """Parameter accounting: totals and a per-module breakdown (``patseg info``)."""
+
 from __future__ import annotations
 
 from collections import OrderedDict

@@ -1,4 +1,5 @@
 """Named records that models hand to the losses, the engine and the predictor."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

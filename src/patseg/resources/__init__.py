@@ -3,6 +3,7 @@
 Class names are used verbatim (one per line, whole synonym strings), as SAN does; templates are byte-exact copies
 of SAN's lists (`san/model/clip_utils/utils.py` in MendelXu/SAN).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

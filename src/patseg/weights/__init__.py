@@ -1,4 +1,5 @@
 """Weights files: read, write and check state dicts (``files``) and SAN's released checkpoints (``san_release``)."""
+
 from patseg.weights.files import (
     CONFIG_METADATA_KEY,
     check_state,

@@ -5,6 +5,7 @@ A weights file is a ``.safetensors`` file whose metadata records the model's arc
 A training checkpoint folder holds one as ``model.safetensors``. Tensors of the frozen CLIP towers may be left out:
 they come from the CLIP weights file, which is a run option (``clip_weights=``), never part of the record.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def _checked_file(path: PathLike) -> Path:
     if not p.is_file():
         raise MissingFileError(f"weights file not found: {p}")
     if p.suffix != ".safetensors":
-        raise CheckpointError(f"{p}: patseg weights are .safetensors files (convert SAN releases with "
-                              f"`patseg convert-san`)")
+        raise CheckpointError(
+            f"{p}: patseg weights are .safetensors files (convert SAN releases with `patseg convert-san`)"
+        )
     return p
 
 
@@ -88,8 +90,15 @@ def name_list(kind: str, names: Sequence[str], limit: int = 20) -> str:
     return f"{kind} ({len(names)}): {', '.join(names[:limit])}{more}"
 
 
-def check_state(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], source: PathLike, *,
-                may_lack: Sequence[str] = (), shown=None, what: str = "the model") -> None:
+def check_state(
+    state: Mapping[str, Tensor],
+    expected: Mapping[str, Tensor],
+    source: PathLike,
+    *,
+    may_lack: Sequence[str] = (),
+    shown=None,
+    what: str = "the model",
+) -> None:
     """Raise CheckpointError unless ``state`` has exactly the keys and shapes of ``expected``.
 
     Arguments:
@@ -101,10 +110,16 @@ def check_state(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], sou
     optional = set(may_lack)
     missing = [show(k) for k in expected if k not in state and k not in optional]
     unexpected = [show(k) for k in state if k not in expected]
-    wrong = [f"{show(k)}: file {tuple(v.shape)} vs {what} {tuple(expected[k].shape)}"
-             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    problems = [name_list(kind, names) for kind, names in
-                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)) if names]
+    wrong = [
+        f"{show(k)}: file {tuple(v.shape)} vs {what} {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    problems = [
+        name_list(kind, names)
+        for kind, names in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong))
+        if names
+    ]
     if problems:
         raise CheckpointError(f"{source} does not fit {what}: " + " | ".join(problems))
 
@@ -121,10 +136,17 @@ def load_weights(model: nn.Module, path: PathLike, *, clip_from_file: bool) -> N
     absent = set(expected) - set(state)
     if not clip_from_file and absent and absent <= frozen:
         name = getattr(getattr(model, "config", None), "name", "this model")
-        raise CheckpointError(f"{weights_file(path)} leaves out the frozen CLIP weights (training checkpoints do): "
-                              f"give the CLIP file with --clip-weights (the one '{name}' was trained with)")
-    check_state(state, expected, weights_file(path), may_lack=sorted(frozen) if clip_from_file else (),
-                what=f"preset '{getattr(getattr(model, 'config', None), 'name', '?')}'")
+        raise CheckpointError(
+            f"{weights_file(path)} leaves out the frozen CLIP weights (training checkpoints do): "
+            f"give the CLIP file with --clip-weights (the one '{name}' was trained with)"
+        )
+    check_state(
+        state,
+        expected,
+        weights_file(path),
+        may_lack=sorted(frozen) if clip_from_file else (),
+        what=f"preset '{getattr(getattr(model, 'config', None), 'name', '?')}'",
+    )
     model.load_state_dict(state, strict=False)
 
 

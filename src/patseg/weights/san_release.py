@@ -28,6 +28,7 @@ layouts, so converting is renaming: no tensor is reshaped or transposed.
 Two release buffers are accepted and dropped (:data:`DROPPED`). Any other unknown, missing or mis-shaped key makes
 the conversion fail with every offending name listed, and nothing is written.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,13 +37,16 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from patseg.errors import CheckpointError, MissingFileError
 from patseg.weights.files import check_state, frozen_keys, name_list, read_tensors
+
+if TYPE_CHECKING:
+    from patseg.models.san.model import SAN
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +91,10 @@ _RULES: tuple[tuple[str, str], ...] = (
 
 def _pattern(template: str) -> re.Pattern:
     parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ...
-    regex = "".join(re.escape(p) if i % 2 == 0 else (f"(?P<{p}>.+)" if p == "rest" else f"(?P<{p}>\\d+)")
-                    for i, p in enumerate(parts))
+    regex = "".join(
+        re.escape(p) if i % 2 == 0 else (f"(?P<{p}>.+)" if p == "rest" else f"(?P<{p}>\\d+)")
+        for i, p in enumerate(parts)
+    )
     return re.compile(regex + r"\Z")
 
 
@@ -108,7 +114,7 @@ class SanLayout:
     fusion_stages: tuple[int, ...]
 
     @classmethod
-    def of(cls, model: nn.Module) -> "SanLayout":
+    def of(cls, model: SAN) -> "SanLayout":
         """The layout of a built SAN or PAT model."""
         return cls(rec_start=model.clip.rec_start, fusion_stages=tuple(s for _, s in model.side.fusion_map))
 
@@ -185,13 +191,15 @@ def read_san_release(path: Union[str, Path]) -> dict[str, Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # foreign objects, junk, truncated zips
-        raise CheckpointError(f"{p}: refusing to load: torch.load(weights_only=True) accepts only tensors and plain "
-                              f"containers, and this file is not such a checkpoint ({_unpickling_detail(err)})"
-                              ) from None
+        raise CheckpointError(
+            f"{p}: refusing to load: torch.load(weights_only=True) accepts only tensors and plain "
+            f"containers, and this file is not such a checkpoint ({_unpickling_detail(err)})"
+        ) from None
     if not isinstance(obj, Mapping) or not isinstance(obj.get("model"), Mapping):
         found = sorted(map(str, obj))[:8] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(f"{p}: not a detectron2-style SAN checkpoint: expected {{'model': state_dict, ...}}, "
-                              f"found {found}")
+        raise CheckpointError(
+            f"{p}: not a detectron2-style SAN checkpoint: expected {{'model': state_dict, ...}}, found {found}"
+        )
     state = obj["model"]
     bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     _fail(p, [name_list("entries that are not tensors", bad)] if bad else [])
@@ -204,13 +212,16 @@ def detect_preset(release: Mapping[str, Tensor], source: Union[str, Path] = "che
     preset = RELEASE_PRESETS.get(tuple(conv.shape)) if conv is not None else None
     if preset is None:
         shape = tuple(conv.shape) if conv is not None else "absent"
-        raise CheckpointError(f"{source}: cannot tell the preset (clip_visual_extractor.conv1.weight {shape}); "
-                              f"pass --preset ({', '.join(sorted(RELEASE_PRESETS.values()))})")
+        raise CheckpointError(
+            f"{source}: cannot tell the preset (clip_visual_extractor.conv1.weight {shape}); "
+            f"pass --preset ({', '.join(sorted(RELEASE_PRESETS.values()))})"
+        )
     return preset
 
 
-def rename_release(release: Mapping[str, Tensor], layout: SanLayout, source: Union[str, Path] = "checkpoint"
-                   ) -> dict[str, Tensor]:
+def rename_release(
+    release: Mapping[str, Tensor], layout: SanLayout, source: Union[str, Path] = "checkpoint"
+) -> dict[str, Tensor]:
     """Release state dict -> patseg names. The :data:`DROPPED` buffers are left out; unknown keys, a CLIP split at
     another block than ``rec_start``, and two keys landing on one patseg name raise CheckpointError."""
     out: dict[str, Tensor] = {}
@@ -229,17 +240,26 @@ def rename_release(release: Mapping[str, Tensor], layout: SanLayout, source: Uni
     problems = [name_list("unknown keys", unknown)] if unknown else []
     extractor = [int(m.group(1)) for k in release if (m := re.match(r"clip_visual_extractor\.resblocks\.(\d+)\.", k))]
     if extractor and max(extractor) + 1 != layout.rec_start:
-        problems.append(f"the CLIP feature extractor holds blocks 0..{max(extractor)}, but the preset's recognition "
-                        f"head starts at block rec_start={layout.rec_start} (SAN FEATURE_LAST_LAYER_IDX)")
+        problems.append(
+            f"the CLIP feature extractor holds blocks 0..{max(extractor)}, but the preset's recognition "
+            f"head starts at block rec_start={layout.rec_start} (SAN FEATURE_LAST_LAYER_IDX)"
+        )
     if clashes:
         problems.append(name_list("keys landing on one name", clashes))
     _fail(source, problems)
     return out
 
 
-def check_release_state(state: Mapping[str, Tensor], expected: Mapping[str, Tensor], layout: SanLayout,
-                        source: Union[str, Path] = "checkpoint", *, may_lack: Sequence[str] = ()) -> None:
+def check_release_state(
+    state: Mapping[str, Tensor],
+    expected: Mapping[str, Tensor],
+    layout: SanLayout,
+    source: Union[str, Path] = "checkpoint",
+    *,
+    may_lack: Sequence[str] = (),
+) -> None:
     """:func:`patseg.weights.files.check_state` with each name shown as its release key, then patseg's name."""
+
     def shown(name: str) -> str:
         release = layout.release_name(name)
         return name if release is None else f"{release} -> {name}"
@@ -258,8 +278,7 @@ class InitReport:
 
 
 def _groups(keys: Sequence[str]) -> str:
-    counts = Counter(".".join(k.split(".")[:2]) if k.startswith(("clip.", "text.")) else k.split(".")[0]
-                     for k in keys)
+    counts = Counter(".".join(k.split(".")[:2]) if k.startswith(("clip.", "text.")) else k.split(".")[0] for k in keys)
     return ", ".join(f"{name} ({n})" for name, n in counts.items()) or "none"
 
 
@@ -271,7 +290,7 @@ def read_san_state(path: Union[str, Path], layout: SanLayout) -> dict[str, Tenso
     return rename_release(read_san_release(p), layout, p)
 
 
-def init_from_san(model: nn.Module, path: Union[str, Path], *, clip_from_file: bool) -> InitReport:
+def init_from_san(model: SAN, path: Union[str, Path], *, clip_from_file: bool) -> InitReport:
     """Initialise the SAN part of a SAN or PAT model (CLIP, text tower, side adapter, mask decoder, background
     embedding) from a SAN release or a converted patseg SAN checkpoint; every other module keeps its init.
 
@@ -288,7 +307,8 @@ def init_from_san(model: nn.Module, path: Union[str, Path], *, clip_from_file: b
     loaded = tuple(k for k in expected if k in state)
     fresh = tuple(k for k in expected if k not in state)
     logger.info("init_from %s: loaded %d tensors: %s", path, len(loaded), _groups(loaded))
-    logger.info("init_from %s: %d tensors keep their values (fresh init or CLIP file): %s", path, len(fresh),
-                _groups(fresh))
+    logger.info(
+        "init_from %s: %d tensors keep their values (fresh init or CLIP file): %s", path, len(fresh), _groups(fresh)
+    )
     logger.debug("init_from %s: loaded %s", path, ", ".join(loaded))
     return InitReport(source=str(path), loaded=loaded, fresh=fresh)

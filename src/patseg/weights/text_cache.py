@@ -5,6 +5,7 @@ repeats them, so an entry can never be served to another model, another checkpoi
 are atomic. The text encoder (``patseg.models.clip.text_encoder``) only sees the ``load``/``save`` interface, so
 the model layer does no file I/O of its own.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,11 @@ class DiskEmbeddingCache:
 
     @staticmethod
     def _metadata(key: str, names: Sequence[str], templates: Sequence[str]) -> dict[str, str]:
-        return {"cache_key": key, "class_names": json.dumps(list(names), ensure_ascii=False),
-                "templates": json.dumps(list(templates), ensure_ascii=False)}
+        return {
+            "cache_key": key,
+            "class_names": json.dumps(list(names), ensure_ascii=False),
+            "templates": json.dumps(list(templates), ensure_ascii=False),
+        }
 
     def load(self, key: str, names: Sequence[str], templates: Sequence[str]) -> Tensor | None:
         """The cached (C, D) embeddings, or None when there are none yet."""
@@ -46,5 +50,8 @@ class DiskEmbeddingCache:
             return f.get_tensor("embeddings")
 
     def save(self, key: str, names: Sequence[str], templates: Sequence[str], embeddings: Tensor) -> None:
-        atomic_save_safetensors({"embeddings": embeddings.contiguous()}, self.path(key, names, templates),
-                                metadata=self._metadata(key, names, templates))
+        atomic_save_safetensors(
+            {"embeddings": embeddings.contiguous()},
+            self.path(key, names, templates),
+            metadata=self._metadata(key, names, templates),
+        )

@@ -3,6 +3,7 @@
 Tiny configs: ``patseg-tiny-ViT`` (6 blocks, 64 wide, 4 heads, patch 8, 64 px) and ``patseg-tiny-EVA`` (timm
 ``eva02_tiny_patch14_224``: 12 blocks, 192 wide, 3 heads, RoPE, SwiGLU).
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,10 @@ from patseg.models.clip.backbone import (
 from patseg.models.clip.open_clip_loader import create_open_clip, resize_pos_embed
 
 VIT, EVA = "patseg-tiny-ViT", "patseg-tiny-EVA"
-SETUPS = {VIT: {"taps": (0, 2, 3, 4), "rec_start": 4, "size": 64, "depth": 6},
-          EVA: {"taps": (0, 3, 6, 9), "rec_start": 9, "size": 224, "depth": 12}}
+SETUPS = {
+    VIT: {"taps": (0, 2, 3, 4), "rec_start": 4, "size": 64, "depth": 6},
+    EVA: {"taps": (0, 3, 6, 9), "rec_start": 9, "size": 224, "depth": 12},
+}
 
 
 def _build(name: str):
@@ -53,11 +56,17 @@ def _vanilla_final_tokens(model, x):
     """Vanilla (B, 1 + L, C) token state after the last block."""
     v = model.visual
     if name_of(model) == VIT:
-        out = v.forward_intermediates(x, indices=[len(v.transformer.resblocks) - 1], output_fmt="NLC",
-                                      intermediates_only=True, output_extra_tokens=True)
+        out = v.forward_intermediates(
+            x,
+            indices=[len(v.transformer.resblocks) - 1],
+            output_fmt="NLC",
+            intermediates_only=True,
+            output_extra_tokens=True,
+        )
         return torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
-    (patches, prefix), = v.trunk.forward_intermediates(x, indices=[len(v.trunk.blocks) - 1], output_fmt="NLC",
-                                                       intermediates_only=True, return_prefix_tokens=True)
+    ((patches, prefix),) = v.trunk.forward_intermediates(
+        x, indices=[len(v.trunk.blocks) - 1], output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
+    )
     return torch.cat([prefix, patches], dim=1)
 
 
@@ -156,10 +165,10 @@ def test_sos_output_equals_naive_masked_attention_float64(vit):
     allowed[:, q:, q:] = True
     for i in range(q):
         allowed[:, i, i] = True
-        allowed[:, i, q + 1:] = allowed_patches[:, i]
-        full_bias[:, i, q + 1:] = values[:, i]
+        allowed[:, i, q + 1 :] = allowed_patches[:, i]
+        full_bias[:, i, q + 1 :] = values[:, i]
     x = torch.cat([feats.tokens[0, :1].expand(q, -1), feats.tokens[0]])
-    for blk in bb.visual.transformer.resblocks[bb.rec_start:]:
+    for blk in bb.visual.transformer.resblocks[bb.rec_start :]:
         x = _naive_block(blk, x, allowed, full_bias)
     ref = F.normalize(bb.visual.ln_post(x[:q]) @ bb.visual.proj, dim=-1)
     torch.testing.assert_close(got[0], ref, atol=1e-10, rtol=1e-9)
@@ -209,11 +218,12 @@ def test_single_patch_bias_attends_only_that_patch(request, name):
 # ------------------------------------------------------------------------------------------------ (d) pos-embed
 def _naive_bicubic(img, out_h, out_w, a=-0.75):
     """float64 bicubic resize (C, H, W), align_corners=False, border-clamped taps: PyTorch's convention."""
+
     def cubic(t):
         t = abs(t)
         if t <= 1:
-            return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
-        return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a if t < 2 else 0.0
+            return (a + 2) * t**3 - (a + 3) * t**2 + 1
+        return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a if t < 2 else 0.0
 
     def taps(n_in, n_out, i):
         src = (i + 0.5) * n_in / n_out - 0.5
@@ -303,6 +313,7 @@ def test_weights_round_trip_through_a_file(tmp_path, suffix):
         torch.save(model.state_dict(), path)
     else:
         from safetensors.torch import save_file
+
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     bb, text = load_clip(VIT, quick_gelu=True, weights=str(path), taps=(0, 2), rec_start=4)
     x = torch.randn(2, 3, 64, 64)
@@ -334,11 +345,14 @@ def test_mismatched_weights_file_names_file_and_model(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ full size
 @pytest.mark.slow
-@pytest.mark.parametrize("name,quick_gelu,taps,rec_start,pos_numel", [
-    ("ViT-B-16", True, (0, 3, 6, 9), 9, 197 * 768),
-    ("EVA02-B-16", False, (0, 3, 6, 9), 9, 197 * 768),
-    ("ViT-L-14-336", True, (0, 6, 12, 18), 18, 577 * 1024),
-])
+@pytest.mark.parametrize(
+    "name,quick_gelu,taps,rec_start,pos_numel",
+    [
+        ("ViT-B-16", True, (0, 3, 6, 9), 9, 197 * 768),
+        ("EVA02-B-16", False, (0, 3, 6, 9), 9, 197 * 768),
+        ("ViT-L-14-336", True, (0, 6, 12, 18), 18, 577 * 1024),
+    ],
+)
 @torch.no_grad()
 def test_full_size_architectures_match_open_clip(name, quick_gelu, taps, rec_start, pos_numel):
     model, _ = create_open_clip(name, quick_gelu=quick_gelu, weights=None)

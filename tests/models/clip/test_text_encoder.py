@@ -1,4 +1,5 @@
 """TextEncoder: byte-exact prompts, SAN's template averaging against a naive loop, and the two caches."""
+
 from __future__ import annotations
 
 import pytest
@@ -62,13 +63,18 @@ def test_output_equals_naive_per_template_loop_and_is_normalised():
     torch.testing.assert_close(got.norm(dim=-1), torch.ones(3))
     rows = []
     for name in NAMES:
-        per_template = [F.normalize(enc.clip.encode_text(tokenizer([t.format(name)]))[0].double(), dim=0)
-                        for t in TEMPLATES]
+        per_template = [
+            F.normalize(enc.clip.encode_text(tokenizer([t.format(name)]))[0].double(), dim=0) for t in TEMPLATES
+        ]
         rows.append(F.normalize(torch.stack(per_template).mean(0), dim=0))
     torch.testing.assert_close(got.double(), torch.stack(rows), atol=1e-6, rtol=1e-6)
     single = enc(NAMES[:1], TEMPLATES[:1])  # one template: exactly CLIP's normalised text embedding
-    torch.testing.assert_close(single, F.normalize(enc.clip.encode_text(tokenizer([TEMPLATES[0].format(NAMES[0])])),
-                                                   dim=-1), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        single,
+        F.normalize(enc.clip.encode_text(tokenizer([TEMPLATES[0].format(NAMES[0])])), dim=-1),
+        atol=1e-6,
+        rtol=1e-6,
+    )
 
 
 def test_disk_cache_hit_skips_the_text_tower(tmp_path):
@@ -113,11 +119,23 @@ def test_cache_follows_weights_loaded_after_construction(tmp_path):
     """Loading other weights into a built model must not serve the embeddings of the old weights."""
     from patseg.models.clip.backbone import load_clip
 
-    _, text_a = load_clip("patseg-tiny-ViT", quick_gelu=False, weights=None, taps=(0, 2, 3, 4), rec_start=4,
-                          cache=DiskEmbeddingCache(tmp_path))
+    _, text_a = load_clip(
+        "patseg-tiny-ViT",
+        quick_gelu=False,
+        weights=None,
+        taps=(0, 2, 3, 4),
+        rec_start=4,
+        cache=DiskEmbeddingCache(tmp_path),
+    )
     torch.manual_seed(123)
-    _, text_b = load_clip("patseg-tiny-ViT", quick_gelu=False, weights=None, taps=(0, 2, 3, 4), rec_start=4,
-                          cache=DiskEmbeddingCache(tmp_path))
+    _, text_b = load_clip(
+        "patseg-tiny-ViT",
+        quick_gelu=False,
+        weights=None,
+        taps=(0, 2, 3, 4),
+        rec_start=4,
+        cache=DiskEmbeddingCache(tmp_path),
+    )
     names, templates = ["red circle", "grass"], ["a photo of a {}."]
     emb_a = text_a(names, templates).clone()
     emb_b = text_b(names, templates).clone()

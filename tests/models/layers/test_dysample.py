@@ -1,4 +1,5 @@
 """DySample against bilinear upsampling, the upstream parameter counts, and a float64 point-sampling loop."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """PixelStem, ConvDown and Resample: operator choice, values against functional forms, grid handling."""
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,5 @@
 """SPADE against plain GroupNorm at zero modulation and against an explicit float64 loop."""
+
 import math
 
 import pytest

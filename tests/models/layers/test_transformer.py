@@ -1,4 +1,5 @@
 """Decoder attention blocks against explicit float64 attention, and the sine encoding against its formula."""
+
 import math
 
 import pytest
@@ -121,8 +122,9 @@ def _naive_cross(block, queries, feats, pos):
         normed = _layer_norm(queries[n], block.norm)
         if pos is not None:
             normed = normed + (pos if pos.dim() == 2 else pos[n])
-        attn = _naive_attention(_linear(normed, block.q), _linear(feats[n], block.k), _linear(feats[n], block.v),
-                                block.heads)
+        attn = _naive_attention(
+            _linear(normed, block.q), _linear(feats[n], block.k), _linear(feats[n], block.v), block.heads
+        )
         out[n] = queries[n] + _linear(attn, block.proj)
     return out
 
@@ -133,8 +135,11 @@ def test_query_cross_attention_matches_naive(pos_kind):
     _randomise(block)
     queries = torch.randn(2, 5, 6, dtype=torch.float64)
     fmap = torch.randn(2, 4, 2, 3, dtype=torch.float64)
-    pos = {None: None, "shared": torch.randn(5, 6, dtype=torch.float64),
-           "batched": torch.randn(2, 5, 6, dtype=torch.float64)}[pos_kind]
+    pos = {
+        None: None,
+        "shared": torch.randn(5, 6, dtype=torch.float64),
+        "batched": torch.randn(2, 5, 6, dtype=torch.float64),
+    }[pos_kind]
     tokens = fmap.flatten(2).transpose(1, 2)
     expected = _naive_cross(block, queries, tokens, pos)
     torch.testing.assert_close(block(queries, fmap, pos), expected, atol=1e-10, rtol=1e-10)

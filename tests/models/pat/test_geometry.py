@@ -1,4 +1,5 @@
 """PAT's pyramid resolutions against the design table (ViT-B/16 and ViT-L/14-336 at 640x640) and the ablations."""
+
 from __future__ import annotations
 
 import pytest
@@ -53,10 +54,13 @@ def test_default_strides_and_final_grid() -> None:
     assert log2_exact(640 // (640 // 8), "final stride") == 3  # reconstruction head 256 -> 128 -> 64 -> 32
 
 
-@pytest.mark.parametrize("scales, stage_grid, final, head_depth", [
-    ((4, 4, 4), 80, 8, 3),   # every stage at 4r: mask grid 80 (H/8)
-    ((1, 1, 1), 20, 32, 5),  # every stage at r: mask grid 20 (H/32)
-])
+@pytest.mark.parametrize(
+    "scales, stage_grid, final, head_depth",
+    [
+        ((4, 4, 4), 80, 8, 3),  # every stage at 4r: mask grid 80 (H/8)
+        ((1, 1, 1), 20, 32, 5),  # every stage at r: mask grid 20 (H/32)
+    ],
+)
 def test_equal_stage_scales(scales, stage_grid, final, head_depth) -> None:
     grids = pyramid_grids((640, 640), (20, 20), pyramid_base="clip", stage_scales=scales)
     assert set(grids.stages.values()) == {(stage_grid, stage_grid)}
@@ -77,8 +81,9 @@ def test_pyramid_base_side_is_the_literal_reading() -> None:
     assert final_stride("side", (4, 2, 1), ("late", "mid", "early")) == 4
 
 
-@pytest.mark.parametrize("kept, stride", [
-    (("late", "mid", "early"), 8), (("late", "mid"), 16), (("late",), 32), (("mid",), 16)])
+@pytest.mark.parametrize(
+    "kept, stride", [(("late", "mid", "early"), 8), (("late", "mid"), 16), (("late",), 32), (("mid",), 16)]
+)
 def test_final_grid_is_the_finest_kept_stage(kept, stride) -> None:
     assert final_stride("clip", (4, 2, 1), kept) == stride
 
@@ -89,8 +94,9 @@ def test_non_square_and_evaluation_sizes() -> None:
     assert grids.base == (20, 28) and grids.side == (40, 56) and grids.tap == (20, 28)
     assert grids.stages == {"early": (80, 112), "mid": (40, 56), "late": (20, 28)}
     # ViT-L/14 at ratio 0.7 on 640x896: CLIP grid 32x44, not the base grid, so taps go to the side grid
-    grids = pyramid_grids((640, 896), clip_grid(640, 0.7, 14)[:1] + (int(896 * 0.7) // 14,),
-                          pyramid_base="clip", stage_scales=(4, 2, 1))
+    grids = pyramid_grids(
+        (640, 896), clip_grid(640, 0.7, 14)[:1] + (int(896 * 0.7) // 14,), pyramid_base="clip", stage_scales=(4, 2, 1)
+    )
     assert grids.tap == (40, 56)
 
 

@@ -1,4 +1,5 @@
 """HSAttn (Eq. 1) and its vmf=False ablation against float64 loop references."""
+
 import math
 
 import pytest

@@ -1,5 +1,6 @@
 """PAT composed: decoupled stage codes, decoding without global tokens, a tiny model overfits one batch
 (segmentation and reconstruction), and every trainable tensor — each codebook included — receives a gradient."""
+
 from __future__ import annotations
 
 import re
@@ -7,9 +8,9 @@ from collections.abc import Iterable
 
 import pytest
 import torch
-from naive import toy_batch, unit_rows
 from torch import nn
 
+from naive import toy_batch, unit_rows
 from patseg.build import build_model
 from patseg.errors import MissingFileError
 from patseg.losses.reconstruction import VGG16_FILE, ReconstructionLoss
@@ -118,7 +119,11 @@ def test_tiny_pat_grids_and_non_square_input() -> None:
         out = model(images, unit_rows(3, model.clip.out_dim), reconstruct=True)
     assert out.grids.stages == {"early": (8, 12), "mid": (4, 6), "late": (2, 3)}
     assert {k: tuple(q.indices.shape[-2:]) for k, q in out.quant.items()} == {
-        "early": (8, 12), "mid": (4, 6), "late": (2, 3), "latent": (4, 6)}
+        "early": (8, 12),
+        "mid": (4, 6),
+        "late": (2, 3),
+        "latent": (4, 6),
+    }
     assert out.main.masks.shape == (1, 20, 8, 12) and out.main.logits.shape == (1, 20, 4)
     assert out.reconstruction.shape == (1, 3, 64, 96)
 
@@ -140,8 +145,10 @@ def test_tiny_pat_overfits_one_batch() -> None:
         opt.step()
         seg.append(float(sum(v.detach() for k, v in out.losses.items() if k.startswith(SEG_TERMS))))
         rec.append(float(sum(v.detach() for k, v in out.losses.items() if k in REC_TERMS)))
-    print(f"\nPAT tiny: set loss {seg[0]:.2f} -> {seg[20]:.2f} -> {seg[-1]:.2f}; "
-          f"reconstruction {rec[0]:.4f} -> {rec[20]:.4f} -> {rec[-1]:.4f}")
+    print(
+        f"\nPAT tiny: set loss {seg[0]:.2f} -> {seg[20]:.2f} -> {seg[-1]:.2f}; "
+        f"reconstruction {rec[0]:.4f} -> {rec[20]:.4f} -> {rec[-1]:.4f}"
+    )
     assert seg[-1] < 0.5 * seg[0]
     assert rec[-1] < 0.6 * rec[0]
 

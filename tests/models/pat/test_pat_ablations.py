@@ -1,12 +1,13 @@
 """Every Table II ablation switch of PatConfig changes what it claims to change (docs/architecture.md), and no
 switch leaves a trainable parameter without a gradient (DistributedDataParallel stalls on one)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from naive import attention, nearest_code, toy_batch, unit_rows
 from torch import nn
 
+from naive import attention, nearest_code, toy_batch, unit_rows
 from patseg.build import build_model
 from patseg.models.pat.geometry import final_stride
 from patseg.models.pat.model import PAT
@@ -107,14 +108,16 @@ def test_quantizers_follow_the_vmf_switch(vmf: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- stage scales
-@pytest.mark.parametrize("scales, grid, head_depth, grid_at_640", [
-    ((4, 4, 4), 8, 3, 80), ((1, 1, 1), 2, 5, 20)])
+@pytest.mark.parametrize("scales, grid, head_depth, grid_at_640", [((4, 4, 4), 8, 3, 80), ((1, 1, 1), 2, 5, 20)])
 def test_equal_stage_scales(scales, grid, head_depth, grid_at_640) -> None:
     model = tiny_pat(**{"pat.stage_scales": list(scales)}).train()
     out = run(model)
     assert out.grids.stages == {"early": (grid, grid), "mid": (grid, grid), "late": (grid, grid)}
     assert {k: tuple(q.indices.shape[-2:]) for k, q in out.quant.items() if k != "latent"} == {
-        "early": (grid, grid), "mid": (grid, grid), "late": (grid, grid)}
+        "early": (grid, grid),
+        "mid": (grid, grid),
+        "late": (grid, grid),
+    }
     assert out.main.masks.shape[-2:] == (grid, grid)  # the mask grid this ablation reports
     assert 640 // final_stride("clip", scales, ("late", "mid", "early")) == grid_at_640
     assert model.recon_head.num_upsamples == head_depth and out.reconstruction.shape == (2, 3, 64, 64)
@@ -188,8 +191,9 @@ def test_no_pixel_residual() -> None:
 def test_unified_tokens_make_the_queries_from_the_codebooks() -> None:
     model = tiny_pat(**{"pat.unified_tokens": True}).eval()
     seen = []
-    model.side.register_forward_hook(lambda _m, _a, kwargs, _o: seen.append(kwargs["initial_queries"]),
-                                     with_kwargs=True)
+    model.side.register_forward_hook(
+        lambda _m, _a, kwargs, _o: seen.append(kwargs["initial_queries"]), with_kwargs=True
+    )
     out = run(model)
     codes = torch.cat([s.quantizer.codes() for s in model.pixel_branch.stages], 0)  # (32 + 16 + 8, 16)
     with torch.no_grad():
@@ -239,8 +243,9 @@ def test_shared_decoder_feeds_both_heads() -> None:
     assert not torch.allclose(moved.main.masks, crossed.main.masks, atol=1e-4)
 
 
-@pytest.mark.parametrize("kept, grid, head_depth", [
-    (("late", "mid", "early"), 8, 3), (("late", "mid"), 4, 4), (("late",), 2, 5)])
+@pytest.mark.parametrize(
+    "kept, grid, head_depth", [(("late", "mid", "early"), 8, 3), (("late", "mid"), 4, 4), (("late",), 2, 5)]
+)
 def test_decoder_stage_subsets(kept, grid, head_depth) -> None:
     model = tiny_pat(**{"pat.decoder_stages": list(kept)}).train()
     assert model.decoder.names == list(kept)
@@ -305,7 +310,11 @@ def test_pyramid_base_side_grids() -> None:
     assert out.grids.base == (4, 4) and out.grids.tap == (4, 4)
     assert out.grids.stages == {"early": (16, 16), "mid": (8, 8), "late": (4, 4)}
     assert {k: tuple(q.indices.shape[-2:]) for k, q in out.quant.items()} == {
-        "early": (16, 16), "mid": (8, 8), "late": (4, 4), "latent": (4, 4)}
+        "early": (16, 16),
+        "mid": (8, 8),
+        "late": (4, 4),
+        "latent": (4, 4),
+    }
     assert out.main.masks.shape[-2:] == (16, 16)
     assert model.recon_head.num_upsamples == 2 and out.reconstruction.shape == (2, 3, 64, 64)
     assert [s.resample.factor for s in model.pixel_branch.stages] == [4.0, 2.0, 1.0]

@@ -1,4 +1,5 @@
 """TokenMixer: a token-axis MLP (K_in -> K_out) plus an optional channel Linear, checked against manual algebra."""
+
 import pytest
 import torch
 import torch.nn.functional as F

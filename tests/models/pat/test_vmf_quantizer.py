@@ -1,4 +1,5 @@
 """VMFQuantizer against float64 loop references (ViT-VQGAN cosine VQ and the Euclidean Table II ablation)."""
+
 import math
 
 import pytest

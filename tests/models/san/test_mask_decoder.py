@@ -1,4 +1,5 @@
 """SAN's MLP mask decoder against a float64 loop reference; parameter counts; shared layers of models/common.py."""
+
 from __future__ import annotations
 
 import math

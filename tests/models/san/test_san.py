@@ -1,12 +1,13 @@
 """SAN, the baseline and PAT's semantic branch: a tiny model overfits one batch, semantic inference equals a naive
 loop, eval runs only the last block set, scores are sane and every trainable tensor learns."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+
 from naive import semantic_inference as naive_semantic_inference
 from naive import toy_batch, unit_rows
-
 from patseg.build import build_model
 from patseg.models.san.model import SAN, SegPrediction, semantic_inference
 
@@ -26,8 +27,14 @@ def test_tiny_san_overfits_one_batch(san: SAN) -> None:
     history = []
     for _ in range(30):
         out = san.training_losses(images, labels, emb)
-        assert set(out.losses) == {"loss_ce", "loss_mask", "loss_dice", "loss_ce_side3", "loss_mask_side3",
-                                   "loss_dice_side3"}
+        assert set(out.losses) == {
+            "loss_ce",
+            "loss_mask",
+            "loss_dice",
+            "loss_ce_side3",
+            "loss_mask_side3",
+            "loss_dice_side3",
+        }
         opt.zero_grad()
         out.total.backward()
         opt.step()
@@ -124,4 +131,3 @@ def test_gradients_reach_every_trainable_parameter(san: SAN) -> None:
             assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
         else:
             assert p.grad is None, name
-

@@ -1,6 +1,7 @@
 """The bounded argmax of SAN's semantic inference: the same labels as scoring every class densely in
 float64, on smooth region-like masks, on noisy masks where pruning is weak, at sizes that do not fill whole blocks,
 with exact ties, tiny and large vocabularies, and with the batched score tensors forced into many chunks."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """SAN's side adapter: parameter counts, fusion against a naive reference, block loop, stage hook, gradients."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from naive import bilinear_resize
 
+from naive import bilinear_resize
 from patseg.models.san.mask_decoder import MaskDecoder
 from patseg.models.san.side_adapter import FusionLayer, SideAdapter
 
@@ -19,8 +20,16 @@ def count(module: torch.nn.Module) -> int:
 
 
 def tiny(**kwargs) -> SideAdapter:
-    cfg = {"clip_width": 32, "width": 48, "depth": 4, "heads": 4, "patch_size": 4, "num_queries": 5,
-           "pretrain_grid": 4, "fusion_map": TINY_MAP}
+    cfg = {
+        "clip_width": 32,
+        "width": 48,
+        "depth": 4,
+        "heads": 4,
+        "patch_size": 4,
+        "num_queries": 5,
+        "pretrain_grid": 4,
+        "fusion_map": TINY_MAP,
+    }
     cfg.update(kwargs)
     return SideAdapter(**cfg).eval()
 
@@ -62,8 +71,9 @@ def manual_loop(side: SideAdapter, images, taps, *, readd_pos: bool) -> list[tor
     return seqs
 
 
-@pytest.mark.parametrize("clip_width, heads, fusion, total", [(768, 12, 744_384, 8_219_058),
-                                                             (1024, 16, 992_192, 8_730_034)])
+@pytest.mark.parametrize(
+    "clip_width, heads, fusion, total", [(768, 12, 744_384, 8_219_058), (1024, 16, 992_192, 8_730_034)]
+)
 def test_san_parameter_counts(clip_width: int, heads: int, fusion: int, total: int) -> None:
     # SAN's logged counts; the ViT-L total 8,730,034 = 9,321,650 - 590,848 (CLIP pos-embed) - 768 (bg_embed)
     side = SideAdapter(clip_width=clip_width)
@@ -191,8 +201,11 @@ def test_gradient_reaches_every_parameter() -> None:
     side = tiny().train()
     dec = MaskDecoder(query_dim=48, pixel_dim=48, dim=16, clip_heads=2)
     out = side(torch.randn(2, 3, 12, 20), tiny_taps(), record_blocks=(3, 4))  # grid 3x5: pos-embed resized
-    loss = sum(dec(out.queries[b], out.patches[b]).masks.square().mean()
-               + dec(out.queries[b], out.patches[b]).attn_bias.square().mean() for b in (3, 4))
+    loss = sum(
+        dec(out.queries[b], out.patches[b]).masks.square().mean()
+        + dec(out.queries[b], out.patches[b]).attn_bias.square().mean()
+        for b in (3, 4)
+    )
     loss.backward()
     for name, p in [*side.named_parameters(), *dec.named_parameters()]:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

@@ -3,6 +3,7 @@
 One module per benchmark, each with ``RAW_LAYOUT`` (what ``--src`` must hold) and ``build_jobs(src, dst, split)``;
 :func:`prepare_dataset` runs them. Usage: ``patseg prepare ade20k_150 --src ADEChallengeData2016 --dst datasets``.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Raw download (``--src``): the ``ADEChallengeData2016`` folder with ``images/vali
 ``annotations/validation/*.png`` (uint8, 0 = other, 1..150 = objectInfo150 classes). Conversion as MendelXu/SAN
 ``datasets/prepare_ade20k_sem_seg.py`` (detectron2's): subtract 1 with uint8 wrap-around, so 0 -> 255.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

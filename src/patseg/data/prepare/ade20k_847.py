@@ -9,6 +9,7 @@ ADE ids gets its trainId (``resources/classnames/ade20k_847_ids.tsv``); it is sa
 re-saved as JPEG with PIL's default quality. Images are found by walking the validation folders rather than through
 ``index_ade20k.pkl``, which lists the same files.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -8,6 +8,7 @@ use map, in increasing order, to trainIds 0..170; the 11 unused values and 255 b
 ``datasets/prepare_coco_stuff_164k_sem_seg.py`` and KU-CVLAB/CAT-Seg ``datasets/prepare_coco_stuff.py``).
 Unlike zsseg, all-255 masks are written too, so every image keeps its label.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -6,6 +6,7 @@ an interrupted run resumes where it stopped; every file is written to a temporar
 into place with ``os.replace``, so an existing output is always complete. A job that fails (a corrupt or missing
 input) is recorded and skipped; nothing half-written is left behind.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -100,7 +101,7 @@ def check_same_size(name: str, image_hw: tuple[int, int], label: np.ndarray) -> 
 
 def lookup_table(pairs: dict[int, int], size: int, fill: int, dtype: type) -> np.ndarray:
     """A (size,) array mapping raw value -> new value, ``fill`` for values not in ``pairs``."""
-    lut = np.full(size, fill, dtype=dtype)
+    lut: np.ndarray = np.full(size, fill, dtype=dtype)
     for raw, new in pairs.items():
         lut[raw] = new
     return lut
@@ -153,8 +154,9 @@ def output_paths(dataset: str, dst: Path, split: str, stem: str) -> tuple[Path, 
     return dst / layout.image_dir / f"{stem}{spec.image_ext}", dst / layout.label_dir / f"{stem}{spec.label_ext}"
 
 
-def paired_png_jobs(dataset: str, image_dir: Path, label_dir: Path, dst: Path, split: str,
-                    convert: Callable[..., None]) -> list[Job]:
+def paired_png_jobs(
+    dataset: str, image_dir: Path, label_dir: Path, dst: Path, split: str, convert: Callable[..., None]
+) -> list[Job]:
     """One job per ``image_dir/*.jpg`` with its label ``label_dir/<stem>.png``: ``convert(image, label, image_dst,
     label_dst)`` (the layout of the COCO-Stuff and ADEChallengeData2016 downloads)."""
     jobs = []

@@ -5,6 +5,7 @@
 ``category_id`` (1-based Pascal Context 459-label id) and a COCO RLE ``segmentation``. Its val phase has 5104 images
 (the older 5105 split is obsolete: open-mmlab/mmsegmentation#394).
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ validation ids, as MendelXu/SAN ``datasets/prepare_pcontext_sem_seg_459cls.py`` 
 and ``trainval/*.mat``, the extracted Pascal Context ``trainval.tar.gz`` (field ``LabelMap``, uint16, values
 1..459). LabelMap - 1 maps k -> k - 1 and a 0 (if any) wraps to 65535 = ignore.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@ id painted, in file order, over a zero (background) mask; then the 59 ids map to
 order (``resources/classnames/pcontext_59_from_459.tsv``) and everything else becomes 255, which equals SAN's
 ``prepare_pcontext_sem_seg_59cls.py`` (Detail ``getMask``, position - 1 in uint8).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -5,6 +5,7 @@ Raw download (``--src``): the ``VOC2012`` folder of ``VOCtrainval_11-May-2012.ta
 (1449 ids). Conversion as MendelXu/SAN ``datasets/prepare_voc_sem_seg.py``; unlike SAN, masks that end up all 255
 are written too (none do in val).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -14,10 +14,12 @@ Two trunks are supported (:mod:`patseg.models.clip.open_clip_loader` holds their
 norm). Everything is frozen except the absolute positional embedding, which SAN trains
 (``CLIP_FROZEN_EXCLUDE=["positional_embedding"]``); it keeps its pretrained size and is resized each forward.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +59,7 @@ def recognition_attn_mask(attn_bias: Tensor) -> Tensor:
     idx = torch.arange(q, device=attn_bias.device)
     mask[..., idx, idx] = 0.0
     mask[..., :q, q] = BLOCKED
-    mask[..., :q, q + 1:] = attn_bias.flatten(-2)
+    mask[..., :q, q + 1 :] = attn_bias.flatten(-2)
     return mask
 
 
@@ -132,8 +134,10 @@ class ClipBackbone(nn.Module):
         """
         b, heads, q, h, w = attn_bias.shape
         if heads != self.num_heads or (h, w) != tuple(feats.grid) or b != feats.tokens.shape[0]:
-            raise ValueError(f"attn_bias must be (B={feats.tokens.shape[0]}, heads={self.num_heads}, Q, "
-                             f"{feats.grid[0]}, {feats.grid[1]}), got {tuple(attn_bias.shape)}")
+            raise ValueError(
+                f"attn_bias must be (B={feats.tokens.shape[0]}, heads={self.num_heads}, Q, "
+                f"{feats.grid[0]}, {feats.grid[1]}), got {tuple(attn_bias.shape)}"
+            )
         tokens = feats.tokens
         sos = tokens[:, :1].expand(-1, q, -1)  # SAN SOS_TOKEN_FORMAT="cls_token": copies of block-9 CLS
         x = torch.cat([sos, tokens], dim=1)
@@ -178,8 +182,15 @@ def clip_trainable_parameters(*modules: nn.Module) -> int:
     return sum(seen.values())
 
 
-def load_clip(model_name: str, *, quick_gelu: bool, weights: str | None, taps: Sequence[int], rec_start: int,
-              cache: EmbeddingCache | None = None) -> tuple[ClipBackbone, TextEncoder]:
+def load_clip(
+    model_name: str,
+    *,
+    quick_gelu: bool,
+    weights: str | None,
+    taps: Sequence[int],
+    rec_start: int,
+    cache: EmbeddingCache | None = None,
+) -> tuple[ClipBackbone, TextEncoder]:
     """Frozen CLIP image tower and text encoder of one open_clip model.
 
     Args:
@@ -191,8 +202,9 @@ def load_clip(model_name: str, *, quick_gelu: bool, weights: str | None, taps: S
         cache: persistent cache of encoded vocabularies (None: memory only).
     """
     model, tokenizer = create_open_clip(model_name, quick_gelu=quick_gelu, weights=weights)
-    visual = model.visual
-    model.visual = None  # the image tower belongs to ClipBackbone; its weights live in one module tree only
+    visual = cast(nn.Module, model.visual)
+    # The image tower belongs to ClipBackbone: its weights live in one module tree only.
+    model.visual = None  # type: ignore[assignment]  # torch accepts None for a submodule; its stub does not
     backbone = ClipBackbone(visual, taps=taps, rec_start=rec_start)
     text = TextEncoder(model, tokenizer, cache=cache, cache_key=f"{model_name}-quickgelu{int(quick_gelu)}")
     return backbone, text

@@ -9,6 +9,7 @@ This is the one module that knows open_clip's and timm's internals:
   interface: embed with a resized positional embedding, run block i with an optional additive mask and RoPE, and
   apply the final norm + projection to any tokens.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -45,16 +46,20 @@ def weights_hint(model_name: str) -> str:
 
 def _tag_preprocess(model_name: str) -> dict[str, Any]:
     """mean/std of the model's pretrained tags when they agree (a file path carries no preprocessing)."""
-    stats = {(tuple(c["mean"]), tuple(c["std"])) for tag in open_clip.list_pretrained_tags_by_model(model_name)
-             if "mean" in (c := open_clip.get_pretrained_cfg(model_name, tag))}
+    stats = {
+        (tuple(c["mean"]), tuple(c["std"]))
+        for tag in open_clip.list_pretrained_tags_by_model(model_name)
+        if "mean" in (c := open_clip.get_pretrained_cfg(model_name, tag))
+    }
     if len(stats) != 1:
         return {}  # no tag (patseg configs) or tags disagree: open_clip's default (OpenAI statistics)
     mean, std = stats.pop()
     return {"mean": mean, "std": std}
 
 
-def create_open_clip(model_name: str, *, quick_gelu: bool, weights: Optional[str]
-                     ) -> tuple[nn.Module, Callable[[list[str]], Tensor]]:
+def create_open_clip(
+    model_name: str, *, quick_gelu: bool, weights: Optional[str]
+) -> tuple[nn.Module, Callable[[list[str]], Tensor]]:
     """An open_clip CLIP model (fp32, CPU) and its tokenizer; random init when ``weights`` is None.
 
     Raises FileNotFoundError for a missing weights file and ValueError for an unknown model or a file whose
@@ -62,20 +67,31 @@ def create_open_clip(model_name: str, *, quick_gelu: bool, weights: Optional[str
     """
     register_patseg_configs()
     if model_name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model '{model_name}' (patseg ships "
-                         f"{sorted(p.stem for p in CLIP_CONFIG_DIR.glob('*.json'))}; see open_clip.list_models())")
+        raise ValueError(
+            f"unknown open_clip model '{model_name}' (patseg ships "
+            f"{sorted(p.stem for p in CLIP_CONFIG_DIR.glob('*.json'))}; see open_clip.list_models())"
+        )
     if weights is not None and not Path(weights).is_file():
-        raise MissingFileError(f"CLIP weights file not found: {weights}. Expected a local open_clip checkpoint "
-                                f"for '{model_name}'; {weights_hint(model_name)}.")
-    model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu, pretrained_image=False,
-                                   pretrained_text=False, force_preprocess_cfg=_tag_preprocess(model_name))
+        raise MissingFileError(
+            f"CLIP weights file not found: {weights}. Expected a local open_clip checkpoint "
+            f"for '{model_name}'; {weights_hint(model_name)}."
+        )
+    model = open_clip.create_model(
+        model_name,
+        pretrained=None,
+        force_quick_gelu=quick_gelu,
+        pretrained_image=False,
+        pretrained_text=False,
+        force_preprocess_cfg=_tag_preprocess(model_name),
+    )
     if weights is not None:
         try:
             open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
         except Exception as err:  # torch.load / safetensors / load_state_dict errors all mean "wrong file"
             detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{weights} does not hold open_clip weights for '{model_name}' ({detail}); "
-                             f"{weights_hint(model_name)}.") from err
+            raise ValueError(
+                f"{weights} does not hold open_clip weights for '{model_name}' ({detail}); {weights_hint(model_name)}."
+            ) from err
     model.eval()
     return model, open_clip.get_tokenizer(model_name)
 
@@ -182,9 +198,17 @@ class EvaTrunk(ClipTrunk):
         trunk = visual.trunk
         if trunk.__class__.__name__ != "Eva":
             raise ValueError(f"TimmModel trunk {type(trunk).__name__} is not supported (timm Eva only)")
-        if (trunk.cls_token is None or trunk.reg_token is not None or trunk.no_embed_class or trunk.pos_embed is None
-                or trunk.global_pool != "token" or trunk.attn_pool is not None or trunk.patch_drop is not None
-                or trunk.patch_embed.dynamic_img_pad or getattr(trunk, "rope_mixed", False)):
+        if (
+            trunk.cls_token is None
+            or trunk.reg_token is not None
+            or trunk.no_embed_class
+            or trunk.pos_embed is None
+            or trunk.global_pool != "token"
+            or trunk.attn_pool is not None
+            or trunk.patch_drop is not None
+            or trunk.patch_embed.dynamic_img_pad
+            or getattr(trunk, "rope_mixed", False)
+        ):
             raise ValueError("Eva trunk must have one class token with a pos-embed slot and token pooling")
         if trunk.rope is not None and not isinstance(trunk.rope, RotaryEmbeddingCat):
             raise ValueError(f"Eva RoPE type {type(trunk.rope).__name__} is not supported (EVA02's 'cat' only)")
@@ -217,9 +241,17 @@ class EvaTrunk(ClipTrunk):
         if r is None:
             return None
         sin, cos = build_rotary_pos_embed(
-            list(grid), bands=r.bands, in_pixels=r.in_pixels, ref_feat_shape=r.ref_feat_shape,
-            grid_offset=r.grid_offset, grid_indexing=r.grid_indexing, rotate_half=r.rotate_half,
-            device=r.bands.device, grid_type=r.grid_type, normalize_coords=r.normalize_coords)
+            list(grid),
+            bands=r.bands,
+            in_pixels=r.in_pixels,
+            ref_feat_shape=r.ref_feat_shape,
+            grid_offset=r.grid_offset,
+            grid_indexing=r.grid_indexing,
+            rotate_half=r.rotate_half,
+            device=r.bands.device,
+            grid_type=r.grid_type,
+            normalize_coords=r.normalize_coords,
+        )
         extra = num_prefix - self.rope_skip
         if extra < 0:
             raise ValueError(f"the sequence needs at least {self.rope_skip} prefix tokens, got {num_prefix}")
@@ -248,5 +280,7 @@ def make_trunk(visual: nn.Module) -> ClipTrunk:
         return OpenAIViTTrunk(visual)
     if isinstance(visual, TimmModel):
         return EvaTrunk(visual)
-    raise ValueError(f"unsupported CLIP image tower {type(visual).__name__} "
-                     "(open_clip VisionTransformer or TimmModel with a timm Eva trunk)")
+    raise ValueError(
+        f"unsupported CLIP image tower {type(visual).__name__} "
+        "(open_clip VisionTransformer or TimmModel with a timm Eva trunk)"
+    )

@@ -8,11 +8,12 @@ Embeddings are cached in memory and, when a cache is given, in that cache (``bui
 ``patseg.weights.text_cache``), keyed by the model name and a digest of the text tower's weights, so an entry can
 never be served to another model, another checkpoint or another vocabulary.
 """
+
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ def _text_embed_dim(clip_model: nn.Module) -> int:
     if isinstance(proj, nn.Linear):
         return proj.out_features
     if proj is not None:
-        return int(proj.shape[1])
+        return int(cast(Tensor, proj).shape[1])
     return int(clip_model.transformer.width)
 
 
@@ -66,12 +67,21 @@ class TextEncoder(nn.Module):
         batch_size: prompts per text-tower call.
     """
 
-    def __init__(self, clip_model: nn.Module, tokenizer: Tokenizer, *, cache: EmbeddingCache | None, cache_key: str,
-                 batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        tokenizer: Tokenizer,
+        *,
+        cache: EmbeddingCache | None,
+        cache_key: str,
+        batch_size: int = 256,
+    ) -> None:
         super().__init__()
         if getattr(clip_model, "visual", None) is not None:
-            raise ValueError("TextEncoder takes a CLIP model whose image tower was handed to ClipBackbone "
-                             "(set clip_model.visual = None first, as load_clip does)")
+            raise ValueError(
+                "TextEncoder takes a CLIP model whose image tower was handed to ClipBackbone "
+                "(set clip_model.visual = None first, as load_clip does)"
+            )
         self.clip = clip_model
         self.clip.requires_grad_(False)
         self.tokenizer = tokenizer
@@ -81,7 +91,9 @@ class TextEncoder(nn.Module):
         self.batch_size = batch_size
         self._memory: dict[tuple[tuple[str, ...], tuple[str, ...]], Tensor] = {}
         # Any load_state_dict that reaches this module (the whole model's included) invalidates both caches' keys.
-        self.register_load_state_dict_post_hook(lambda module, _incompatible: module.forget_weights())
+        self.register_load_state_dict_post_hook(
+            lambda module, _incompatible: cast(TextEncoder, module).forget_weights()
+        )
         self.train(False)
 
     @property
@@ -103,7 +115,12 @@ class TextEncoder(nn.Module):
     @property
     def logit_scale(self) -> float:
         """exp of CLIP's frozen logit scale (100 for OpenAI weights)."""
-        return float(self.clip.logit_scale.detach().exp())
+        return float(self._logit_scale_param.detach().exp())
+
+    @property
+    def _logit_scale_param(self) -> Tensor:
+        """CLIP's raw (log) logit scale; it lives wherever the text tower does."""
+        return cast(Tensor, self.clip.logit_scale)
 
     def forward(self, class_names: Sequence[str], templates: Sequence[str]) -> Tensor:
         """(C, D) L2-normalised class embeddings: mean over templates of normalised embeddings, re-normalised.
@@ -113,7 +130,7 @@ class TextEncoder(nn.Module):
         key = (tuple(class_names), tuple(templates))
         if not key[0] or not key[1]:
             raise ValueError("need at least one class name and one template")
-        device = self.clip.logit_scale.device
+        device = self._logit_scale_param.device
         emb = self._memory.get(key)
         if emb is None:
             emb = self._load_or_encode(*key)
@@ -134,7 +151,7 @@ class TextEncoder(nn.Module):
         dim = _text_embed_dim(self.clip)
         if embeddings.ndim != 2 or tuple(embeddings.shape) != (len(key[0]), dim):
             raise ValueError(f"embeddings must be (C, D) = ({len(key[0])}, {dim}), got {tuple(embeddings.shape)}")
-        device = self.clip.logit_scale.device
+        device = self._logit_scale_param.device
         self._memory[key] = F.normalize(embeddings.detach().float(), dim=-1).to(device)
 
     def _load_or_encode(self, names: tuple[str, ...], templates: tuple[str, ...]) -> Tensor:
@@ -148,17 +165,23 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def _encode(self, names: Sequence[str], templates: Sequence[str]) -> Tensor:
         """(C, D) float32 on CPU; the tower runs in float32 even inside an autocast region."""
-        device = self.clip.logit_scale.device
+        device = self._logit_scale_param.device
         total = None
         with torch.autocast(device_type=device.type, enabled=False):
             for template in templates:
                 prompts = [template.format(name) for name in names]
-                emb = torch.cat([self._encode_prompts(prompts[i:i + self.batch_size], device)
-                                 for i in range(0, len(prompts), self.batch_size)])
+                emb = torch.cat(
+                    [
+                        self._encode_prompts(prompts[i : i + self.batch_size], device)
+                        for i in range(0, len(prompts), self.batch_size)
+                    ]
+                )
                 total = emb if total is None else total + emb
+        assert total is not None  # templates is non-empty (checked by the callers)
         return F.normalize(total / len(templates), dim=-1).cpu()
 
     def _encode_prompts(self, prompts: list[str], device: torch.device) -> Tensor:
         """(P, D) normalised float32 embeddings of P prompts."""
         tokens = self.tokenizer(prompts).to(device)
-        return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+        encode_text = cast(Callable[[Tensor], Tensor], self.clip.encode_text)
+        return F.normalize(encode_text(tokens).float(), dim=-1)

@@ -1,4 +1,5 @@
 """Small layers shared by several model parts: a channel LayerNorm for feature maps and a plain MLP."""
+
 from __future__ import annotations
 
 import torch
@@ -54,4 +55,3 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = F.relu(x)
         return x
-

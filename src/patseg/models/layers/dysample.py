@@ -10,6 +10,7 @@ file ``dysample.py`` (commit 81a1de5). Paper names:
 DySample = ``lp`` + static scope, DySample+ = ``lp`` + dynamic, DySample-S = ``pl`` + static, DySample-S+ = ``pl`` +
 dynamic.
 """
+
 from __future__ import annotations
 
 import torch
@@ -69,6 +70,7 @@ class DySample(nn.Module):
         self.offset = nn.Conv2d(conv_in, conv_out, kernel_size=1)
         # Upstream init: tiny random offsets, zero bias, so training starts from bilinear upsampling.
         nn.init.normal_(self.offset.weight, std=0.001)
+        assert self.offset.bias is not None  # built with bias=True
         nn.init.zeros_(self.offset.bias)
         self.scope = nn.Conv2d(conv_in, conv_out, kernel_size=1, bias=False) if dyscope else None
         if self.scope is not None:

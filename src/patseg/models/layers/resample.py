@@ -5,6 +5,7 @@ stage to stage (``x_mid = DownSampler(x_early)``); the CLIP taps and the decoder
 DySample going up and a strided conv going down. Every factor here is derived from the config (stem stride =
 H / (scale_early * r), Down stride = scale_{s-1} / scale_s, see ``patseg.models.pat.geometry``), never hard-coded.
 """
+
 from __future__ import annotations
 
 import math

@@ -10,6 +10,7 @@ biases so SPADE starts as plain normalisation) come from NVlabs/SPADE ``models/n
 PAT-side choice: the parameter-free norm is GroupNorm(32) rather than SPADE's BatchNorm, so a
 decoder stage behaves the same for batch size 1 at evaluation as in training.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -35,11 +36,13 @@ class SPADE(nn.Module):
             raise ValueError(f"SPADE kernel_size must be odd to keep the grid, got {kernel_size}")
         self.groups = groups
         pad = kernel_size // 2
-        self.shared = nn.Sequential(nn.Conv2d(cond_channels, hidden, kernel_size, padding=pad), nn.ReLU())
+        shared_conv = nn.Conv2d(cond_channels, hidden, kernel_size, padding=pad)
+        self.shared = nn.Sequential(shared_conv, nn.ReLU())
         self.gamma = nn.Conv2d(hidden, channels, kernel_size, padding=pad)
         self.beta = nn.Conv2d(hidden, channels, kernel_size, padding=pad)
-        for conv in (self.shared[0], self.gamma, self.beta):
+        for conv in (shared_conv, self.gamma, self.beta):
             nn.init.xavier_normal_(conv.weight, gain=0.02)
+            assert conv.bias is not None  # built with bias=True
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:

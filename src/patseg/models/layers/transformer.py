@@ -9,6 +9,7 @@ Reading of "2-D sine position added before each layer": as in DETR / Mask2Former
 attention's queries and keys at every layer (not to the values), so it steers where tokens look without being
 written into the features that SPADE and the heads consume.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,9 +48,7 @@ def sine_position_encoding(
     return pos.reshape(h * w, dim).to(dtype or torch.get_default_dtype())
 
 
-def multi_head_attention(
-    q: Tensor, k: Tensor, v: Tensor, heads: int, chunk_tokens: int | None = None
-) -> Tensor:
+def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, chunk_tokens: int | None = None) -> Tensor:
     """Scaled dot-product attention over ``heads`` heads, optionally in chunks of queries.
 
     Args:
@@ -68,9 +67,7 @@ def multi_head_attention(
     if chunk_tokens is None or chunk_tokens >= lq:
         out = F.scaled_dot_product_attention(qh, kh, vh)
     else:
-        out = torch.cat(
-            [F.scaled_dot_product_attention(part, kh, vh) for part in qh.split(chunk_tokens, dim=2)], dim=2
-        )
+        out = torch.cat([F.scaled_dot_product_attention(part, kh, vh) for part in qh.split(chunk_tokens, dim=2)], dim=2)
     return out.transpose(1, 2).reshape(b, lq, c)
 
 

@@ -4,6 +4,7 @@ Every grid is computed here from the input size, ``pyramid_base`` and ``stage_sc
 resolution. With the default reading (``pyramid_base="clip"``, scales (4, 2, 1)) and a 640x640 input:
 base grid r = 20, stages early/mid/late = 80/40/20, side and latent grid = 40, final decoded grid = 80 (H/8).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,8 +50,9 @@ class PyramidGrids:
     base: tuple[int, int]
 
 
-def pyramid_grids(image_hw: tuple[int, int], clip_grid: tuple[int, int], *, pyramid_base: str,
-                  stage_scales: tuple[int, ...]) -> PyramidGrids:
+def pyramid_grids(
+    image_hw: tuple[int, int], clip_grid: tuple[int, int], *, pyramid_base: str, stage_scales: tuple[int, ...]
+) -> PyramidGrids:
     """Grids for an input of size ``image_hw`` (divisible by 32) whose CLIP patch grid is ``clip_grid``.
 
     The taps stay at their native grid when it equals the base grid (ViT-B/16 at ratio 0.5); otherwise they are
@@ -62,7 +64,7 @@ def pyramid_grids(image_hw: tuple[int, int], clip_grid: tuple[int, int], *, pyra
     side = (h // SIDE_STRIDE, w // SIDE_STRIDE)
     strides = stage_strides(pyramid_base, stage_scales)
     stages = {name: (h // s, w // s) for name, s in strides.items()}
-    tap = tuple(clip_grid) if tuple(clip_grid) == base else side
+    tap = (clip_grid[0], clip_grid[1]) if tuple(clip_grid) == base else side
     return PyramidGrids(stages=stages, side=side, tap=tap, base=base)
 
 

@@ -18,6 +18,7 @@ cannot overflow even in half precision.
 ``vmf=False`` is the Table II ablation "No vMF meanshift": the plain scaled dot-product attention of Eq. (1)'s third
 line, softmax(Q K^T / sqrt(d)) V, with no normalisation anywhere.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F

@@ -4,6 +4,7 @@
 updated by each stage's semantic branch) -> latent quantizer -> shared decoder (Eq. 3) -> mask head and
 reconstruction head -> CLIP recognition of the global tokens.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -85,11 +86,20 @@ class PAT(SAN):
         criterion: PAT's loss (set losses, VQ, spatial alignment, reconstruction), in place of SAN's set loss.
     """
 
-    criterion: PatCriterion
+    criterion: PatCriterion  # type: ignore[assignment]  # PAT's loss replaces SAN's set loss; see training_losses
 
-    def __init__(self, *, pixel_branch: PixelBranch, decoder: SharedDecoder, mask_head: MaskDecoder,
-                 recon_head: ReconstructionHead, options: PatOptions, pixel_decoder: SharedDecoder | None = None,
-                 query_maker: TokenMixer | None = None, **san_parts) -> None:
+    def __init__(
+        self,
+        *,
+        pixel_branch: PixelBranch,
+        decoder: SharedDecoder,
+        mask_head: MaskDecoder,
+        recon_head: ReconstructionHead,
+        options: PatOptions,
+        pixel_decoder: SharedDecoder | None = None,
+        query_maker: TokenMixer | None = None,
+        **san_parts,
+    ) -> None:
         super().__init__(**san_parts)
         self.pixel_branch = pixel_branch
         self.decoder = decoder
@@ -122,21 +132,31 @@ class PAT(SAN):
         """
         x, clip_in = self.preprocess(images)
         feats = self.clip.extract(clip_in)
-        grids = pyramid_grids(tuple(images.shape[-2:]), feats.grid, pyramid_base=self.options.pyramid_base,
-                              stage_scales=self.options.stage_scales)
-        return PyramidEncoding(x=x, feats=feats, grids=grids,
-                               pixel=self.pixel_branch.encode_stages(x, feats.taps, grids))
+        grids = pyramid_grids(
+            (images.shape[-2], images.shape[-1]),
+            feats.grid,
+            pyramid_base=self.options.pyramid_base,
+            stage_scales=self.options.stage_scales,
+        )
+        return PyramidEncoding(
+            x=x, feats=feats, grids=grids, pixel=self.pixel_branch.encode_stages(x, feats.taps, grids)
+        )
 
     def run_side(self, enc: PyramidEncoding, record_blocks: tuple[int, ...]) -> SideOutput:
         """The side ViT with each stage's semantic branch hooked in after SAN's fusion."""
-        return self.side(enc.x, enc.feats.taps, record_blocks=record_blocks, stage_hook=self.semantic_hook(),
-                         initial_queries=self.initial_queries(enc.x.shape[0]))
+        return self.side(
+            enc.x,
+            enc.feats.taps,
+            record_blocks=record_blocks,
+            stage_hook=self.semantic_hook(),
+            initial_queries=self.initial_queries(enc.x.shape[0]),
+        )
 
     def initial_queries(self, batch: int) -> Tensor | None:
         """Unified tokens (Table II): global tokens from the concatenated stage codebooks, else SAN's own."""
         if self.query_maker is None:
             return None
-        codes = torch.cat([stage.quantizer.codes() for stage in self.pixel_branch.stages], 0)  # (sum K, D)
+        codes = torch.cat([stage.quantizer.codes() for stage in self.pixel_branch.pyramid_stages], 0)  # (sum K, D)
         return self.query_maker(codes).unsqueeze(0).expand(batch, -1, -1)
 
     def semantic_hook(self) -> Callable[[int, Tensor, Tensor, tuple[int, int]], Tensor]:
@@ -146,13 +166,16 @@ class PAT(SAN):
         def hook(stage: int, queries: Tensor, patches: Tensor, grid: tuple[int, int]) -> Tensor:
             if stage > len(STAGES):
                 return queries
-            queries, state["prev"] = self.pixel_branch.stages[stage - 1].semantic(queries, patches, state["prev"])
+            queries, state["prev"] = self.pixel_branch.pyramid_stages[stage - 1].semantic(
+                queries, patches, state["prev"]
+            )
             return queries
 
         return hook
 
-    def decode(self, codes: dict[str, Tensor], latent_zq: Tensor, queries: Tensor | None = None,
-               reconstruct: bool = True) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def decode(
+        self, codes: dict[str, Tensor], latent_zq: Tensor, queries: Tensor | None = None, reconstruct: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Eq. (3).
 
         Arguments:
@@ -163,7 +186,7 @@ class PAT(SAN):
             (decoded map (B, C_dec, h_final, w_final), updated queries or None, reconstruction or None).
         """
         first = self.options.decoder_stages[0]
-        z0 = self.pixel_branch.decoder_input(latent_zq, tuple(codes[first].shape[-2:]))
+        z0 = self.pixel_branch.decoder_input(latent_zq, (codes[first].shape[-2], codes[first].shape[-1]))
         z, queries = self.decoder(z0, codes, queries)
         if not reconstruct:
             return z, queries, None
@@ -193,17 +216,21 @@ class PAT(SAN):
         reconstruct = self.training if reconstruct is None else reconstruct
         z, queries, recon = self.decode(codes, latent.z_q, side.queries[last], reconstruct)
 
+        assert queries is not None  # the decoder returns the queries it was given
         main = self.recognize_decoded(enc.feats, queries, z, side, class_embeddings)
         aux = {}
         if self.training:  # SAN's side heads are auxiliary losses only
-            aux = {name: self.recognize(enc.feats, side.queries[b], side.patches[b], class_embeddings)
-                   for name, b in zip(self.options.aux_sets, self.aux_blocks)}
+            aux = {
+                name: self.recognize(enc.feats, side.queries[b], side.patches[b], class_embeddings)
+                for name, b in zip(self.options.aux_sets, self.aux_blocks)
+            }
         quant = {name: enc.pixel[name].quant for name in STAGES}
         quant["latent"] = latent
         return PatOutput(main=main, aux=aux, quant=quant, reconstruction=recon, grids=enc.grids)
 
-    def recognize_decoded(self, feats: ClipFeatures, queries: Tensor, z: Tensor, side: SideOutput,
-                          class_embeddings: Tensor) -> SegPrediction:
+    def recognize_decoded(
+        self, feats: ClipFeatures, queries: Tensor, z: Tensor, side: SideOutput, class_embeddings: Tensor
+    ) -> SegPrediction:
         """Main prediction: masks from the decoded map; CLIP bias from it too, or from SAN's last side block."""
         if self.options.bias_source == "decoded":
             return self.recognize(feats, queries, z, class_embeddings, decoder=self.mask_head)
@@ -218,20 +245,29 @@ class PAT(SAN):
         (MissingFileError) stops training before the first step."""
         self.criterion.prepare(lpips_vgg_weights)
 
-    def training_losses(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *,
-                        ignore_index: int = 255) -> StepOutput:
+    def training_losses(
+        self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *, ignore_index: int = 255
+    ) -> StepOutput:
         """PAT's weighted loss terms (see :class:`PatCriterion`), codebook perplexities and TensorBoard panels.
 
         images: (B, 3, H, W) in [0, 1]; labels: (B, H, W) class indices, ``ignore_index`` for void pixels.
         """
         out = self(images, class_embeddings)
-        losses = self.criterion(images, targets_from_semseg(labels, ignore_index), main=out.main, aux=out.aux,
-                                vq_losses=[q.loss for q in out.quant.values()],
-                                stage_codes=[out.quant[name].z_q for name in STAGES],
-                                reconstruction=out.reconstruction)
+        losses = self.criterion(
+            images,
+            targets_from_semseg(labels, ignore_index),
+            main=out.main,
+            aux=out.aux,
+            vq_losses=[q.loss for q in out.quant.values()],
+            stage_codes=[out.quant[name].z_q for name in STAGES],
+            reconstruction=out.reconstruction,
+        )
         stats = {f"perplexity_{k}": float(q.perplexity) for k, q in out.quant.items()}
-        visuals = {"reconstruction": out.reconstruction.detach(), "prediction": prediction_thunk(out.main),
-                   **{f"tokens_{name}": out.quant[name].indices for name in STAGES}}
+        visuals = {
+            "reconstruction": out.reconstruction.detach(),
+            "prediction": prediction_thunk(out.main),
+            **{f"tokens_{name}": out.quant[name].indices for name in STAGES},
+        }
         return StepOutput(losses=losses, stats=stats, visuals=visuals)
 
 

@@ -3,16 +3,17 @@
 This is the part of PAT that depends only on the image and CLIP (plus the side ViT for the latent), so together
 with the decoder it forms the detachable multi-scale tokenizer (``patseg.PyramidTokenizer``).
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from patseg.models.layers.resample import PixelStem, Resample
 from patseg.models.pat.geometry import STAGES, PyramidGrids
 from patseg.models.pat.pyramid_stage import PixelStageOutput, PyramidStage
-from patseg.models.layers.resample import PixelStem, Resample
 from patseg.models.pat.vmf_quantizer import QuantizerOutput, VMFQuantizer
 
 
@@ -30,9 +31,20 @@ class PixelBranch(nn.Module):
         vmf: the Table II vMF switch, shared with the stage quantizers.
     """
 
-    def __init__(self, *, stem: Optional[PixelStem], stages: Sequence[PyramidStage], tap_indices: Sequence[int],
-                 side_width: int, code_dim: int, latent_codes: int, decoder_dim: int, latent_factor: float,
-                 vmf: bool, groups: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        stem: Optional[PixelStem],
+        stages: Sequence[PyramidStage],
+        tap_indices: Sequence[int],
+        side_width: int,
+        code_dim: int,
+        latent_codes: int,
+        decoder_dim: int,
+        latent_factor: float,
+        vmf: bool,
+        groups: int = 4,
+    ) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
@@ -41,6 +53,11 @@ class PixelBranch(nn.Module):
         self.latent_quantizer = VMFQuantizer(num_codes=latent_codes, code_dim=code_dim, vmf=vmf)
         self.latent_post_quant = nn.Conv2d(code_dim, decoder_dim, 1)
         self.latent_resample = Resample(decoder_dim, factor=latent_factor, groups=groups)
+
+    @property
+    def pyramid_stages(self) -> tuple[PyramidStage, ...]:
+        """The stages (early, mid, late) with their type (iterating the ``nn.ModuleList`` yields plain modules)."""
+        return tuple(cast(PyramidStage, stage) for stage in self.stages)
 
     def encode_stages(self, x: Tensor, taps: dict[int, Tensor], grids: PyramidGrids) -> dict[str, PixelStageOutput]:
         """Tokenize the pyramid.
@@ -52,12 +69,13 @@ class PixelBranch(nn.Module):
         """
         residual = self.stem(x) if self.stem is not None else None
         out = {}
-        for name, stage, depth in zip(STAGES, self.stages, self.tap_indices):
+        for name, stage, depth in zip(STAGES, self.pyramid_stages, self.tap_indices):
             tap = taps[depth]
             if tuple(tap.shape[-2:]) != tuple(grids.tap):
                 # ViT-L/14-336: the 32x32 CLIP grid is brought to the side grid first, as SAN's fusion does.
-                tap = F.interpolate(tap, size=grids.tap, mode="bilinear", align_corners=False,
-                                    antialias=tap.shape[-1] > grids.tap[-1])
+                tap = F.interpolate(
+                    tap, size=grids.tap, mode="bilinear", align_corners=False, antialias=tap.shape[-1] > grids.tap[-1]
+                )
             out[name] = stage.pixel(tap, residual, grids.stages[name])
             residual = out[name].residual
         return out

@@ -7,6 +7,7 @@ through the TokenMixer, runs one hyperspherical mean-shift step over the side Vi
 global tokens read the side features with the mixed codebook as their query position. Nothing flows from the
 semantic branch into the pixel branch, which is why the pixel branch detaches as a tokenizer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from patseg.models.layers.common import LayerNorm2d
-from patseg.models.pat.hsattn import hs_attention
 from patseg.models.layers.resample import ConvDown, Resample
-from patseg.models.pat.token_mixer import TokenMixer
 from patseg.models.layers.transformer import QueryCrossAttention
+from patseg.models.pat.hsattn import hs_attention
+from patseg.models.pat.token_mixer import TokenMixer
 from patseg.models.pat.vmf_quantizer import QuantizerOutput, VMFQuantizer
 
 
@@ -53,25 +54,50 @@ class PyramidStage(nn.Module):
         mixer_hidden, groups, heads: TokenMixer width, DySample groups, global cross-attention heads.
     """
 
-    def __init__(self, *, clip_width: int, side_width: int, pixel_dim: int, code_dim: int, num_codes: int,
-                 prev_codes: Optional[int], num_queries: int, tap_factor: float, down_factor: Optional[float],
-                 kappa: float, vmf: bool, token_mixer: bool, pixel_residual: bool, mixer_hidden: int = 256,
-                 groups: int = 4, heads: int = 6) -> None:
+    def __init__(
+        self,
+        *,
+        clip_width: int,
+        side_width: int,
+        pixel_dim: int,
+        code_dim: int,
+        num_codes: int,
+        prev_codes: Optional[int],
+        num_queries: int,
+        tap_factor: float,
+        down_factor: Optional[float],
+        kappa: float,
+        vmf: bool,
+        token_mixer: bool,
+        pixel_residual: bool,
+        mixer_hidden: int = 256,
+        groups: int = 4,
+        heads: int = 6,
+    ) -> None:
         super().__init__()
         self.kappa, self.vmf, self.pixel_residual = kappa, vmf, pixel_residual
         # pixel branch
-        use_down = pixel_residual and down_factor is not None
-        self.down = ConvDown(pixel_dim, factor=round(1 / down_factor)) if use_down else None
+        self.down = (
+            ConvDown(pixel_dim, factor=round(1 / down_factor)) if pixel_residual and down_factor is not None else None
+        )
         self.proj = nn.Sequential(LayerNorm2d(clip_width), nn.Conv2d(clip_width, pixel_dim, 1))
         self.resample = Resample(pixel_dim, factor=tap_factor, groups=groups)
         self.pre_quant = nn.Conv2d(pixel_dim, code_dim, 1)
         self.quantizer = VMFQuantizer(num_codes=num_codes, code_dim=code_dim, vmf=vmf)
         # semantic branch; K = V: the side tokens in the 32-d codebook space
         self.kv = nn.Linear(side_width, code_dim) if token_mixer else None
-        use_prev = token_mixer and prev_codes is not None
-        self.mixer = TokenMixer(in_tokens=prev_codes, out_tokens=num_codes, hidden=mixer_hidden) if use_prev else None
-        self.mixer_g = (TokenMixer(in_tokens=num_codes, out_tokens=num_queries, hidden=mixer_hidden,
-                                   in_dim=code_dim, out_dim=side_width) if token_mixer else None)
+        self.mixer = (
+            TokenMixer(in_tokens=prev_codes, out_tokens=num_codes, hidden=mixer_hidden)
+            if token_mixer and prev_codes is not None
+            else None
+        )
+        self.mixer_g = (
+            TokenMixer(
+                in_tokens=num_codes, out_tokens=num_queries, hidden=mixer_hidden, in_dim=code_dim, out_dim=side_width
+            )
+            if token_mixer
+            else None
+        )
         self.global_attn = QueryCrossAttention(side_width, kv_dim=side_width, heads=heads)
 
     def pixel(self, tap: Tensor, residual: Optional[Tensor], grid: tuple[int, int]) -> PixelStageOutput:
@@ -84,8 +110,9 @@ class PyramidStage(nn.Module):
             grid: (h_s, w_s) this stage's grid.
         """
         if (residual is not None) != self.pixel_residual:
-            raise ValueError(f"pixel_residual={self.pixel_residual} but residual is "
-                             f"{'given' if residual is not None else 'None'}")
+            raise ValueError(
+                f"pixel_residual={self.pixel_residual} but residual is {'given' if residual is not None else 'None'}"
+            )
         f = self.proj(tap)
         if residual is None:  # Table II "no pixel residual": u_s = Up(Proj(f_s))
             return PixelStageOutput(residual=None, quant=self.quantizer(self.pre_quant(self.resample(f, size=grid))))
@@ -93,8 +120,9 @@ class PyramidStage(nn.Module):
         u = self.resample(f + F.adaptive_avg_pool2d(x, f.shape[-2:]), size=grid) + x
         return PixelStageOutput(residual=x, quant=self.quantizer(self.pre_quant(u)))
 
-    def semantic(self, queries: Tensor, patches: Tensor,
-                 prev_tokens: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+    def semantic(
+        self, queries: Tensor, patches: Tensor, prev_tokens: Optional[Tensor]
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """Semantic branch of Eq. (2).
 
         Arguments:
@@ -111,6 +139,7 @@ class PyramidStage(nn.Module):
             e = e + self.mixer(prev_tokens)
         kv = self.kv(patches)  # (B, L, D)
         tokens = hs_attention(e, kv, kv, kappa=self.kappa, vmf=self.vmf)
+        assert self.mixer_g is not None  # built with kv (token_mixer)
         return self.global_attn(queries, patches, query_pos=self.mixer_g(tokens)), tokens
 
 

@@ -6,6 +6,7 @@ lies in [0, 1] like the target image of the reconstruction loss. The depth n is 
 final decoder stride (``geometry.final_stride``), e.g. 3 for the default H/8 grid and 5 for Table II's (1x, 1x, 1x)
 pyramid.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -6,6 +6,7 @@ quantized codes through SPADE and refined by a Transformer layer; the global tok
 feeds both image reconstruction and mask prediction; with ``cross_attend=False`` it is a pure pixel decoder that
 needs no global tokens (the detachable tokenizer and the ``shared_decoder=False`` ablation).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -20,8 +21,19 @@ from patseg.models.layers.transformer import QueryCrossAttention, TransformerLay
 class DecoderStage(nn.Module):
     """ẑ = Transformer(SPADE(Resample(ẑ, grid_s), z_q_s)), then optionally q = q + CrossAttn(q, ẑ, ẑ)."""
 
-    def __init__(self, *, dim: int, code_dim: int, factor: float, heads: int, ffn: int, spade_hidden: int,
-                 groups: int, query_dim: Optional[int], chunk_tokens: Optional[int]) -> None:
+    def __init__(
+        self,
+        *,
+        dim: int,
+        code_dim: int,
+        factor: float,
+        heads: int,
+        ffn: int,
+        spade_hidden: int,
+        groups: int,
+        query_dim: Optional[int],
+        chunk_tokens: Optional[int],
+    ) -> None:
         super().__init__()
         self.resample = Resample(dim, factor=factor, groups=groups)
         self.spade = SPADE(dim, cond_channels=code_dim, hidden=spade_hidden)
@@ -47,19 +59,43 @@ class SharedDecoder(nn.Module):
         extra_layers: Transformer layers at the final grid (2).
     """
 
-    def __init__(self, *, stages: Sequence[tuple[str, float]], dim: int = 256, code_dim: int = 32, heads: int = 8,
-                 ffn: int = 1024, spade_hidden: int = 128, groups: int = 4, query_dim: Optional[int] = None,
-                 extra_layers: int = 2, chunk_tokens: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        *,
+        stages: Sequence[tuple[str, float]],
+        dim: int = 256,
+        code_dim: int = 32,
+        heads: int = 8,
+        ffn: int = 1024,
+        spade_hidden: int = 128,
+        groups: int = 4,
+        query_dim: Optional[int] = None,
+        extra_layers: int = 2,
+        chunk_tokens: Optional[int] = None,
+    ) -> None:
         super().__init__()
         self.names = [name for name, _ in stages]
         self.stages = nn.ModuleList(
-            DecoderStage(dim=dim, code_dim=code_dim, factor=f, heads=heads, ffn=ffn, spade_hidden=spade_hidden,
-                         groups=groups, query_dim=query_dim, chunk_tokens=chunk_tokens) for _, f in stages)
-        self.extra = nn.ModuleList(TransformerLayer(dim, heads=heads, ffn=ffn, chunk_tokens=chunk_tokens)
-                                   for _ in range(extra_layers))
+            DecoderStage(
+                dim=dim,
+                code_dim=code_dim,
+                factor=f,
+                heads=heads,
+                ffn=ffn,
+                spade_hidden=spade_hidden,
+                groups=groups,
+                query_dim=query_dim,
+                chunk_tokens=chunk_tokens,
+            )
+            for _, f in stages
+        )
+        self.extra = nn.ModuleList(
+            TransformerLayer(dim, heads=heads, ffn=ffn, chunk_tokens=chunk_tokens) for _ in range(extra_layers)
+        )
 
-    def forward(self, latent: Tensor, codes: dict[str, Tensor],
-                queries: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(
+        self, latent: Tensor, codes: dict[str, Tensor], queries: Optional[Tensor] = None
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """Decode.
 
         Arguments:

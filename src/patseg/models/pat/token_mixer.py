@@ -7,6 +7,7 @@ global tokens and widens them from the 32-d code space to the side ViT's 240 cha
 every output token is a learned combination of all input tokens (the number of tokens, not their width, changes).
 Hidden width 256 and GELU are our choice, as is the separate channel Linear for TokenMixer_g.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn

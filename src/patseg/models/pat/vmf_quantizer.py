@@ -15,6 +15,7 @@ is ``mean((ê - sg ẑ)^2) + β mean((sg ê - ẑ)^2)``, β = 0.25. Under a vMF 
 uniform prior, that hard assignment is the maximum-responsibility component, hence "vMFVQ". ``vmf=False`` is the
 Table II ablation: Euclidean nearest raw code (taming-transformers' ``VectorQuantizer2`` with ``legacy=False``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

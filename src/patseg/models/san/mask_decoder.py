@@ -10,6 +10,7 @@ SAN's ``ATTN_BIAS.NUM_LAYERS`` is 1 (one bias shared by all recognition blocks),
 ``attn_mlp``'s output channels are ordered (head, c) with c fastest, SAN's layout, so its weights load as they are.
 PAT reuses the decoder on the 256-d decoded pixel features: ``pixel_dim`` need not equal ``query_dim``.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -39,8 +40,16 @@ class MaskDecoder(nn.Module):
         rescale_attn_bias: learn a scalar affine map of the bias (SAN ``RESCALE_ATTN_BIAS``), else identity.
     """
 
-    def __init__(self, *, query_dim: int, pixel_dim: int, dim: int = 256, num_layers: int = 3, clip_heads: int,
-                 rescale_attn_bias: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        query_dim: int,
+        pixel_dim: int,
+        dim: int = 256,
+        num_layers: int = 3,
+        clip_heads: int,
+        rescale_attn_bias: bool = True,
+    ) -> None:
         super().__init__()
         self.dim = dim
         self.clip_heads = clip_heads

@@ -4,10 +4,12 @@ Facts from MendelXu/SAN ``san/model/san.py``. The forward reads like SAN's figur
 normalise, run the shallow CLIP blocks for the taps, run the side ViT fused with those taps, decode masks and
 attention biases, recognise every query with the deeper CLIP blocks, and score it against the text embeddings.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,9 @@ from patseg.models.clip.text_encoder import TextEncoder
 from patseg.models.outputs import StepOutput
 from patseg.models.san.mask_decoder import MaskDecoder
 from patseg.models.san.side_adapter import SideAdapter
+
+if TYPE_CHECKING:
+    from patseg.config import ModelConfig
 
 
 @dataclass
@@ -49,10 +54,12 @@ def semantic_inference(pred: SegPrediction, size: tuple[int, int], *, query_chun
     probs = pred.logits.float().softmax(-1)[..., :-1]  # (B, Q, C): no-object dropped after the softmax
     scores = None
     for start in range(0, probs.shape[1], query_chunk):
-        masks = F.interpolate(pred.masks[:, start : start + query_chunk].float(), size=size, mode="bilinear",
-                              align_corners=False).sigmoid()  # (B, q, H, W)
+        masks = F.interpolate(
+            pred.masks[:, start : start + query_chunk].float(), size=size, mode="bilinear", align_corners=False
+        ).sigmoid()  # (B, q, H, W)
         part = torch.einsum("bqc,bqhw->bchw", probs[:, start : start + query_chunk], masks)
         scores = part if scores is None else scores + part
+    assert scores is not None  # there is at least one query
     return scores
 
 
@@ -70,9 +77,22 @@ class SAN(nn.Module):
         templates: prompt templates averaged for every class name.
     """
 
-    def __init__(self, *, clip: ClipBackbone, text: TextEncoder, side: SideAdapter, mask_decoder: MaskDecoder,
-                 criterion: SetCriterion, resize_ratio: float, record_blocks: Sequence[int],
-                 templates: Sequence[str]) -> None:
+    # Attached by ``patseg.build.build_model``: the record the model was built from and its CLIP weights file.
+    config: ModelConfig
+    clip_weights: str | None
+
+    def __init__(
+        self,
+        *,
+        clip: ClipBackbone,
+        text: TextEncoder,
+        side: SideAdapter,
+        mask_decoder: MaskDecoder,
+        criterion: SetCriterion,
+        resize_ratio: float,
+        record_blocks: Sequence[int],
+        templates: Sequence[str],
+    ) -> None:
         super().__init__()
         self.clip = clip
         self.text = text
@@ -83,7 +103,7 @@ class SAN(nn.Module):
         self.record_blocks = tuple(record_blocks)
         self.templates = tuple(templates)
         # Learnable "no object" embedding, normalised with the text rows (SAN ov_classifier.bg_embed).
-        self.bg_embed = nn.Parameter(torch.randn(1, clip.out_dim) * clip.out_dim ** -0.5)
+        self.bg_embed = nn.Parameter(torch.randn(1, clip.out_dim) * clip.out_dim**-0.5)
 
     # ---------------------------------------------------------------- text side
     def encode_vocabulary(self, class_names: Sequence[str]) -> Tensor:
@@ -102,8 +122,14 @@ class SAN(nn.Module):
         clip_in = F.interpolate(x, scale_factor=self.resize_ratio, mode="bilinear", align_corners=False)
         return x, clip_in
 
-    def recognize(self, feats: ClipFeatures, queries: Tensor, pixels: Tensor,
-                  class_embeddings: Tensor, decoder: MaskDecoder | None = None) -> SegPrediction:
+    def recognize(
+        self,
+        feats: ClipFeatures,
+        queries: Tensor,
+        pixels: Tensor,
+        class_embeddings: Tensor,
+        decoder: MaskDecoder | None = None,
+    ) -> SegPrediction:
         """Decode masks and attention biases from (queries, pixels), recognise the queries with CLIP."""
         out = (decoder or self.mask_decoder)(queries, pixels)
         return SegPrediction(masks=out.masks, logits=self.recognize_bias(feats, out.attn_bias, class_embeddings))
@@ -123,8 +149,7 @@ class SAN(nn.Module):
         feats = self.clip.extract(clip_in)
         blocks = self.record_blocks if self.training else self.record_blocks[-1:]
         side = self.side(x, feats.taps, record_blocks=blocks)
-        preds = {f"side{b}": self.recognize(feats, side.queries[b], side.patches[b], class_embeddings)
-                 for b in blocks}
+        preds = {f"side{b}": self.recognize(feats, side.queries[b], side.patches[b], class_embeddings) for b in blocks}
         main = preds.pop(f"side{blocks[-1]}")
         return SegOutput(main=main, aux=preds)
 
@@ -136,8 +161,9 @@ class SAN(nn.Module):
         prepared alike; SAN ignores it.
         """
 
-    def training_losses(self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *,
-                        ignore_index: int = 255) -> StepOutput:
+    def training_losses(
+        self, images: Tensor, labels: Tensor, class_embeddings: Tensor, *, ignore_index: int = 255
+    ) -> StepOutput:
         """Set losses on the main prediction and every auxiliary set (each with its own matching).
 
         images: (B, 3, H, W) in [0, 1]; labels: (B, H, W) class indices, ``ignore_index`` for void pixels.
@@ -154,7 +180,6 @@ def prediction_thunk(pred: SegPrediction, max_items: int = 4) -> Callable[[], Te
 
     def compute() -> Tensor:
         with torch.no_grad():
-            return semantic_inference(first, tuple(first.masks.shape[-2:])).argmax(1)
+            return semantic_inference(first, (first.masks.shape[-2], first.masks.shape[-1])).argmax(1)
 
     return compute
-

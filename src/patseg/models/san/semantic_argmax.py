@@ -11,6 +11,7 @@ so a class whose upper bound is below the best lower bound can never win anywher
 single candidate take its label directly; the rest are scored exactly, but only on their few candidate classes. The
 result is the dense argmax (ties go to the lower class index in both), at a cost that barely grows with C.
 """
+
 from __future__ import annotations
 
 import torch

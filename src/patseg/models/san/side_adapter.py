@@ -10,6 +10,7 @@ Submodule names follow SAN's checkpoint keys (``side_adapter_network.vit_model.*
 ``patch_embed.proj``, ``pos_embed``; ``fusion_layers.layer_S.input_proj.{0,1}`` -> ``fusion_layers.N.{norm,proj}``
 where N is the position of (tap, S) in ``fusion_map``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -62,6 +63,7 @@ class FusionLayer(nn.Module):
         self.proj = nn.Conv2d(clip_width, width, kernel_size=1)
         # detectron2's c2_xavier_fill, as SAN's fusion layer uses
         nn.init.kaiming_uniform_(self.proj.weight, a=1)
+        assert self.proj.bias is not None  # built with bias=True
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, patches: Tensor, clip_map: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -82,9 +84,19 @@ class SideAdapter(nn.Module):
         fusion_map: (CLIP tap index, side stage) pairs; stage 0 = after the embedding, stage i = after block i.
     """
 
-    def __init__(self, *, clip_width: int, width: int = 240, depth: int = 8, heads: int = 6, patch_size: int = 16,
-                 mlp_ratio: float = 4.0, num_queries: int = 100, pretrain_grid: int = 40,
-                 fusion_map: Sequence[tuple[int, int]] = ((0, 0), (3, 1), (6, 2), (9, 3))) -> None:
+    def __init__(
+        self,
+        *,
+        clip_width: int,
+        width: int = 240,
+        depth: int = 8,
+        heads: int = 6,
+        patch_size: int = 16,
+        mlp_ratio: float = 4.0,
+        num_queries: int = 100,
+        pretrain_grid: int = 40,
+        fusion_map: Sequence[tuple[int, int]] = ((0, 0), (3, 1), (6, 2), (9, 3)),
+    ) -> None:
         super().__init__()
         stages = [stage for _, stage in fusion_map]
         if len(set(stages)) != len(stages) or not all(0 <= s <= depth for s in stages):
@@ -97,8 +109,7 @@ class SideAdapter(nn.Module):
         self.query_embed = nn.Parameter(torch.zeros(1, num_queries, width))
         self.query_pos_embed = nn.Parameter(torch.zeros(1, num_queries, width))
         # timm Block: pre-norm, qkv bias, GELU, LayerNorm eps 1e-6, fused SDPA attention; no layer scale
-        self.blocks = nn.ModuleList(
-            Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio=mlp_ratio, qkv_bias=True) for _ in range(depth))
         self.fusion_layers = nn.ModuleList(FusionLayer(clip_width, width) for _ in self.fusion_map)
         self._init_weights()
 
@@ -144,8 +155,15 @@ class SideAdapter(nn.Module):
             return torch.cat([x[:, :q], layer(x[:, q:], clip_taps[tap], grid)], dim=1)
         return x
 
-    def forward(self, images: Tensor, clip_taps: dict[int, Tensor], *, record_blocks: Sequence[int] = (7, 8),
-                stage_hook: StageHook | None = None, initial_queries: Tensor | None = None) -> SideOutput:
+    def forward(
+        self,
+        images: Tensor,
+        clip_taps: dict[int, Tensor],
+        *,
+        record_blocks: Sequence[int] = (7, 8),
+        stage_hook: StageHook | None = None,
+        initial_queries: Tensor | None = None,
+    ) -> SideOutput:
         """Run the side ViT, fusing CLIP taps and recording the tokens after ``record_blocks``.
 
         Args:
