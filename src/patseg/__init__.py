@@ -1,8 +1,10 @@
 """patseg: PAT (Feature Pyramid Tokenization) and SAN for open-vocabulary semantic segmentation.
 
-import patseg
-model = patseg.build_model("san_vitb16", clip_weights="ViT-B-16.bin")
-labels = patseg.Segmenter(model, ["sky", "tree", "road"]).predict(rgb_uint8_array)
+Example::
+
+    import patseg
+    model = patseg.build_model("san_vitb16", clip_weights="ViT-B-16.bin")
+    labels = patseg.Segmenter(model, ["sky", "tree", "road"]).predict(rgb_uint8_array)
 """
 
 from importlib import import_module

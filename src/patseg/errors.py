@@ -33,5 +33,9 @@ class DatasetError(PatsegError, FileNotFoundError):
     """A prepared dataset is missing, incomplete or malformed; the message names the folder and what is wrong."""
 
 
+class ResultsFileError(PatsegError, ValueError):
+    """A results file (``patseg eval --out``, ``patseg report``) is missing a key, malformed or inconsistent."""
+
+
 class ImageReadError(PatsegError, ValueError):
     """An input image could not be read; the message names the file."""

@@ -11,6 +11,7 @@ from PIL import Image
 
 from patseg.build import build_model
 from patseg.cli import main
+from patseg.evaluation.rfid import RFIDResult  # the real record; the module is replaced below
 from patseg.mini.scenes import SyntheticSegmentation
 from patseg.mini.world import WorldConfig
 from patseg.resources import load_class_names
@@ -240,8 +241,6 @@ class FakeRFID:
         progress=True,
         device=None,
     ):
-        from patseg.evaluation.fid import RFIDResult
-
         self.calls.append(
             {
                 "preset": model.config.name,

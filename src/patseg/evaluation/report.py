@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 
 from patseg.atomic import atomic_write_text
 from patseg.data.registry import BENCHMARK_ORDER, SHORT_NAMES
-from patseg.errors import MissingFileError
+from patseg.errors import MissingFileError, ResultsFileError
 
 METRICS = ("mIoU", "mIoU_gt_or_pred", "fwIoU", "mACC", "pACC")
 
@@ -90,18 +90,18 @@ def write_results(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 
 def validate_results(record: Any, source: str) -> dict[str, Any]:
-    """Check the required keys and types; raise ValueError naming ``source`` and the offending key."""
+    """Check the required keys and types; raise ResultsFileError naming ``source`` and the offending key."""
     if not isinstance(record, dict):
-        raise ValueError(f"{source}: a results file must hold a JSON object")
+        raise ResultsFileError(f"{source}: a results file must hold a JSON object")
     for key, kind in (("model", str), ("seed", int), ("datasets", dict)):
         if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
-            raise ValueError(f"{source}: '{key}' must be a {kind.__name__}")
+            raise ResultsFileError(f"{source}: '{key}' must be a {kind.__name__}")
     for name, metrics in record["datasets"].items():
         if not isinstance(metrics, dict) or not isinstance(metrics.get("mIoU"), (int, float)):
-            raise ValueError(f"{source}: datasets.{name} must be an object with a numeric 'mIoU'")
+            raise ResultsFileError(f"{source}: datasets.{name} must be an object with a numeric 'mIoU'")
     rfid = record.get("rfid")
     if rfid is not None and not (isinstance(rfid, dict) and isinstance(rfid.get("value"), (int, float))):
-        raise ValueError(f"{source}: 'rfid' must be an object with a numeric 'value'")
+        raise ResultsFileError(f"{source}: 'rfid' must be an object with a numeric 'value'")
     return record
 
 
@@ -113,19 +113,19 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise ResultsFileError(f"{path}: not valid JSON ({exc})") from exc
     return validate_results(record, str(path))
 
 
 def aggregate(records: Sequence[dict[str, Any]], metric: str = "mIoU") -> list[TableRow]:
     """Group runs by model (first-seen order) and reduce each dataset's ``metric`` to mean +/- std."""
     if metric not in METRICS:
-        raise ValueError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
+        raise ResultsFileError(f"unknown metric '{metric}' (choose from {', '.join(METRICS)})")
     grouped: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         runs = grouped.setdefault(record["model"], [])
         if any(r["seed"] == record["seed"] for r in runs):
-            raise ValueError(f"model '{record['model']}' has two results for seed {record['seed']}")
+            raise ResultsFileError(f"model '{record['model']}' has two results for seed {record['seed']}")
         runs.append(record)
     rows = []
     for model, runs in grouped.items():
