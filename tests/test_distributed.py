@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from patseg import distributed as D
+from patseg.errors import UsageError
 
 
 def _take(sampler, n):
@@ -40,7 +41,7 @@ def test_detect_reads_torchrun_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert D.detect() == D.DistInfo(0, 1, 0) and D.detect().is_main and not D.detect().enabled
     monkeypatch.setenv("RANK", "3")
-    with pytest.raises(RuntimeError, match="WORLD_SIZE"):
+    with pytest.raises(UsageError, match="WORLD_SIZE"):
         D.detect()
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")

@@ -10,6 +10,7 @@ import torch
 
 from naive import toy_batch
 from patseg.build import build_model
+from patseg.errors import UsageError
 from patseg.models.pat.model import PAT
 from patseg.resize import resize_to_multiple
 from patseg.tokenizer import LEVELS, PyramidTokenizer, TokenPyramid, load_pyramids, save_pyramids
@@ -69,7 +70,7 @@ def test_bad_inputs_raise(model: PAT) -> None:
         tok.encode(torch.rand(1, 3, 64, 48))
     with pytest.raises(ValueError, match="multiples of 32"):
         tok.encode(torch.rand(3, 64, 64))
-    with pytest.raises(TypeError, match="SAN has no tokens"):
+    with pytest.raises(UsageError, match="SAN has no tokens"):
         PyramidTokenizer(build_model("san_tiny"))
 
 

@@ -17,6 +17,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import Sampler
 
+from patseg.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -40,7 +42,7 @@ def _env_int(name: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise RuntimeError(f"environment variable {name}={value!r} is not an integer") from None
+        raise UsageError(f"environment variable {name}={value!r} is not an integer") from None
 
 
 def detect() -> DistInfo:
@@ -49,7 +51,7 @@ def detect() -> DistInfo:
         return DistInfo()
     missing = [n for n in ("WORLD_SIZE", "LOCAL_RANK") if n not in os.environ]
     if missing:
-        raise RuntimeError(f"RANK is set but {', '.join(missing)} is not: launch multi-process runs with torchrun")
+        raise UsageError(f"RANK is set but {', '.join(missing)} is not: launch multi-process runs with torchrun")
     return DistInfo(_env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK"))
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from patseg.errors import UsageError
 from patseg.models.san.model import SAN, SegPrediction
 from patseg.models.san.semantic_argmax import semantic_argmax
 from patseg.resize import ceil_to_multiple, shortest_edge_size
@@ -42,7 +43,7 @@ class Segmenter:
         device: str | torch.device | None = None,
     ) -> None:
         if not vocabulary:
-            raise ValueError("the vocabulary is empty: give at least one class name")
+            raise UsageError("the vocabulary is empty: give at least one class name")
         self.model = model.eval()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.vocabulary = [str(v).strip() for v in vocabulary]

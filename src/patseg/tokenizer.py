@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from patseg.atomic import atomic_path
+from patseg.errors import UsageError
 from patseg.models.pat.geometry import STAGES
 from patseg.models.pat.model import PAT
 from patseg.resize import resize_to_multiple
@@ -52,7 +53,7 @@ class PyramidTokenizer:
 
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, PAT):
-            raise TypeError(f"PyramidTokenizer needs a PAT model, got {type(model).__name__} (SAN has no tokens)")
+            raise UsageError(f"PyramidTokenizer needs a PAT model, got {type(model).__name__} (SAN has no tokens)")
         self.model = model.eval()
 
     @classmethod
@@ -113,7 +114,7 @@ def load_pyramids(path: Path) -> tuple[list[TokenPyramid], dict]:
     """Inverse of :func:`save_pyramids` (no pickle: ``allow_pickle=False``)."""
     with np.load(Path(path), allow_pickle=False) as data:
         if "meta" not in data.files:
-            raise ValueError(f"{path}: not a patseg token file (no 'meta' entry)")
+            raise UsageError(f"{path}: not a patseg token file (no 'meta' entry; write one with `patseg tokenize`)")
         meta = json.loads(bytes(data["meta"]).decode("utf-8"))
         pyramids = []
         for i, size in enumerate(meta["image_sizes"]):

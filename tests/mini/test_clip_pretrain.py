@@ -8,6 +8,7 @@ import open_clip
 import pytest
 import torch
 
+from patseg.errors import CheckpointError
 from patseg.mini import clip_pretrain as cp
 from patseg.mini.world import WorldConfig, world_hash
 
@@ -126,7 +127,7 @@ def test_pretrain_command_writes_a_cache_that_is_reused(tmp_path, monkeypatch, c
     assert cp.load_or_pretrain_mini_clip(WORLD, steps=99, batch_size=4) == weights
     meta["model_config"]["embed_dim"] = 1
     (weights.parent / "mini_clip.json").write_text(json.dumps(meta))
-    with pytest.raises(RuntimeError, match="config"):
+    with pytest.raises(CheckpointError, match="config"):
         cp.load_or_pretrain_mini_clip(WORLD)
 
 

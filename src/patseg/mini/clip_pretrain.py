@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from patseg import paths
 from patseg.atomic import atomic_save_safetensors, atomic_write_text
-from patseg.errors import MissingFileError
+from patseg.errors import CheckpointError, MissingFileError
 from patseg.mini.scenes import render_scene, scene_rng
 from patseg.mini.world import WorldConfig, make_caption, world_hash
 from patseg.resources import CLIP_CONFIG_DIR, RESOURCE_DIR, load_templates
@@ -376,9 +376,9 @@ def load_or_pretrain_mini_clip(
     if meta_path.is_file() and weights.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("world_hash") != world_hash(world):
-            raise RuntimeError(f"{meta_path} was trained on world {meta.get('world_hash')}, not {world_hash(world)}")
+            raise CheckpointError(f"{meta_path} was trained on world {meta.get('world_hash')}, not {world_hash(world)}")
         if meta.get("model_config") != _model_config():
-            raise RuntimeError(f"{meta_path} was trained with another {MODEL_NAME} config; delete {cache_dir}")
+            raise CheckpointError(f"{meta_path} was trained with another {MODEL_NAME} config; delete {cache_dir}")
         return weights
     return pretrain_mini_clip(
         world, steps=steps, batch_size=batch_size, seed=seed, out_dir=cache_dir, eval_scenes=eval_scenes

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from patseg.errors import ConfigError
 from patseg.models.clip.open_clip_loader import ClipTrunk, create_open_clip, make_trunk
 from patseg.models.clip.text_encoder import EmbeddingCache, TextEncoder
 
@@ -89,10 +90,15 @@ class ClipBackbone(nn.Module):
         self.out_dim = self.trunk.out_dim
         self.depth = self.trunk.depth
         if not 1 <= rec_start < self.depth:
-            raise ValueError(f"rec_start must be in [1, {self.depth}) for a {self.depth}-block CLIP, got {rec_start}")
+            raise ConfigError(
+                f"config key 'clip.rec_start' must be in [1, {self.depth}) for a {self.depth}-block CLIP, "
+                f"got {rec_start}"
+            )
         bad = [t for t in taps if not 0 <= t <= rec_start]
         if bad or len(set(taps)) != len(taps):
-            raise ValueError(f"taps must be distinct depths in [0, rec_start={rec_start}], got {tuple(taps)}")
+            raise ConfigError(
+                f"config key 'clip.taps' must be distinct depths in [0, rec_start={rec_start}], got {tuple(taps)}"
+            )
         self.taps = tuple(sorted(taps))
         self.rec_start = rec_start
 

@@ -24,7 +24,7 @@ from open_clip.transformer import VisionTransformer
 from timm.layers import RotaryEmbeddingCat, build_rotary_pos_embed
 from torch import Tensor, nn
 
-from patseg.errors import MissingFileError
+from patseg.errors import CheckpointError, ConfigError, MissingFileError
 from patseg.resources import CLIP_CONFIG_DIR
 
 
@@ -67,8 +67,8 @@ def create_open_clip(
     """
     register_patseg_configs()
     if model_name not in open_clip.list_models():
-        raise ValueError(
-            f"unknown open_clip model '{model_name}' (patseg ships "
+        raise ConfigError(
+            f"config key 'clip.model_name': unknown open_clip model '{model_name}' (patseg ships "
             f"{sorted(p.stem for p in CLIP_CONFIG_DIR.glob('*.json'))}; see open_clip.list_models())"
         )
     if weights is not None and not Path(weights).is_file():
@@ -89,7 +89,7 @@ def create_open_clip(
             open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
         except Exception as err:  # torch.load / safetensors / load_state_dict errors all mean "wrong file"
             detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-            raise ValueError(
+            raise CheckpointError(
                 f"{weights} does not hold open_clip weights for '{model_name}' ({detail}); {weights_hint(model_name)}."
             ) from err
     model.eval()
