@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional, TypedDict, Union
 
-from patseg.config import ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
+from patseg.config import LossConfig, ModelConfig, PatConfig, apply_overrides, from_dict, load_preset, to_dict
 from patseg.errors import ConfigError
 from patseg.losses import SetCriterion
 from patseg.losses.pat_criterion import PatCriterion
@@ -159,9 +159,65 @@ def _pat_parts(
     cfg: ModelConfig, p: PatConfig, set_loss: SetCriterion, *, clip_width: int, clip_patch: int, clip_heads: int
 ) -> dict:
     """PAT's own modules and its criterion (around SAN's ``set_loss``); every resolution is derived from
-    ``pyramid_base`` and ``stage_scales``."""
+    ``pyramid_base`` and ``stage_scales``. Modules are made in a fixed order: it fixes their random initialisation."""
     # Value constraints (stage order, aux set names) were checked when the record was read (patseg.config).
     strides = stage_strides(p.pyramid_base, p.stage_scales)
+    pixel_branch = _pixel_branch(cfg, p, strides, clip_width=clip_width, clip_patch=clip_patch)
+    plan = decoder_plan(strides, p.decoder_stages)
+
+    def decoder(query_dim: int | None) -> SharedDecoder:
+        return SharedDecoder(
+            stages=plan,
+            dim=p.decoder_dim,
+            code_dim=p.code_dim,
+            heads=p.decoder_heads,
+            ffn=p.decoder_ffn,
+            spade_hidden=p.spade_hidden,
+            groups=p.dysample_groups,
+            query_dim=query_dim,
+            extra_layers=p.decoder_extra_layers,
+        )
+
+    out_stride = final_stride(p.pyramid_base, p.stage_scales, p.decoder_stages)
+    return {
+        "pixel_branch": pixel_branch,
+        "decoder": decoder(cfg.side.width),
+        "pixel_decoder": None if p.shared_decoder else decoder(None),
+        "mask_head": MaskDecoder(
+            query_dim=cfg.side.width,
+            pixel_dim=p.decoder_dim,
+            dim=cfg.mask_decoder.dim,
+            num_layers=cfg.mask_decoder.num_layers,
+            clip_heads=clip_heads,
+            rescale_attn_bias=cfg.mask_decoder.rescale_attn_bias,
+        ),
+        "recon_head": ReconstructionHead(p.decoder_dim, num_upsamples=log2_exact(out_stride, "final decoder stride")),
+        "options": PatOptions(
+            pyramid_base=p.pyramid_base,
+            stage_scales=p.stage_scales,
+            decoder_stages=p.decoder_stages,
+            bias_source=p.bias_source,
+            aux_sets=p.aux_sets,
+        ),
+        "criterion": _pat_criterion(cfg.loss, p, set_loss),
+        "query_maker": (
+            TokenMixer(
+                in_tokens=sum(p.codebook_sizes),
+                out_tokens=cfg.side.num_queries,
+                hidden=p.token_mixer_hidden,
+                in_dim=p.code_dim,
+                out_dim=cfg.side.width,
+            )
+            if p.unified_tokens
+            else None
+        ),
+    }
+
+
+def _pixel_branch(
+    cfg: ModelConfig, p: PatConfig, strides: dict[str, int], *, clip_width: int, clip_patch: int
+) -> PixelBranch:
+    """The stem, the three pyramid stages (with their semantic halves) and the latent quantizer."""
     t_stride = tap_stride(p.pyramid_base, clip_patch, cfg.clip.resize_ratio)
     side_stage_to_tap = {side_stage: tap for tap, side_stage in cfg.side.fusion_map}
     taps = [side_stage_to_tap[i + 1] for i in range(len(STAGES))]
@@ -189,9 +245,8 @@ def _pat_parts(
                 heads=cfg.side.heads,
             )
         )
-    first = p.decoder_stages[0]
     stem = PixelStem(out_channels=p.pixel_dim, stride=strides["early"]) if p.pixel_residual else None
-    pixel_branch = PixelBranch(
+    return PixelBranch(
         stem=stem,
         stages=stages,
         tap_indices=taps,
@@ -199,72 +254,27 @@ def _pat_parts(
         code_dim=p.code_dim,
         latent_codes=p.latent_codebook_size,
         decoder_dim=p.decoder_dim,
-        latent_factor=SIDE_STRIDE / strides[first],
+        latent_factor=SIDE_STRIDE / strides[p.decoder_stages[0]],
         vmf=p.vmf,
         groups=p.dysample_groups,
     )
-    plan = decoder_plan(strides, p.decoder_stages)
 
-    def decoder(query_dim: int | None) -> SharedDecoder:
-        return SharedDecoder(
-            stages=plan,
-            dim=p.decoder_dim,
-            code_dim=p.code_dim,
-            heads=p.decoder_heads,
-            ffn=p.decoder_ffn,
-            spade_hidden=p.spade_hidden,
-            groups=p.dysample_groups,
-            query_dim=query_dim,
-            extra_layers=p.decoder_extra_layers,
-        )
 
-    out_stride = final_stride(p.pyramid_base, p.stage_scales, p.decoder_stages)
-    loss = cfg.loss
-    return {
-        "pixel_branch": pixel_branch,
-        "decoder": decoder(cfg.side.width),
-        "pixel_decoder": None if p.shared_decoder else decoder(None),
-        "mask_head": MaskDecoder(
-            query_dim=cfg.side.width,
-            pixel_dim=p.decoder_dim,
-            dim=cfg.mask_decoder.dim,
-            num_layers=cfg.mask_decoder.num_layers,
-            clip_heads=clip_heads,
-            rescale_attn_bias=cfg.mask_decoder.rescale_attn_bias,
+def _pat_criterion(loss: LossConfig, p: PatConfig, set_loss: SetCriterion) -> PatCriterion:
+    """Every PAT loss weight and switch, from ``loss.*`` and ``pat.spatial_alignment``."""
+    return PatCriterion(
+        set_loss=set_loss,
+        reconstruction=ReconstructionLoss(
+            l1_weight=loss.l1_weight,
+            l2_weight=loss.l2_weight,
+            perceptual_weight=loss.perceptual_weight,
+            lpips_size=loss.lpips_size,
         ),
-        "recon_head": ReconstructionHead(p.decoder_dim, num_upsamples=log2_exact(out_stride, "final decoder stride")),
-        "options": PatOptions(
-            pyramid_base=p.pyramid_base,
-            stage_scales=p.stage_scales,
-            decoder_stages=p.decoder_stages,
-            bias_source=p.bias_source,
-            aux_sets=p.aux_sets,
-        ),
-        "criterion": PatCriterion(
-            set_loss=set_loss,
-            reconstruction=ReconstructionLoss(
-                l1_weight=loss.l1_weight,
-                l2_weight=loss.l2_weight,
-                perceptual_weight=loss.perceptual_weight,
-                lpips_size=loss.lpips_size,
-            ),
-            vq_weight=loss.vq_weight,
-            spatial_weight=loss.spatial_weight,
-            crf_weight=loss.crf_weight,
-            tv_weight=loss.tv_weight,
-            crf_points=loss.crf_points,
-            rec_weight=loss.rec_weight,
-            spatial_alignment=p.spatial_alignment,
-        ),
-        "query_maker": (
-            TokenMixer(
-                in_tokens=sum(p.codebook_sizes),
-                out_tokens=cfg.side.num_queries,
-                hidden=p.token_mixer_hidden,
-                in_dim=p.code_dim,
-                out_dim=cfg.side.width,
-            )
-            if p.unified_tokens
-            else None
-        ),
-    }
+        vq_weight=loss.vq_weight,
+        spatial_weight=loss.spatial_weight,
+        crf_weight=loss.crf_weight,
+        tv_weight=loss.tv_weight,
+        crf_points=loss.crf_points,
+        rec_weight=loss.rec_weight,
+        spatial_alignment=p.spatial_alignment,
+    )
