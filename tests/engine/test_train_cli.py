@@ -214,6 +214,7 @@ def test_train_refuses_missing_lpips_weights(tmp_path, data_root, capsys):
         (["--set", "solverr.lr=1"], "training keys start with"),
         (["--set", "solver.iters"], "'solver.iters' is not KEY=VALUE"),
         (["solver.iters=10"], "assignments go after --set: patseg train [CONFIG] --set solver.iters=10"),
+        (["--set", "model.preset=pat_tiny", "data.crop_size=100"], "'data.crop_size' must be a multiple of 32"),
     ],
 )
 def test_train_config_errors_are_one_line(args, message, capsys):
