@@ -10,7 +10,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from patseg.cli import main
-from patseg.data import SemSegDataset
+from patseg.data import DatasetError, SemSegDataset
 
 RNG = np.random.default_rng(0)
 
@@ -219,3 +219,75 @@ def test_missing_raw_folder_is_a_one_line_error(tmp_path, capsys):
     assert prepare("voc_20", "--src", tmp_path / "nowhere", "--dst", tmp_path / "d") == 2
     assert "expected: VOC2012 folder" in capsys.readouterr().err
     assert prepare("ade20k_150", "--src", tmp_path, "--dst", tmp_path / "d", "--split", "train") == 2
+
+
+def truncated_jpg(path, h, w):
+    jpg(path, h, w)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])  # a cut-off download: the header still opens
+
+
+def test_truncated_jpeg_fails_and_uppercase_suffixes_are_converted(tmp_path, capsys, monkeypatch):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as another library may have left it
+    src, dst = tmp_path / "ADEChallengeData2016", tmp_path / "data"
+    images, labels = src / "images" / "validation", src / "annotations" / "validation"
+    label = np.ones((64, 64), dtype=np.uint8)
+    truncated_jpg(images / "ADE_val_00000001.jpg", 64, 64)
+    png(labels / "ADE_val_00000001.png", label)
+    jpg(images / "ADE_val_00000002.JPG", 64, 64)
+    png(labels / "ADE_val_00000002.PNG", label)
+    jpg(images / "ADE_val_00000003.jpeg", 64, 64)
+    png(labels / "ADE_val_00000003.png", label)
+    assert prepare("ade20k_150", "--src", src, "--dst", dst) == 1
+    captured = capsys.readouterr()
+    assert "2 written, 0 already present, 1 failed" in captured.out
+    assert (
+        "skipped ADE_val_00000001: CorruptInputError: ADE_val_00000001.jpg: truncated or corrupt image" in captured.err
+    )
+    assert "Traceback" not in captured.err
+    items = load("ade20k_150", dst)
+    assert sorted(items) == ["ADE_val_00000002", "ADE_val_00000003"]
+    assert items["ADE_val_00000002"]["label"].unique().tolist() == [0]
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the flag is only held while decoding
+
+
+def test_voc_finds_uppercase_and_jpeg_files(tmp_path):
+    src, dst = tmp_path / "VOC2012", tmp_path / "data"
+    (src / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (src / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000033\n2007_000034\n")
+    jpg(src / "JPEGImages" / "2007_000033.JPG", 2, 4)
+    png(src / "SegmentationClass" / "2007_000033.PNG", np.ones((2, 4), dtype=np.uint8))
+    jpg(src / "JPEGImages" / "2007_000034.jpeg", 2, 4)
+    png(src / "SegmentationClass" / "2007_000034.png", np.ones((2, 4), dtype=np.uint8))
+    assert prepare("voc_20", "--src", src, "--dst", dst) == 0
+    assert sorted(load("voc_20", dst)) == ["2007_000033", "2007_000034"]
+
+
+def test_truncated_prepared_image_is_a_dataset_error(tmp_path):
+    from patseg.data.prepare.common import output_paths
+
+    image, label = output_paths("ade20k_150", tmp_path, "val", "a")
+    truncated_jpg(image, 64, 64)
+    png(label, np.zeros((64, 64), dtype=np.uint8))
+    with pytest.warns(UserWarning, match="expected"):
+        ds = SemSegDataset("ade20k_150", root=tmp_path, allow_partial=True)
+    with pytest.raises(DatasetError, match=r"a\.jpg is truncated or corrupt .*run `patseg prepare` again"):
+        ds[0]
+
+
+def test_partial_split_error_names_the_real_switches(tmp_path):
+    with pytest.raises(DatasetError) as info:
+        SemSegDataset("ade20k_150", root=prepared_ade(tmp_path))
+    assert "data.allow_partial=true for `patseg train`, --allow-partial for `patseg eval`" in str(info.value)
+    assert "allow_partial=True" not in str(info.value)
+
+
+def prepared_ade(tmp_path):
+    from patseg.data.prepare.common import output_paths
+
+    image, label = output_paths("ade20k_150", tmp_path, "val", "a")
+    jpg(image, 4, 4)
+    png(label, np.zeros((4, 4), dtype=np.uint8))
+    return tmp_path

@@ -1,8 +1,10 @@
 """Safe checkpoints: round trip, refusal of pickles and tampering (d), atomic writes and pruning (h)."""
 
 import json
+import os
 import pickle
 import shutil
+import stat
 
 import pytest
 import torch
@@ -230,3 +232,19 @@ def test_keep_last_prunes_old_checkpoints(tmp_path):
     assert C.last_checkpoint(tmp_path).name == "ckpt_0000005"
     C.save_checkpoint(tmp_path, model, opt, _state(5), keep_last=2)  # re-saving an iteration replaces it
     assert C.read_state(tmp_path / "ckpt_0000005")[0].iteration == 5
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_checkpoint_files_and_folders_follow_the_umask(tmp_path, umask):
+    model, opt = _trained()
+    old = os.umask(umask)
+    try:
+        C.save_checkpoint(tmp_path / "out", model, opt, _state(1))
+        C.save_checkpoint(tmp_path / "out", model, opt, _state(2))  # the pointer file is replaced
+    finally:
+        os.umask(old)
+    folder = tmp_path / "out" / "ckpt_0000002"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    for path in [*folder.iterdir(), tmp_path / "out" / C.POINTER_FILE]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []

@@ -77,7 +77,7 @@ def test_train_30_steps_then_eval(tmp_path, data_root, capsys):
         "--resume",
     ]
     assert main(args) == 0
-    assert f"patseg: no checkpoint in {out}: starting from iteration 0" in capsys.readouterr().err  # INFO shows
+    assert f"patseg: warning: --resume: no checkpoint in {out}: starting from iteration 0" in capsys.readouterr().err
     records = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in records if "loss/total" in r]) == 6
     ckpt = out / (out / "last_checkpoint").read_text().strip()
@@ -214,6 +214,7 @@ def test_train_refuses_missing_lpips_weights(tmp_path, data_root, capsys):
         (["--set", "solverr.lr=1"], "training keys start with"),
         (["--set", "solver.iters"], "'solver.iters' is not KEY=VALUE"),
         (["solver.iters=10"], "assignments go after --set: patseg train [CONFIG] --set solver.iters=10"),
+        (["--set", "model.preset=pat_tiny", "data.crop_size=100"], "'data.crop_size' must be a multiple of 32"),
     ],
 )
 def test_train_config_errors_are_one_line(args, message, capsys):
@@ -324,3 +325,114 @@ def test_eval_rfid_refuses_before_any_work(tmp_path, data_root, fake_rfid, capsy
         err = capsys.readouterr().err
         assert err.startswith("patseg: error: ") and message in err, (args, err)
     assert fake_rfid.calls == []
+
+
+def _tiny_run(data_root, out, *extra):
+    """A 2-step pat_tiny run logging every step (its tiny CLIP is random: the seed decides everything)."""
+    return [
+        "train",
+        "--set",
+        "model.preset=pat_tiny",
+        f"data.root={data_root}",
+        "data.allow_partial=true",
+        "data.crop_size=64",
+        "data.workers=0",
+        "solver.iters=2",
+        "solver.batch_size=2",
+        "log.period=1",
+        "checkpoint.period=1",
+        "eval.datasets=[]",
+        f"output_dir={out}",
+        *extra,
+    ]
+
+
+def _losses(out):
+    lines = (out / "logs" / "metrics.jsonl").read_text().splitlines()
+    return [(r["iteration"], r["loss/total"]) for r in map(json.loads, lines)]
+
+
+def test_same_seed_gives_the_same_losses(tmp_path, data_root):
+    torch.manual_seed(1)  # whatever the process did before must not matter
+    assert main(_tiny_run(data_root, tmp_path / "a")) == 0
+    torch.manual_seed(2)
+    assert main(_tiny_run(data_root, tmp_path / "b")) == 0
+    assert main(_tiny_run(data_root, tmp_path / "c", "solver.seed=7")) == 0
+    a, b, c = (_losses(tmp_path / n) for n in "abc")
+    assert [i for i, _ in a] == [1, 2]
+    assert a == b
+    assert a[0][1] != c[0][1]
+
+
+def test_an_earlier_run_is_refused_before_any_work(tmp_path, data_root, capsys):
+    out = tmp_path / "run"
+    assert main(_tiny_run(data_root, out)) == 0
+    before = {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")}
+    capsys.readouterr()
+    assert main(_tiny_run(data_root, out, "solver.lr=1e-3")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"patseg: error: output_dir {out} already holds a training run (last_checkpoint, ")
+    assert "pass --resume" in err and "choose another output_dir" in err and len(err.splitlines()) == 1
+    assert {p.relative_to(out): p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
+    # --resume continues: the finished run has nothing left to do and logs no duplicate rows
+    assert main([*_tiny_run(data_root, out), "--resume"]) == 0
+    assert [i for i, _ in _losses(out)] == [1, 2]
+    # a folder with only logs (a run stopped before its first checkpoint) is a run too
+    (tmp_path / "logs_only" / "logs").mkdir(parents=True)
+    (tmp_path / "logs_only" / "logs" / "metrics.jsonl").write_text('{"iteration": 1}\n')
+    assert main(_tiny_run(data_root, tmp_path / "logs_only")) == 2
+    assert "logs/metrics.jsonl" in capsys.readouterr().err
+
+
+def test_resume_without_a_checkpoint_warns_even_when_quiet(tmp_path, data_root, capsys):
+    out = tmp_path / "fresh"
+    assert main(["-q", *_tiny_run(data_root, out), "--resume"]) == 0
+    assert f"warning: --resume: no checkpoint in {out}: starting from iteration 0" in capsys.readouterr().err
+
+
+def test_resume_trains_against_the_checkpoints_class_embeddings(tmp_path, data_root, monkeypatch):
+    import patseg.cli.train as train_cli
+
+    out = tmp_path / "run"
+    assert main(_tiny_run(data_root, out)) == 0
+    ckpt = out / "ckpt_0000002"
+    names = list(load_class_names("coco_stuff_171"))
+    with torch.no_grad():
+        expected = build_model(None, weights=str(ckpt)).encode_vocabulary(names)
+    seen = []
+    build = train_cli.build_for_training
+
+    def recording_build(cfg):
+        model = build(cfg)
+        losses = model.training_losses
+
+        def training_losses(images, labels, class_embeddings, **kwargs):
+            seen.append(class_embeddings.detach().clone())
+            return losses(images, labels, class_embeddings, **kwargs)
+
+        model.training_losses = training_losses
+        return model
+
+    monkeypatch.setattr(train_cli, "build_for_training", recording_build)
+    # another seed: the freshly built (random) text tower differs from the checkpoint's
+    assert main([*_tiny_run(data_root, out, "solver.iters=3", "solver.seed=5"), "--resume"]) == 0
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=0)
+
+
+def test_stray_assignment_after_resume_points_at_set(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", str(tmp_path / "cfg.yaml"), "--resume", "solver.iters=10"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "patseg train: error: 'solver.iters=10' looks like an assignment" in err
+    assert "--set solver.iters=10" in err and "usage: patseg train" in err
+
+
+def test_paths_are_stored_absolute(tmp_path, data_root, monkeypatch):
+    init = build_model("pat_tiny")
+    save_weights(init, tmp_path / "init.safetensors")
+    monkeypatch.chdir(tmp_path)
+    assert main(_tiny_run(data_root, "out", "model.weights=init.safetensors", "solver.iters=1")) == 0
+    text = (tmp_path / "out" / "config.yaml").read_text()
+    assert f"weights: {tmp_path / 'init.safetensors'}" in text

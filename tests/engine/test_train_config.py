@@ -101,6 +101,13 @@ def test_assignments_are_routed_by_their_first_part():
         ("pat.vmf=1", "pat.vmf"),
         ("model.lpips_weights=3", "model.lpips_weights"),
         ("eval.limit=some", "eval.limit"),
+        ("data.crop_size=100", "data.crop_size"),
+        ("data.crop_size=0", "data.crop_size"),
+        ("solver.batch_size=0", "solver.batch_size"),
+        ("solver.iters=-5", "solver.iters"),
+        ("checkpoint.period=0", "checkpoint.period"),
+        ("eval.period=0", "eval.period"),
+        ("eval.limit=0", "eval.limit"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -133,3 +140,11 @@ def test_yaml_cannot_build_objects(tmp_path):
     with pytest.raises(ConfigError):
         load_train_config(path)
     assert not (tmp_path / "marker").exists()
+
+
+def test_crop_size_message_suggests_a_multiple_of_32():
+    with pytest.raises(
+        ConfigError, match=r"'data.crop_size' must be a multiple of 32 .*got 100; e.g. data.crop_size=96"
+    ):
+        load(None, "model.preset=pat_tiny", "data.crop_size=100")
+    assert load(None, "model.preset=pat_tiny", "data.crop_size=96").data.crop_size == 96

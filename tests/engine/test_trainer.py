@@ -144,6 +144,19 @@ def test_logs_every_term_and_images(tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
+def test_resume_drops_the_log_rows_written_after_its_checkpoint(tmp_path):
+    """A run killed at step 5 logged 4 and 5 after its checkpoint at 3: the resume logs them once, again."""
+    with pytest.raises(_Killed):
+        _run(tmp_path / "run", evaluate=_kill_at(3))
+    metrics = tmp_path / "run" / "logs" / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"iteration": 4, "lr": 0.1}\n{"iteration": 5, "lr": 0.1}\n{"iterat')  # the kill cut the last row
+    _run(tmp_path / "run", resume=True)
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [x["iteration"] for x in lines if "lr" in x] == [1, 2, 3, 4, 5, 6]
+    assert 0.1 not in [x["lr"] for x in lines if "lr" in x]
+
+
 def test_batch_must_split_over_ranks_and_accumulation(tmp_path):
     with pytest.raises(ConfigError, match="'solver.batch_size'"):
         train(_cfg(tmp_path, batch_size=5), ToyModel(), ToyDataset(), CLASS_NAMES, collate_fn=collate)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
 from patseg.data.registry import DatasetSpec, data_root, get_dataset_spec
@@ -63,8 +64,14 @@ def _listing(names: list[str]) -> str:
     return shown + (f" ... and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
+_SAME_SUFFIX = {".jpg": (".jpg", ".jpeg")}  # other spellings of a registry suffix
+
+
 def _stems(folder: Path, ext: str) -> dict[str, Path]:
-    return {p.stem: p for p in folder.iterdir() if p.suffix.lower() == ext and not p.name.startswith(".")}
+    """Files by stem whose suffix is ``ext`` in any case (``.JPG``, ``.jpeg`` for ``.jpg``); the first sorted wins."""
+    suffixes = _SAME_SUFFIX.get(ext, (ext,))
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in suffixes), reverse=True)
+    return {p.stem: p for p in files if not p.name.startswith(".")}
 
 
 def find_samples(spec: DatasetSpec, split: str, root: str | os.PathLike | None = None) -> PairingReport:
@@ -89,16 +96,40 @@ def find_samples(spec: DatasetSpec, split: str, root: str | os.PathLike | None =
     )
 
 
+@contextmanager
+def _decoded(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """An opened image with its pixels decoded in full; a truncated or corrupt file is a DatasetError naming it."""
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # True would pad a truncated file with grey and train on that
+    try:
+        im = Image.open(path)
+        try:
+            im.load()
+        except BaseException:
+            im.close()
+            raise
+    except FileNotFoundError:
+        raise DatasetError(f"{path} does not exist (removed after the split was listed?)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DatasetError(
+            f"{path} is truncated or corrupt ({exc}); delete it and run `patseg prepare` again"
+        ) from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+    with im:
+        yield im
+
+
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """An RGB image file as a uint8 tensor (3, H, W)."""
-    with Image.open(path) as im:
+    with _decoded(path) as im:
         array = np.asarray(im.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def read_label(path: str | os.PathLike, dtype: str) -> torch.Tensor:
     """A label map (uint8 PNG or uint16 TIFF, as ``dtype`` says) as an int64 tensor (H, W)."""
-    with Image.open(path) as im:
+    with _decoded(path) as im:
         array = np.asarray(im)
     if array.ndim != 2 or array.dtype != np.dtype(dtype):
         raise DatasetError(f"label {path} is {array.dtype} with shape {array.shape}, expected a 2-D {dtype} map")
@@ -133,7 +164,10 @@ class SemSegDataset(Dataset):
         if problems:
             message = f"{name}/{split} under {data_root(root)}: " + "; ".join(problems)
             if not allow_partial:
-                raise DatasetError(message + " (pass allow_partial=True to use what is there)")
+                raise DatasetError(
+                    message + " (to use what is there: data.allow_partial=true for `patseg train`, "
+                    "--allow-partial for `patseg eval`)"
+                )
             warnings.warn(message, stacklevel=2)
         if not report.samples:
             raise DatasetError(f"{name}/{split} under {data_root(root)}: no image/label pairs")

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from patseg.atomic import atomic_write_text, file_mode
 from patseg.errors import CheckpointError
 from patseg.weights.files import (
     MODEL_FILE,
@@ -126,9 +127,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    _write_text(tmp, text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)  # a unique temp name, and the mode a plain open() would give
 
 
 def _cpu_copies(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -170,6 +169,7 @@ def _write_folder(
     record = {"format": FORMAT, "version": VERSION, "frozen_excluded": not include_frozen, **dataclasses.asdict(state)}
     _write_text(folder / STATE_FILE, json.dumps(record))
     for name in (MODEL_FILE, OPTIM_FILE):
+        os.chmod(folder / name, file_mode())  # safetensors creates its files 0600 whatever the umask
         _fsync(folder / name)
 
 

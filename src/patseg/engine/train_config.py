@@ -23,6 +23,7 @@ import yaml
 from patseg.config import ConfigError, ModelConfig, YamlLoader, apply_overrides, from_dict, load_preset, to_dict
 
 AMP_MODES = ("bf16", "fp16", "off")
+CROP_MULTIPLE = 32  # training crops go through the model unpadded: every feature-pyramid level must divide them
 OVERRIDES_PREFIX = "model.overrides."
 
 
@@ -137,6 +138,14 @@ def _check_values(cfg: TrainConfig) -> None:
     }.items():
         if value < 0:
             raise ConfigError(f"config key '{key}' must not be negative, got {value}")
+    if cfg.data.crop_size % CROP_MULTIPLE:
+        fits = max(CROP_MULTIPLE, round(cfg.data.crop_size / CROP_MULTIPLE) * CROP_MULTIPLE)
+        raise ConfigError(
+            f"config key 'data.crop_size' must be a multiple of {CROP_MULTIPLE} (the model's coarsest stride), "
+            f"got {cfg.data.crop_size}; e.g. data.crop_size={fits}"
+        )
+    if cfg.eval.limit is not None and cfg.eval.limit <= 0:
+        raise ConfigError(f"config key 'eval.limit' must be positive or null (all images), got {cfg.eval.limit}")
     if cfg.solver.amp not in AMP_MODES:
         raise ConfigError(f"config key 'solver.amp' must be one of {', '.join(AMP_MODES)}, got {cfg.solver.amp!r}")
 

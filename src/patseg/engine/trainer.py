@@ -9,6 +9,9 @@ One process per GPU under torchrun (nanoGPT's recipe, see :mod:`patseg.distribut
 Resume follows detectron2's ``resume_or_load``: with ``resume=True`` and a ``last_checkpoint`` in ``output_dir``
 everything (model, optimizer, schedule, scaler, sampler position, RNG of every rank) comes from the checkpoint and
 ``cfg.model.weights`` is ignored; otherwise only ``cfg.model.weights`` (if set) is loaded and training starts at 0.
+The class text embeddings are computed after that load, so they come from the weights being trained (and, under
+DDP, from rank 0's broadcast weights on every rank). A resume drops the log records (``metrics.jsonl`` rows and
+TensorBoard events) written after the checkpoint it starts from, so the resumed run does not log those steps twice.
 The data iterator restarts at every checkpoint boundary with seeds derived from (seed, rank, iteration), so a
 resumed run sees the same batches, augmentations included, as an uninterrupted one.
 """
@@ -34,6 +37,7 @@ from patseg import distributed as D
 from patseg.atomic import atomic_write_text
 from patseg.config import ConfigError, to_dict
 from patseg.engine.checkpoint import (
+    POINTER_FILE,
     TrainState,
     capture_rng_state,
     last_checkpoint,
@@ -44,12 +48,16 @@ from patseg.engine.checkpoint import (
 )
 from patseg.engine.schedule import PolySchedule, build_param_groups
 from patseg.engine.train_config import TrainConfig, dump_train_config
-from patseg.engine.writers import ProgressBar, TrainingWriter
+from patseg.engine.writers import METRICS_FILE, ProgressBar, TrainingWriter
+from patseg.errors import UsageError
 from patseg.models.outputs import StepOutput, Visual
 
 logger = logging.getLogger(__name__)
 
 Evaluate = Callable[[nn.Module, int], dict]  # (plain model, iterations completed) -> metrics
+
+LOG_DIR = "logs"  # under output_dir: TensorBoard event files and metrics.jsonl
+CONFIG_FILE = "config.yaml"
 
 
 class TrainableModel(Protocol):
@@ -95,7 +103,7 @@ class _Run:
     schedule: PolySchedule
     scaler: torch.amp.GradScaler
     autocast_dtype: torch.dtype | None
-    class_embeddings: Tensor  # (C, D)
+    class_embeddings: Tensor  # (C, D); empty until _resume_or_load has loaded the weights they come from
     dataset: Dataset
     collate_fn: Callable
     micro_batch: int  # images per rank per forward
@@ -111,10 +119,35 @@ class _Step:
     data_time: float
 
 
-def _seed_all(seed: int) -> None:
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device); each rank passes ``solver.seed + rank``."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def run_files(output_dir: str | Path) -> list[str]:
+    """What an earlier run left in ``output_dir`` (checkpoints, config, logs), relative names; empty when none."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [p.name for p in (out / POINTER_FILE, out / CONFIG_FILE) if p.is_file()]
+    found += sorted(p.name for p in out.glob("ckpt_*") if p.is_dir())
+    logs = out / LOG_DIR
+    if logs.is_dir():
+        found += sorted(f"{LOG_DIR}/{p.name}" for p in logs.iterdir() if p.name == METRICS_FILE or "tfevents" in p.name)
+    return found
+
+
+def check_output_dir(output_dir: str | Path, resume: bool) -> None:
+    """Refuse to start a fresh run over an earlier one: the user passes ``--resume`` or picks another folder."""
+    found = run_files(output_dir)
+    if found and not resume:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise UsageError(
+            f"output_dir {output_dir} already holds a training run ({shown}): pass --resume to continue it, or "
+            f"choose another output_dir (--set output_dir=DIR) or delete that folder to start over"
+        )
 
 
 def _micro_batch(cfg: TrainConfig, world_size: int) -> int:
@@ -146,18 +179,15 @@ def _setup(
     device: torch.device,
 ) -> _Run:
     micro = _micro_batch(cfg, info.world_size)
-    _seed_all(cfg.solver.seed + info.rank)
+    seed_all(cfg.solver.seed + info.rank)
     model.to(device).train()
     optimizer = torch.optim.AdamW(build_param_groups(model, cfg.solver.weight_decay), lr=cfg.solver.lr)
     schedule = PolySchedule(cfg.solver.lr, cfg.solver.iters, cfg.solver.poly_power)
     dtype = _autocast_dtype(cfg.solver.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # bf16 needs no loss scaling
-    with torch.no_grad():
-        class_embeddings = cast(TrainableModel, model).encode_vocabulary(list(class_names)).detach().to(device)
     forward: nn.Module = _LossForward(model)
     if info.enabled:
         forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
-    writer = TrainingWriter(Path(cfg.output_dir) / "logs") if info.is_main else None
     return _Run(
         cfg,
         info,
@@ -168,12 +198,18 @@ def _setup(
         schedule,
         scaler,
         dtype,
-        class_embeddings,
+        torch.empty(0),
         dataset,
         collate_fn,
         micro,
-        writer,
+        None,
     )
+
+
+def _class_embeddings(run: _Run, class_names: Sequence[str]) -> Tensor:
+    """``(C, D)`` text embeddings of the training classes from the model as loaded (checkpoint or weights)."""
+    with torch.no_grad():
+        return cast(TrainableModel, run.model).encode_vocabulary(list(class_names)).detach().to(run.device)
 
 
 def _resume_or_load(run: _Run, resume: bool) -> tuple[int, int]:
@@ -181,7 +217,7 @@ def _resume_or_load(run: _Run, resume: bool) -> tuple[int, int]:
     folder = last_checkpoint(run.cfg.output_dir) if resume else None
     if folder is None:
         if resume:
-            logger.info("no checkpoint in %s: starting from iteration 0", run.cfg.output_dir)
+            logger.warning("--resume: no checkpoint in %s: starting from iteration 0", run.cfg.output_dir)
         if run.cfg.model.weights:
             load_model_weights(run.cfg.model.weights, run.model)
         return 0, 0
@@ -197,7 +233,7 @@ def _resume_or_load(run: _Run, resume: bool) -> tuple[int, int]:
             len(state.rng),
             run.info.world_size,
         )
-        _seed_all(run.cfg.solver.seed + run.info.rank + state.iteration)
+        seed_all(run.cfg.solver.seed + run.info.rank + state.iteration)
     logger.info("resumed from %s at iteration %d", folder, state.iteration)
     return state.iteration, state.sampler_position
 
@@ -394,8 +430,11 @@ def train(
     try:
         run = _setup(cfg, model, dataset, class_names, collate_fn, info, device)
         if info.is_main:
-            atomic_write_text(Path(cfg.output_dir) / "config.yaml", dump_train_config(cfg))
+            atomic_write_text(Path(cfg.output_dir) / CONFIG_FILE, dump_train_config(cfg))
         start, position = _resume_or_load(run, resume)
+        run.class_embeddings = _class_embeddings(run, class_names)
+        if info.is_main:  # after the load: a resume drops what was logged past its checkpoint
+            run.writer = TrainingWriter(Path(cfg.output_dir) / LOG_DIR, resume_at=start if resume else None)
         try:
             return _loop(run, start, position, evaluate)
         finally:

@@ -14,9 +14,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from patseg.atomic import atomic_write_text
 from patseg.models.outputs import Visual
 
 PANEL_IMAGES = 4  # batch items shown side by side in one image panel
+METRICS_FILE = "metrics.jsonl"
 
 
 def label_palette(num_colors: int = 256, seed: int = 0) -> Tensor:
@@ -45,15 +47,22 @@ def image_panel(tensor: Tensor, max_items: int = PANEL_IMAGES) -> Tensor:
 
 
 class TrainingWriter:
-    """Rank-0 sink for scalars and images: TensorBoard event files plus ``metrics.jsonl`` in ``log_dir``."""
+    """Rank-0 sink for scalars and images: TensorBoard event files plus ``metrics.jsonl`` in ``log_dir``.
 
-    def __init__(self, log_dir: str | Path) -> None:
+    ``resume_at``: the iteration a resumed run starts from; records of later iterations (written by the run that
+    stopped after its last checkpoint) are dropped from ``metrics.jsonl`` and hidden in TensorBoard (``purge_step``).
+    """
+
+    def __init__(self, log_dir: str | Path, resume_at: Optional[int] = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # heavy import, only on rank 0
 
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._tb = SummaryWriter(log_dir=str(self.log_dir))
-        self._jsonl = open(self.log_dir / "metrics.jsonl", "a")
+        if resume_at is not None:
+            _drop_records_after(self.log_dir / METRICS_FILE, resume_at)
+        purge = None if resume_at is None else resume_at + 1
+        self._tb = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge)
+        self._jsonl = open(self.log_dir / METRICS_FILE, "a")
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Log scalars (``step`` = iterations completed); non-finite values are written as null in JSON."""
@@ -71,6 +80,21 @@ class TrainingWriter:
     def close(self) -> None:
         self._tb.close()
         self._jsonl.close()
+
+
+def _drop_records_after(path: Path, iteration: int) -> None:
+    """Keep the ``metrics.jsonl`` rows of iterations up to ``iteration`` (unreadable rows are dropped too)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            step = json.loads(line).get("iteration")
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a row cut off by a kill
+        if isinstance(step, int) and step <= iteration:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
 class ProgressBar:

@@ -16,9 +16,19 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from patseg.data.prepare.common import Job, check_same_size, output_paths, require_dir, write_jpeg, write_label
+from patseg.data.prepare.common import (
+    IMAGE_SUFFIXES,
+    FileIndex,
+    Job,
+    check_same_size,
+    list_files,
+    open_decoded,
+    output_paths,
+    require_dir,
+    write_jpeg,
+    write_label,
+)
 from patseg.data.registry import TIFF_IGNORE
 from patseg.resize import shortest_edge_size
 from patseg.resources import CLASSNAME_DIR
@@ -71,9 +81,9 @@ def resize_pair(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> 
 
 
 def convert(image_src: Path, seg_src: Path, image_dst: Path, label_dst: Path) -> None:
-    with Image.open(image_src) as im:
+    with open_decoded(image_src) as im:
         image = np.asarray(im.convert("RGB"))
-    with Image.open(seg_src) as im:
+    with open_decoded(seg_src) as im:
         seg = np.asarray(im.convert("RGB"))
     ids = decode_class_mask(seg)
     check_same_size(image_src.stem, image.shape[:2], ids)
@@ -86,8 +96,10 @@ def convert(image_src: Path, seg_src: Path, image_dst: Path, label_dst: Path) ->
 def build_jobs(src: Path, dst: Path, split: str) -> list[Job]:
     image_root = require_dir(src / "images" / "ADE" / _RAW_SPLIT[split], "ADE20K_2021_17_01 images")
     jobs = []
-    for image in sorted(image_root.rglob("*.jpg")):
+    indexes: dict[Path, FileIndex] = {}  # one listing per scene folder, for *_seg.png in any case
+    for image in list_files(image_root, IMAGE_SUFFIXES, recursive=True):
+        folder = indexes.setdefault(image.parent, FileIndex(image.parent))
         image_dst, label_dst = output_paths(DATASET, dst, split, image.stem)
-        args = (image, image.with_name(f"{image.stem}_seg.png"), image_dst, label_dst)
+        args = (image, folder.find(f"{image.stem}_seg", (".png",)), image_dst, label_dst)
         jobs.append(Job(image.stem, (image_dst, label_dst), convert, args))
     return jobs

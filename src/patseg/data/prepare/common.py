@@ -4,28 +4,83 @@ A conversion is a list of :class:`Job`: one input sample, the files it writes, a
 writes them (module-level so a process pool can pickle it). :func:`run_jobs` skips jobs whose outputs all exist, so
 an interrupted run resumes where it stopped; every file is written to a temporary name in its final folder and moved
 into place with ``os.replace``, so an existing output is always complete. A job that fails (a corrupt or missing
-input) is recorded and skipped; nothing half-written is left behind.
+input) is recorded and skipped; nothing half-written is left behind. Every input image is decoded in full before
+anything is written, so a truncated download is a failed sample, not a file that breaks training later. Raw files
+are listed with case-insensitive suffixes (``.JPG``, ``.jpeg``, ``.PNG`` count).
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from patseg.atomic import atomic_path
 from patseg.data.registry import get_dataset_spec
 from patseg.errors import MissingFileError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg")  # raw images; matched case-insensitively like every raw suffix
+
 
 class CorruptInputError(ValueError):
-    """An input file decodes but does not hold what the official format promises."""
+    """An input file does not decode, or decodes but does not hold what the official format promises."""
+
+
+@contextmanager
+def open_decoded(path: Path) -> Iterator[Image.Image]:
+    """``Image.open(path)`` with its pixel data decoded in full; a truncated or corrupt file is a CorruptInputError.
+
+    PIL's ``verify()`` does not decode JPEG data and ``ImageFile.LOAD_TRUNCATED_IMAGES`` (which another library may
+    have set) pads a truncated file with grey, so the flag is held False while ``load()`` decodes every byte.
+    """
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        im = Image.open(path)  # a missing file stays FileNotFoundError, which names it
+        try:
+            im.load()
+        except BaseException:
+            im.close()
+            raise
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CorruptInputError(f"{path.name}: truncated or corrupt image ({exc}); download it again") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+    with im:
+        yield im
+
+
+def list_files(folder: Path, suffixes: Sequence[str], recursive: bool = False) -> list[Path]:
+    """Files in ``folder`` (and below it with ``recursive``) whose suffix is one of ``suffixes`` in any case, sorted."""
+    wanted = {s.lower() for s in suffixes}
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in wanted and not p.name.startswith(".") and p.is_file())
+
+
+class FileIndex:
+    """The files of one folder by (stem, lower-case suffix), for finding ``<stem>.png`` spelt ``<stem>.PNG``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        files = folder.iterdir() if folder.is_dir() else iter(())
+        self._files = {(p.stem, p.suffix.lower()): p for p in sorted(files, reverse=True)}
+
+    def find(self, stem: str, suffixes: Sequence[str]) -> Path:
+        """The file ``stem`` with the first suffix present; absent: the canonical name, reported missing later."""
+        for suffix in suffixes:
+            if (stem, suffix.lower()) in self._files:
+                return self._files[(stem, suffix.lower())]
+        return self.folder / f"{stem}{suffixes[0]}"
 
 
 @dataclass(frozen=True)
@@ -74,10 +129,8 @@ def write_jpeg(dst: Path, image: np.ndarray) -> None:
 
 
 def copy_image(src: Path, dst: Path) -> tuple[int, int]:
-    """Check that ``src`` is a readable image, copy it to ``dst`` atomically, and return its (H, W)."""
-    with Image.open(src) as im:
-        im.verify()  # reads the whole file: catches truncated downloads
-    with Image.open(src) as im:
+    """Check that ``src`` decodes in full, copy it to ``dst`` atomically, and return its (H, W)."""
+    with open_decoded(src) as im:
         width, height = im.size
     if src.resolve() != dst.resolve():
         with atomic_path(dst) as tmp:
@@ -87,7 +140,7 @@ def copy_image(src: Path, dst: Path) -> tuple[int, int]:
 
 def read_gray(path: Path, dtype: type = np.uint8) -> np.ndarray:
     """Read a single-channel (grayscale or palette) label image as a 2-D array of ``dtype``."""
-    with Image.open(path) as im:
+    with open_decoded(path) as im:
         array = np.asarray(im)
     if array.ndim != 2 or array.dtype != dtype:
         raise CorruptInputError(f"{path.name}: expected a 2-D {np.dtype(dtype)} map, got {array.dtype} {array.shape}")
@@ -159,9 +212,10 @@ def paired_png_jobs(
 ) -> list[Job]:
     """One job per ``image_dir/*.jpg`` with its label ``label_dir/<stem>.png``: ``convert(image, label, image_dst,
     label_dst)`` (the layout of the COCO-Stuff and ADEChallengeData2016 downloads)."""
+    labels = FileIndex(label_dir)
     jobs = []
-    for image in sorted(image_dir.glob("*.jpg")):
+    for image in list_files(image_dir, IMAGE_SUFFIXES):
         image_dst, label_dst = output_paths(dataset, dst, split, image.stem)
-        args = (image, label_dir / f"{image.stem}.png", image_dst, label_dst)
+        args = (image, labels.find(image.stem, (".png",)), image_dst, label_dst)
         jobs.append(Job(image.stem, (image_dst, label_dst), convert, args))
     return jobs

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from patseg.data.prepare.common import (
+    IMAGE_SUFFIXES,
     CorruptInputError,
+    FileIndex,
     Job,
     check_same_size,
     copy_image,
@@ -47,11 +49,11 @@ def convert(mat_src: Path, image_src: Path, image_dst: Path, label_dst: Path) ->
 
 
 def build_jobs(src: Path, dst: Path, split: str) -> list[Job]:
-    image_dir = require_dir(src / "JPEGImages", "VOC2010 images")
-    mat_dir = require_dir(src / "trainval", "Pascal Context .mat folder (extracted trainval.tar.gz)")
+    images = FileIndex(require_dir(src / "JPEGImages", "VOC2010 images"))
+    mats = FileIndex(require_dir(src / "trainval", "Pascal Context .mat folder (extracted trainval.tar.gz)"))
     jobs = []
     for image in load_detail_split(src, split):
         image_dst, label_dst = output_paths(DATASET, dst, split, image.stem)
-        args = (mat_dir / f"{image.stem}.mat", image_dir / f"{image.stem}.jpg", image_dst, label_dst)
+        args = (mats.find(image.stem, (".mat",)), images.find(image.stem, IMAGE_SUFFIXES), image_dst, label_dst)
         jobs.append(Job(image.stem, (image_dst, label_dst), convert, args))
     return jobs

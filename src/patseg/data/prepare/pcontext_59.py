@@ -17,7 +17,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from patseg.data.prepare.common import (
+    IMAGE_SUFFIXES,
     CorruptInputError,
+    FileIndex,
     Job,
     check_same_size,
     copy_image,
@@ -64,10 +66,10 @@ def convert(image: ContextImage, image_src: Path, image_dst: Path, label_dst: Pa
 
 
 def build_jobs(src: Path, dst: Path, split: str) -> list[Job]:
-    image_dir = require_dir(src / "JPEGImages", "VOC2010 images")
+    images = FileIndex(require_dir(src / "JPEGImages", "VOC2010 images"))
     jobs = []
     for image in load_detail_split(src, split):
         image_dst, label_dst = output_paths(DATASET, dst, split, image.stem)
-        args = (image, image_dir / f"{image.stem}.jpg", image_dst, label_dst)
+        args = (image, images.find(image.stem, IMAGE_SUFFIXES), image_dst, label_dst)
         jobs.append(Job(image.stem, (image_dst, label_dst), convert, args))
     return jobs

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from patseg.data.prepare.common import (
+    IMAGE_SUFFIXES,
     CorruptInputError,
+    FileIndex,
     Job,
     check_same_size,
     copy_image,
@@ -46,11 +48,12 @@ def build_jobs(src: Path, dst: Path, split: str) -> list[Job]:
     id_file = src / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not id_file.is_file():
         raise MissingFileError(f"VOC2012 split list not found: expected {id_file}")
+    images, labels = FileIndex(image_dir), FileIndex(label_dir)
     jobs = []
     for stem in (line.strip() for line in id_file.read_text().splitlines()):
         if not stem:
             continue
         image_dst, label_dst = output_paths(DATASET, dst, split, stem)
-        args = (image_dir / f"{stem}.jpg", label_dir / f"{stem}.png", image_dst, label_dst)
+        args = (images.find(stem, IMAGE_SUFFIXES), labels.find(stem, (".png",)), image_dst, label_dst)
         jobs.append(Job(stem, (image_dst, label_dst), convert, args))
     return jobs
