@@ -396,6 +396,20 @@ def test_not_a_release(tmp_path, capsys):
     assert rc == 2 and "PAT preset" in err
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"hello, this is not a checkpoint\n", b"\x80\x02}q\x00h\x05", bytes(range(256)) * 4],
+    ids=["text", "cut-pickle", "bytes"],
+)
+def test_arbitrary_bytes_are_not_a_checkpoint(tmp_path, capsys, content):
+    src = tmp_path / "junk.pth"
+    src.write_bytes(content)
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        convert_san_checkpoint(src, tmp_path / "c.safetensors")
+    rc, err, out = _convert(tmp_path, src, capsys)
+    assert rc == 2 and "junk.pth" in err and not out.exists()
+
+
 # ---------------------------------------------------------------------- PAT from SAN
 def test_pat_starts_from_a_san_release_or_a_converted_file(tmp_path, caplog):
     shapes = release_shapes(TINY)

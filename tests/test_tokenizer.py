@@ -10,7 +10,7 @@ import torch
 
 from naive import toy_batch
 from patseg.build import build_model
-from patseg.errors import UsageError
+from patseg.errors import MissingFileError, UsageError
 from patseg.models.pat.model import PAT
 from patseg.resize import resize_to_multiple
 from patseg.tokenizer import LEVELS, PyramidTokenizer, TokenPyramid, load_pyramids, save_pyramids
@@ -104,6 +104,24 @@ def test_token_files_round_trip(model: PAT, tmp_path: Path) -> None:
         for level in LEVELS:
             assert torch.equal(got.codes[level], want.codes[level])
     torch.testing.assert_close(tok.decode(loaded[1]), tok.decode(pyramids[1]), rtol=0, atol=0)
+
+
+def test_damaged_or_missing_token_files_are_named(model: PAT, tmp_path: Path) -> None:
+    images, _ = toy_batch()
+    good = tmp_path / "tokens.npz"
+    save_pyramids(good, [PyramidTokenizer(model).encode(images[:1])], {"weights": "pat.safetensors"})
+    data = good.read_bytes()
+    damaged = {
+        "truncated.npz": data[: len(data) // 2],
+        "flipped.npz": data[:200] + bytes(b ^ 0xFF for b in data[200:400]) + data[400:],  # payload, intact index
+        "text.npz": b"not a zip file",
+    }
+    for name, content in damaged.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UsageError, match=name):
+            load_pyramids(tmp_path / name)
+    with pytest.raises(MissingFileError, match="none.npz"):
+        load_pyramids(tmp_path / "none.npz")
 
 
 def test_large_codebooks_use_uint16() -> None:

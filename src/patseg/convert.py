@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from patseg.build import build_model
-from patseg.errors import CheckpointError
+from patseg.errors import CheckpointError, PatsegError
 from patseg.weights.files import save_weights
 from patseg.weights.san_release import (
     DROPPED,
@@ -24,6 +24,20 @@ from patseg.weights.san_release import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _read_release(checkpoint: Union[str, Path]) -> dict:
+    """``read_san_release``, with any failure of torch's weights-only unpickler on a file that is not a checkpoint
+    (it raises KeyError, IndexError, ValueError ... on arbitrary bytes) reported as CheckpointError."""
+    try:
+        return read_san_release(checkpoint)
+    except PatsegError:
+        raise
+    except Exception as err:  # only torch.load runs here: any other failure means the bytes are not a checkpoint
+        raise CheckpointError(
+            f"{checkpoint}: not a torch checkpoint ({type(err).__name__}: {str(err)[:200]}); expected a SAN release "
+            f"such as san_vit_b_16.pth"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,7 @@ def convert_san_checkpoint(
     The file carries every tensor, CLIP's included, and records its preset (detected when None). Nothing is
     written unless every release key is known, every preset tensor is present and every shape matches.
     """
-    release = read_san_release(checkpoint)
+    release = _read_release(checkpoint)
     preset = preset or detect_preset(release, checkpoint)
     # Random init is fine: every tensor is overwritten, CLIP's included.
     model = build_model(preset)

@@ -13,6 +13,8 @@ tokens (SAN's queries) take no part, so the code maps are the whole description 
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from patseg.atomic import atomic_path
-from patseg.errors import UsageError
+from patseg.errors import MissingFileError, UsageError
 from patseg.models.pat.geometry import STAGES
 from patseg.models.pat.model import PAT
 from patseg.resize import resize_to_multiple
@@ -111,13 +113,29 @@ def save_pyramids(path: Path, pyramids: list[TokenPyramid], meta: dict) -> None:
 
 
 def load_pyramids(path: Path) -> tuple[list[TokenPyramid], dict]:
-    """Inverse of :func:`save_pyramids` (no pickle: ``allow_pickle=False``)."""
-    with np.load(Path(path), allow_pickle=False) as data:
-        if "meta" not in data.files:
-            raise UsageError(f"{path}: not a patseg token file (no 'meta' entry; write one with `patseg tokenize`)")
-        meta = json.loads(bytes(data["meta"]).decode("utf-8"))
-        pyramids = []
-        for i, size in enumerate(meta["image_sizes"]):
-            codes = {level: torch.from_numpy(data[f"{i}/{level}"].astype(np.int64)) for level in LEVELS}
-            pyramids.append(TokenPyramid(codes=codes, image_size=tuple(size)))
+    """Inverse of :func:`save_pyramids` (no pickle: ``allow_pickle=False``).
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        UsageError: ``path`` is not a complete token file (truncated, another .npz, not a zip at all).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"token file not found: {path} (write one with `patseg tokenize`)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "meta" not in data.files:
+                raise UsageError(f"{path}: not a patseg token file (no 'meta' entry; write one with `patseg tokenize`)")
+            meta = json.loads(bytes(data["meta"]).decode("utf-8"))
+            pyramids = []
+            for i, size in enumerate(meta["image_sizes"]):
+                codes = {level: torch.from_numpy(data[f"{i}/{level}"].astype(np.int64)) for level in LEVELS}
+                pyramids.append(TokenPyramid(codes=codes, image_size=(int(size[0]), int(size[1]))))
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile, zlib.error) as err:
+        if isinstance(err, UsageError):
+            raise
+        raise UsageError(
+            f"{path}: not a readable patseg token file ({type(err).__name__}: {str(err)[:200]}); it may be "
+            f"truncated: write it again with `patseg tokenize`"
+        ) from None
     return pyramids, meta

@@ -8,8 +8,12 @@ included, and must stay cheap.
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 SET_HELP = (
     "model config keys, e.g. pat.vmf=false loss.vq_weight=1e-4 'pat.stage_scales=[4,4,4]' (values are YAML; repeatable)"
@@ -55,8 +59,15 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return parse_assignments(args.set)
 
 
-def build_from_args(args: argparse.Namespace, weights: str | None, *, overrides: dict[str, Any] | None = None) -> Any:
-    """``build_model`` with the command's ``--preset``, ``--clip-weights`` and ``--set`` (or ``overrides``).
+def build_from_args(
+    args: argparse.Namespace,
+    weights: str | None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    warn_untrained: bool = False,
+) -> Any:
+    """``build_model`` with the command's ``--preset``, ``--clip-weights`` and ``--set`` (or ``overrides``); warns
+    about random parts (:func:`warn_random_parts`; the head too with ``warn_untrained``).
 
     Raises:
         UsageError: neither a preset nor a weights file (which records its preset) was given.
@@ -67,12 +78,14 @@ def build_from_args(args: argparse.Namespace, weights: str | None, *, overrides:
     preset = args.preset
     if preset is None and weights is None:
         raise UsageError("give --preset, or --weights from a file that records its preset")
-    return build_model(
+    model = build_model(
         preset,
         weights=weights,
         clip_weights=args.clip_weights,
         overrides=model_overrides(args) if overrides is None else overrides,
     )
+    warn_random_parts(model, weights, args.clip_weights, head=warn_untrained)
+    return model
 
 
 def require_pat(model: Any, what: str) -> None:
@@ -84,8 +97,83 @@ def require_pat(model: Any, what: str) -> None:
         raise UsageError(f"{what} needs a PAT model; '{model.config.name}' is SAN (no tokens)")
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer >= ``minimum`` (argparse names the option in its message)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int_at_least_{minimum}"  # argparse shows the name when the conversion fails otherwise
+    return parse
+
+
+positive_int = int_at_least(1)
+
+DEVICE_HELP = "cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
+_DEVICE_RE = re.compile(r"(cpu|mps|cuda(:\d+)?)\Z")
+
+
+def device_name(text: str) -> str:
+    """An argparse ``type=`` for ``--device``: the spelling only (availability is checked by :func:`pick_device`)."""
+    name = text.strip().lower()
+    if not _DEVICE_RE.match(name):
+        raise argparse.ArgumentTypeError(f"unknown device '{text}' (use cpu, cuda, cuda:N or mps)")
+    return name
+
+
 def pick_device(name: str | None) -> str:
-    """``name``, or cuda when available, else cpu."""
+    """``name``, or cuda when available, else cpu.
+
+    Raises:
+        UsageError: ``name`` is a device this machine does not have (naming ``--device`` and what it has).
+    """
     import torch
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    from patseg.errors import UsageError
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    name = device_name(name)
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            have = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no usable CUDA device"
+            raise UsageError(f"--device {name}: this machine has {have}; use --device cpu or leave it out")
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available on this machine; use --device cpu or leave it out")
+    return name
+
+
+def is_shipped_clip(model: Any) -> bool:
+    """The model's CLIP is one of patseg's own small configs (tiny, mini), not a real CLIP that needs weights."""
+    from patseg.resources import CLIP_CONFIG_DIR
+
+    return (CLIP_CONFIG_DIR / f"{model.config.clip.model_name}.json").is_file()
+
+
+def warn_random_parts(model: Any, weights: str | None, clip_weights: str | None, *, head: bool = False) -> None:
+    """One warning per part of ``model`` left random by the options, so that its meaningless output is explained.
+
+    The CLIP towers are random when a real CLIP gets neither ``--clip-weights`` nor a weights file (a weights file
+    without CLIP tensors is refused by ``build_model``); with ``head``, the trained part is random without
+    ``--weights``.
+    """
+    if weights is None and head:
+        logger.warning(
+            "no --weights: '%s' has an untrained (random) head, so the output means nothing; give a file from "
+            "training or `patseg convert-san`",
+            model.config.name,
+        )
+    if weights is None and clip_weights is None and not is_shipped_clip(model):
+        logger.warning(
+            "no --clip-weights: the CLIP towers of '%s' (%s) are random; give the local open_clip checkpoint",
+            model.config.name,
+            model.config.clip.model_name,
+        )

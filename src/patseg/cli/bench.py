@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from patseg.cli._common import add_set_option, model_overrides
+from patseg.cli._common import DEVICE_HELP, add_set_option, device_name, int_at_least, model_overrides, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +34,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what to measure (default: all but 'compile', which times predict with the model forward "
         "under torch.compile against eager)",
     )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed runs before timing (default 1)")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs; the median is reported (default 3)")
+    p.add_argument("--device", type=device_name, default=None, help=DEVICE_HELP)
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--warmup", type=int_at_least(0), default=None, help="untimed runs before timing (default 1)")
+    p.add_argument(
+        "--repeats", type=int_at_least(1), default=None, help="timed runs; the median is reported (default 3)"
+    )
     add_set_option(
         p,
         "model config keys for every model measured (pat.* keys for the PAT models only), e.g. "
@@ -53,10 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
     from patseg.atomic import atomic_write_json, atomic_write_text
     from patseg.bench import BenchPlan, run_suite
+    from patseg.paths import check_writable
 
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None:  # found out now, not after minutes of measuring
+            check_writable(path, is_dir=False, what=option)
+    device = torch.device(pick_device(args.device))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     plan = BenchPlan.quick() if args.quick else BenchPlan()
     if args.warmup is not None:
         plan.warmup = args.warmup

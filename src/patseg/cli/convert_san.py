@@ -27,9 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from patseg.convert import convert_san_checkpoint
     from patseg.errors import UsageError
+    from patseg.paths import check_writable
 
     if not str(args.out).endswith(".safetensors"):
         raise UsageError(f"--out must name a .safetensors file, got {args.out}")
+    check_writable(args.out, is_dir=False)
     report = convert_san_checkpoint(args.checkpoint, args.out, preset=args.preset)
     dropped = ", ".join(report.dropped) or "nothing"
     print(f"wrote {report.out}: {report.tensors} tensors, preset {report.preset} (dropped {dropped})")

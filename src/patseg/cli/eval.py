@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from patseg.cli._common import add_clip_weights_option, add_set_option, model_overrides
+from patseg.cli._common import add_clip_weights_option, add_set_option, model_overrides, positive_int
 
 EPILOG = """examples:
   patseg eval --weights san_vitb16.safetensors --datasets pcontext_59,ade20k_150,pcontext_459,ade20k_847
@@ -39,13 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated dataset names (default: the four Table I sets)",
     )
     p.add_argument("--root", help="data root (default $PATSEG_DATA or ./datasets)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N images of each set (quick check)")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N images of each set (quick check)")
     p.add_argument(
         "--allow-partial",
         action="store_true",
         help="accept sets whose image count differs from the official one (subsets); warns",
     )
-    p.add_argument("--short-side", type=int, default=640, help="test resize of the short side (default 640)")
+    p.add_argument("--short-side", type=positive_int, default=640, help="test resize of the short side (default 640)")
     p.add_argument("--rfid", action="store_true", help="also compute the reconstruction FID (PAT models only)")
     p.add_argument(
         "--inception-weights",
@@ -74,7 +74,10 @@ def _settings(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], str
 def _check_options(args: argparse.Namespace) -> list[int]:
     """The seed of each --weights entry; options that do not fit raise before any work starts."""
     from patseg.errors import MissingFileError, UsageError
+    from patseg.paths import check_writable
 
+    if args.out:  # OUT.json, OUT.md and OUT_seed{N}.json, all in one folder
+        check_writable(f"{args.out}.json", is_dir=False)
     seeds = args.seeds if args.seeds else list(range(len(args.weights)))
     if len(seeds) != len(args.weights):
         raise UsageError(f"--seeds has {len(seeds)} entries for {len(args.weights)} --weights")

@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         summarize,
     )
     from patseg.mini.world import WorldConfig
+    from patseg.paths import check_writable
 
+    check_writable(args.out, is_dir=True)
     settings = QUICK if args.quick else FULL
     if args.seeds:
         settings = replace(settings, seeds=tuple(args.seeds))

@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from patseg.atomic import atomic_write_json, atomic_write_text
     from patseg.errors import UsageError
     from patseg.evaluation.report import METRICS, aggregate, format_markdown, load_results, table_json
+    from patseg.paths import check_writable
 
+    if args.out:  # OUT.md and OUT.json
+        check_writable(f"{args.out}.json", is_dir=False)
     if args.metric not in METRICS:
         raise UsageError(f"unknown --metric '{args.metric}' (choose from {', '.join(METRICS)})")
     rows = aggregate([load_results(p) for p in args.results], metric=args.metric)

@@ -6,7 +6,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from patseg.cli._common import add_clip_weights_option, add_set_option, build_from_args, pick_device
+from patseg.cli._common import (
+    DEVICE_HELP,
+    add_clip_weights_option,
+    add_set_option,
+    build_from_args,
+    device_name,
+    pick_device,
+    positive_int,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_clip_weights_option(p)
     add_set_option(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--short-side", type=int, default=640, help="test resize of the short side (default 640)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--short-side", type=positive_int, default=640, help="test resize of the short side (default 640)")
+    p.add_argument("--device", type=device_name, default=None, help=DEVICE_HELP)
     p.set_defaults(func=run)
 
 
@@ -65,13 +73,16 @@ def run(args: argparse.Namespace) -> int:
     from patseg.atomic import atomic_path, atomic_write_json
     from patseg.errors import ImageReadError, UsageError
     from patseg.images import expand_inputs, label_image, overlay_with_legend, read_rgb
+    from patseg.paths import check_writable
     from patseg.predictor import Segmenter
 
+    check_writable(args.out, is_dir=True)
+    device = pick_device(args.device)
     names = load_vocabulary(args)
     files = expand_inputs(args.images)
     if not files:
         raise UsageError("no images found in the given paths")
-    model = build_from_args(args, args.weights).to(pick_device(args.device)).eval()
+    model = build_from_args(args, args.weights, warn_untrained=True).to(device).eval()
     segmenter = Segmenter(model, names, short_side=args.short_side)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from patseg.cli._common import add_clip_weights_option, add_set_option, build_from_args, model_overrides, require_pat
+from patseg.cli._common import (
+    add_clip_weights_option,
+    add_set_option,
+    build_from_args,
+    int_at_least,
+    model_overrides,
+    require_pat,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="preset (default: recorded in the weights)")
     add_clip_weights_option(p)
     add_set_option(p)
-    p.add_argument("--size", type=int, default=640, help="short side after resizing (default 640)")
+    p.add_argument(
+        "--size", type=int_at_least(32), default=640, help="short side after resizing (default 640; at least 32)"
+    )
     p.add_argument("--out", required=True, help="output .npz file")
     p.set_defaults(func=run_tokenize)
     d = subparsers.add_parser(
@@ -57,8 +66,10 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
     from patseg.errors import ImageReadError
     from patseg.images import expand_inputs, read_rgb
+    from patseg.paths import check_writable
     from patseg.tokenizer import save_pyramids
 
+    check_writable(args.out, is_dir=False)
     overrides = model_overrides(args)
     tok = _tokenizer(args, args.weights, overrides)
     pyramids, names, failed = [], [], 0
@@ -86,8 +97,10 @@ def run_detokenize(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from patseg.atomic import atomic_path
+    from patseg.paths import check_writable
     from patseg.tokenizer import load_pyramids
 
+    check_writable(args.out, is_dir=True)
     pyramids, meta = load_pyramids(Path(args.tokens))
     overrides = {**meta.get("overrides", {}), **model_overrides(args)}
     tok = _tokenizer(args, args.weights or meta.get("weights"), overrides)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from patseg.cli._common import add_clip_weights_option, add_set_option, build_from_args, require_pat
+from patseg.cli._common import add_clip_weights_option, add_set_option, build_from_args, int_at_least, require_pat
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,8 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_clip_weights_option(p)
     add_set_option(p)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--size", type=int, default=640, help="short side the image is resized to (default 640)")
-    p.add_argument("--clusters", type=int, default=8, help="k for the k-means panels (default 8)")
+    p.add_argument(
+        "--size", type=int_at_least(32), default=640, help="short side the image is resized to (default 640; >= 32)"
+    )
+    p.add_argument("--clusters", type=int_at_least(1), default=8, help="k for the k-means panels (default 8)")
     p.set_defaults(func=run)
 
 
@@ -33,9 +35,11 @@ def run(args: argparse.Namespace) -> int:
 
     from patseg.atomic import atomic_path
     from patseg.images import label_image, read_rgb
+    from patseg.paths import check_writable
     from patseg.resize import resize_to_multiple
     from patseg.visualize import figure, stage_maps
 
+    check_writable(args.out, is_dir=True)
     image = read_rgb(args.image)
     model = build_from_args(args, args.weights)
     require_pat(model, "patseg visualize")

@@ -12,9 +12,11 @@ This is the one module that knows open_clip's and timm's internals:
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import open_clip
 import torch
@@ -26,6 +28,44 @@ from torch import Tensor, nn
 
 from patseg.errors import CheckpointError, ConfigError, MissingFileError
 from patseg.resources import CLIP_CONFIG_DIR
+
+RANDOM_INIT_NOTICE = "No pretrained weights loaded for model"
+"""Start of the warning ``open_clip.create_model`` logs (root logger) whenever ``pretrained`` is None."""
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(RANDOM_INIT_NOTICE)
+
+
+class _ToLastResort(logging.Handler):
+    """Stands in for a missing root handler: what it gets goes where Python prints unhandled log records."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        last = logging.lastResort
+        if last is not None and record.levelno >= last.level:
+            last.handle(record)
+
+
+@contextmanager
+def _without_random_init_notice() -> Iterator[None]:
+    """Drop open_clip's "initialized randomly" warning: patseg loads the CLIP file itself, after ``create_model``.
+
+    open_clip logs through ``logging.warning``, which would install a root handler (``basicConfig``) when there is
+    none; a stand-in handler avoids that side effect while keeping open_clip's other warnings visible.
+    """
+    root = logging.getLogger()
+    drop = _DropRandomInitNotice()
+    stand_in = None if root.handlers else _ToLastResort()
+    root.addFilter(drop)
+    if stand_in is not None:
+        root.addHandler(stand_in)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if stand_in is not None:
+            root.removeHandler(stand_in)
 
 
 @lru_cache(maxsize=None)
@@ -76,14 +116,15 @@ def create_open_clip(
             f"CLIP weights file not found: {weights}. Expected a local open_clip checkpoint "
             f"for '{model_name}'; {weights_hint(model_name)}."
         )
-    model = open_clip.create_model(
-        model_name,
-        pretrained=None,
-        force_quick_gelu=quick_gelu,
-        pretrained_image=False,
-        pretrained_text=False,
-        force_preprocess_cfg=_tag_preprocess(model_name),
-    )
+    with _without_random_init_notice():  # true of create_model, misleading for patseg: the file comes next
+        model = open_clip.create_model(
+            model_name,
+            pretrained=None,
+            force_quick_gelu=quick_gelu,
+            pretrained_image=False,
+            pretrained_text=False,
+            force_preprocess_cfg=_tag_preprocess(model_name),
+        )
     if weights is not None:
         try:
             open_clip.load_checkpoint(model, str(weights), strict=True, weights_only=True)
