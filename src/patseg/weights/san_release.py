@@ -190,7 +190,7 @@ def read_san_release(path: Union[str, Path]) -> dict[str, Tensor]:
         raise MissingFileError(f"SAN checkpoint not found: {p}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # foreign objects, junk, truncated zips
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, IndexError, ValueError) as err:  # junk bytes
         raise CheckpointError(
             f"{p}: refusing to load: torch.load(weights_only=True) accepts only tensors and plain "
             f"containers, and this file is not such a checkpoint ({_unpickling_detail(err)})"
