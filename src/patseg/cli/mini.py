@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The ``patseg mini`` command that reproduces this run: every option that was given, shell-quoted."""
+    """The ``patseg mini`` command that reproduces this run: every option that was given, shell-quoted, except
+    ``--out`` (results.md sits in that folder, and result files hold no path of this machine)."""
     words = ["patseg", "mini"] + (["--quick"] if args.quick else []) + (["--ablations"] if args.ablations else [])
     if args.seeds:
         words += ["--seeds", *map(str, args.seeds)]
@@ -119,7 +120,6 @@ def command_line(args: argparse.Namespace) -> str:
             words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.set:
         words += ["--set", *args.set]
-    words += ["--out", args.out]
     return shlex.join(words)
 
 
