@@ -29,11 +29,10 @@ from patseg.models.pat.token_mixer import TokenMixer
 from patseg.models.san.mask_decoder import MaskDecoder
 from patseg.models.san.model import SAN
 from patseg.models.san.side_adapter import SideAdapter
-from patseg.paths import cache_dir
 from patseg.resources import load_templates
 from patseg.weights.files import load_weights, read_architecture
 from patseg.weights.san_release import init_from_san
-from patseg.weights.text_cache import DiskEmbeddingCache
+from patseg.weights.text_cache import text_embedding_cache
 
 
 class _SanParts(TypedDict):
@@ -89,7 +88,9 @@ def build_model(
     if weights is not None and init_from is not None:
         raise ConfigError("give weights (a full patseg checkpoint) or init_from (a SAN checkpoint), not both")
     cfg = resolve_config(preset, weights, overrides)
-    model = _build_san_or_pat(cfg, None if clip_weights is None else str(clip_weights))
+    # The text tower comes from a file when any of the three is given (each must hold or leave out only CLIP).
+    from_file = clip_weights is not None or weights is not None or init_from is not None
+    model = _build_san_or_pat(cfg, None if clip_weights is None else str(clip_weights), text_from_file=from_file)
     model.config = cfg
     model.clip_weights = None if clip_weights is None else str(clip_weights)
     if weights is not None:
@@ -99,9 +100,9 @@ def build_model(
     return model
 
 
-def _build_san_or_pat(cfg: ModelConfig, clip_weights: Optional[str]) -> SAN | PAT:
+def _build_san_or_pat(cfg: ModelConfig, clip_weights: Optional[str], *, text_from_file: bool) -> SAN | PAT:
     c = cfg.clip
-    cache = DiskEmbeddingCache(cache_dir() / "text")
+    cache = text_embedding_cache(text_from_file)
     clip, text = load_clip(
         c.model_name, quick_gelu=c.quick_gelu, weights=clip_weights, taps=c.taps, rec_start=c.rec_start, cache=cache
     )

@@ -22,12 +22,47 @@ from patseg.models.san.semantic_argmax import semantic_argmax
 from patseg.resize import ceil_to_multiple, shortest_edge_size
 
 
+def check_vocabulary(names: Sequence[object], source: str = "the vocabulary") -> list[str]:
+    """The class names stripped of surrounding spaces; a blank or repeated name raises UsageError.
+
+    A blank name would be scored as the bare prompt template, and two identical names split every pixel's vote
+    between two identical classes: both are mistakes in the list, so they are refused rather than dropped.
+    ``source`` names where the list came from (an option, a file) in the message; positions count from 1.
+    """
+    if isinstance(names, str):
+        raise UsageError(f"{source} is one string ({names!r}): give a list of class names")
+    cleaned = [str(v).strip() for v in names]
+    if not any(cleaned):
+        raise UsageError(f"{source} is empty: give at least one class name")
+    blank = [i + 1 for i, name in enumerate(cleaned) if not name]
+    if blank:
+        raise UsageError(
+            f"{source} has a blank class name at {_positions(blank)}: remove the empty entry or name the class"
+        )
+    first: dict[str, int] = {}
+    repeated: dict[str, list[int]] = {}
+    for i, name in enumerate(cleaned, 1):
+        if name in first:
+            repeated.setdefault(name, [first[name]]).append(i)
+        else:
+            first[name] = i
+    if repeated:
+        listed = "; ".join(f"{name!r} at {_positions(where)}" for name, where in repeated.items())
+        raise UsageError(f"{source} repeats class names ({listed}): give each class once")
+    return cleaned
+
+
+def _positions(where: Sequence[int]) -> str:
+    return ("position " if len(where) == 1 else "positions ") + ", ".join(map(str, where))
+
+
 class Segmenter:
     """Open-vocabulary segmentation with a SAN or PAT model.
 
     Arguments:
         model: a model built by ``patseg.build_model``.
-        vocabulary: class names, used verbatim in the prompt templates.
+        vocabulary: class names, used verbatim (surrounding spaces aside) in the prompt templates; a blank or
+            repeated name raises UsageError.
         short_side, max_long_side: test resize (SAN: 640 / 2560).
         class_chunk: classes scored at once by :meth:`scores`; bounds memory for large vocabularies.
     """
@@ -42,11 +77,9 @@ class Segmenter:
         class_chunk: int = 64,
         device: str | torch.device | None = None,
     ) -> None:
-        if not vocabulary:
-            raise UsageError("the vocabulary is empty: give at least one class name")
+        self.vocabulary = check_vocabulary(vocabulary)
         self.model = model.eval()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.vocabulary = [str(v).strip() for v in vocabulary]
         self.short_side, self.max_long_side, self.class_chunk = short_side, max_long_side, class_chunk
         with torch.inference_mode():
             self.class_embeddings = model.encode_vocabulary(self.vocabulary).to(self.device)
@@ -57,6 +90,8 @@ class Segmenter:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
+        if h == 0 or w == 0:
+            raise UsageError(f"the image is empty ({h} x {w} pixels): give an image with at least one pixel")
         x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
         size = shortest_edge_size(h, w, self.short_side, self.max_long_side)
         if size != (h, w):

@@ -1,5 +1,6 @@
 """`patseg segment`, `info`, `tokenize`/`detokenize` and `visualize` end to end on tiny models."""
 
+import argparse
 import json
 
 import numpy as np
@@ -8,6 +9,9 @@ from PIL import Image
 
 from patseg.build import build_model
 from patseg.cli import main
+from patseg.cli.segment import load_vocabulary
+from patseg.errors import UsageError
+from patseg.predictor import Segmenter
 from patseg.tokenizer import load_pyramids
 from patseg.weights.files import save_weights
 
@@ -174,3 +178,77 @@ def test_visualize_writes_stage_figures(tmp_path, pat_weights):
         assert (tmp_path / "viz" / f"{stage}.png").is_file()
         codes = np.asarray(Image.open(tmp_path / "viz" / f"codes_{stage}.png"))
         assert codes.ndim == 2
+
+
+def test_segment_inputs_with_one_stem_get_distinct_outputs(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(src / "img.bmp")
+    Image.fromarray(rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)).save(src / "img.tif")
+    out = tmp_path / "out"
+    common = ["--vocab", "sky,tree", "--out", str(out), "--short-side", "32"]
+    assert main(["segment", str(src), "--preset", "san_tiny", *common]) == 0
+    assert "segmented 2 of 2 images" in capsys.readouterr().out
+    for suffix, shape in (("bmp", (40, 50)), ("tif", (30, 60))):
+        assert json.loads((out / f"img_{suffix}.json").read_text())["image"] == str(src / f"img.{suffix}")
+        assert np.asarray(Image.open(out / f"img_{suffix}_labels.png")).shape == shape
+    assert not (out / "img.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"img_{s}{end}" for s in ("bmp", "tif") for end in ("_labels.png", "_overlay.png", ".json")
+    )
+
+
+def test_text_embeddings_of_a_random_tower_are_not_cached_on_disk(tmp_path, pat_weights, monkeypatch):
+    monkeypatch.setenv("PATSEG_CACHE", str(tmp_path / "cache"))
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    common = [str(tmp_path / "a.png"), "--vocab", "sky,tree", "--out", str(tmp_path / "out"), "--short-side", "32"]
+    assert main(["segment", *common, "--preset", "san_tiny"]) == 0
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
+    assert main(["segment", *common, "--weights", str(pat_weights)]) == 0  # a tower loaded from a file: cached
+    assert len(list((tmp_path / "cache" / "text").glob("*.safetensors"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("vocab", "expected"),
+    [
+        (["--vocab", "sky,,tree"], "blank class name at position 2"),
+        (["--vocab", "sky,tree,"], "blank class name at position 3"),
+        (["--vocab", "sky, tree,sky,tree"], "repeats class names ('sky' at positions 1, 3; 'tree' at positions 2, 4)"),
+        (["--vocab-file", "{file}"], "classes.txt (one class per line) has a blank class name at position 2"),
+    ],
+)
+def test_segment_refuses_blank_and_repeated_class_names(tmp_path, capsys, vocab, expected):
+    (tmp_path / "classes.txt").write_text("sky\n \ntree\n\n", encoding="utf-8")
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    vocab = [v.format(file=tmp_path / "classes.txt") for v in vocab]
+    code = main(["segment", str(tmp_path / "a.png"), *vocab, "--preset", "san_tiny", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_segment_accepts_trailing_blank_lines_in_a_vocabulary_file(tmp_path):
+    (tmp_path / "classes.txt").write_text("sky\ntree\n\n  \n", encoding="utf-8")
+    args = argparse.Namespace(vocab=None, vocab_file=str(tmp_path / "classes.txt"), dataset=None)
+    assert load_vocabulary(args) == ["sky", "tree"]
+
+
+def test_segmenter_refuses_empty_images_and_bad_vocabularies():
+    model = build_model("san_tiny")
+    with pytest.raises(UsageError, match="repeats class names \\('a' at positions 1, 3\\)"):
+        Segmenter(model, ["a", "b", " a "])
+    with pytest.raises(UsageError, match="blank class name at position 2"):
+        Segmenter(model, ["a", "  "])
+    with pytest.raises(UsageError, match="is empty"):
+        Segmenter(model, [])
+    with pytest.raises(UsageError, match="one string"):
+        Segmenter(model, "sky,tree")
+    seg = Segmenter(model, [" a", "b"], short_side=32)
+    assert seg.vocabulary == ["a", "b"]
+    for shape in ((0, 5, 3), (5, 0, 3), (0, 0, 3)):
+        with pytest.raises(UsageError, match="the image is empty"):
+            seg.predict(np.zeros(shape, dtype=np.uint8))
+        with pytest.raises(UsageError, match="the image is empty"):
+            seg.scores(np.zeros(shape, dtype=np.uint8))
+    assert seg.predict(np.zeros((1, 1, 3), dtype=np.uint8)).shape == (1, 1)

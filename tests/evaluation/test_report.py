@@ -99,3 +99,33 @@ def test_write_results_stores_nan_as_null(tmp_path):
     text = (tmp_path / "r.json").read_text()
     assert "NaN" not in text
     assert load_results(tmp_path / "r.json")["datasets"]["voc_20"]["per_class"] == {"aeroplane": 80.0, "tv": None}
+
+
+def test_report_on_eval_table_files_names_the_files_it_takes(tmp_path, capsys):
+    # What `patseg eval --out results/pat` writes: results/pat.json (tables) and results/pat_seed<N>.json (runs).
+    runs = [record("pat", seed, PAT[seed]) for seed in (0, 1)]
+    folder = tmp_path / "results"
+    folder.mkdir()
+    for r in runs:
+        write_results(folder / f"pat_seed{r['seed']}.json", r)
+    tables = {m: table_json(aggregate(runs, m), m) for m in ("mIoU", "mIoU_gt_or_pred")}
+    (folder / "pat.json").write_text(json.dumps(tables))
+    assert main(["report", str(folder / "pat.json")]) == 2
+    err = capsys.readouterr().err
+    assert "must be a str" not in err and err.count("\n") == 1
+    assert f"{folder / 'pat.json'} is the table file OUT.json of `patseg eval --out OUT`" in err
+    assert str(folder / "pat_seed0.json") in err and str(folder / "pat_seed1.json") in err
+    # Without the per-run files next to it, the message says which files report takes.
+    (folder / "pat_seed0.json").unlink()
+    (folder / "pat_seed1.json").unlink()
+    assert main(["report", str(folder / "pat.json")]) == 2
+    assert "takes the OUT_seed<N>.json files that `patseg eval --out OUT` writes" in capsys.readouterr().err
+    # A table of `patseg report --out` and an OVSS-mini report are named as what they are.
+    (folder / "t.json").write_text(json.dumps(tables["mIoU"]))
+    assert main(["report", str(folder / "t.json")]) == 2
+    assert "is a table written by `patseg report --out`" in capsys.readouterr().err
+    (folder / "mini.json").write_text(json.dumps({"world": "w", "results": {}, "settings": {}}))
+    assert main(["report", str(folder / "mini.json")]) == 2
+    assert "OVSS-mini report" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "pat_seed9.json")]) == 2
+    assert "does not exist; patseg report takes" in capsys.readouterr().err

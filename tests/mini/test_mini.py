@@ -2,8 +2,10 @@
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
+import torch
 
 from patseg.cli import main
 from patseg.mini import benchmark
@@ -85,3 +87,43 @@ def test_mini_pipeline_smoke(tmp_path, monkeypatch):
     assert "| PAT |" in md and "mIoU unseen" in md
     assert (out / "figure.png").is_file()
     assert list((tmp_path / "cache" / "mini_clip").glob("*/mini_clip.safetensors"))
+
+
+def test_mini_records_the_command_that_ran_and_passes_threads(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_benchmark(settings, out, runs, on_model=None):
+        seen["settings"], seen["runs"] = settings, runs
+        row = {"seen": 10.0, "unseen": 5.0, "all": 8.0, "hIoU": 6.7, "seed": 3}
+        return {"world": "w", "clip_weights": "x", "results": {"SAN": [row]}, "settings": {}}
+
+    monkeypatch.setattr(benchmark, "run_benchmark", fake_benchmark)
+    out = tmp_path / "out"
+    argv = ["mini", "--seeds", "3", "--iters", "7", "--threads", "1", "--set", "pat.vmf=false", "--out", str(out)]
+    assert main(argv) == 0
+    assert seen["settings"].threads == 1 and seen["settings"].iters == 7 and seen["settings"].seeds == (3,)
+    md = (out / "results.md").read_text()
+    command = "patseg mini --seeds 3 --iters 7 --threads 1 --set pat.vmf=false"
+    assert f"command: `{command}`;" in md
+    assert main(["mini", "--quick", "--out", str(out)]) == 0
+    assert seen["settings"].threads is None  # torch's own default
+    assert "command: `patseg mini --quick`;" in (out / "results.md").read_text()
+
+
+def test_mini_refuses_zero_threads(tmp_path, capsys):
+    assert main(["mini", "--threads", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_run_benchmark_keeps_torch_threads_unless_told(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark, "load_or_pretrain_mini_clip", lambda world, steps: SHIPPED_DIR / WEIGHTS_FILE)
+    threads = []
+    monkeypatch.setattr(benchmark, "run_one", lambda *args: (threads.append(torch.get_num_threads()), {"seen": 1.0}))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        benchmark.run_benchmark(QUICK, tmp_path, benchmark.DEFAULT_RUNS[:1])
+        benchmark.run_benchmark(replace(QUICK, threads=3), tmp_path, benchmark.DEFAULT_RUNS[:1])
+    finally:
+        torch.set_num_threads(before)
+    assert threads == [1, 3]

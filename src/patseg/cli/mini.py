@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-scenes", type=int, help="generated training scenes per run")
     p.add_argument("--val-scenes", type=int, help="generated evaluation scenes (all concepts)")
     p.add_argument("--clip-steps", type=int, help="mini CLIP pretraining steps when it is not cached yet")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, usually one per core)")
     add_set_option(
         p,
         "model config keys for every model trained (pat.* keys for the PAT models only), e.g. "
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from patseg.atomic import atomic_path, atomic_write_json, atomic_write_text
+    from patseg.errors import UsageError
     from patseg.mini.benchmark import (
         ABLATION_RUNS,
         DEFAULT_RUNS,
@@ -64,9 +66,12 @@ def run(args: argparse.Namespace) -> int:
     settings = QUICK if args.quick else FULL
     if args.seeds:
         settings = replace(settings, seeds=tuple(args.seeds))
-    for field_name in ("iters", "train_scenes", "val_scenes", "clip_steps"):
-        if getattr(args, field_name):
-            settings = replace(settings, **{field_name: getattr(args, field_name)})
+    for field_name in ("iters", "train_scenes", "val_scenes", "clip_steps", "threads"):
+        value = getattr(args, field_name)
+        if value is not None:
+            if value < 1:
+                raise UsageError(f"--{field_name.replace('_', '-')} must be at least 1, got {value}")
+            settings = replace(settings, **{field_name: value})
     overrides = model_overrides(args)
     runs = tuple(
         replace(r, overrides={**keys_for_preset(r.preset, overrides), **r.overrides})  # ablations win
@@ -87,12 +92,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(report["results"])
     table = format_table(summary)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    command = " ".join(
-        ["patseg mini"]
-        + (["--quick"] if args.quick else [])
-        + (["--ablations"] if args.ablations else [])
-        + (["--set", *map(shlex.quote, args.set)] if args.set else [])
-    )
+    command = command_line(args)
     text = (
         f"OVSS-mini ({report['world']}), mIoU % (mean ± std over seeds {list(settings.seeds)}), "
         f"{settings.iters} iterations per run\n\n{table}\n\n"
@@ -109,6 +109,20 @@ def run(args: argparse.Namespace) -> int:
             make_figure(WorldConfig(), settings, figure_models).save(tmp, "PNG")
     print(f"wrote {out}/results.md, results.json" + (", figure.png" if figure_models else ""))
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``patseg mini`` command that reproduces this run: every option that was given, shell-quoted, except
+    ``--out`` (results.md sits in that folder, and result files hold no path of this machine)."""
+    words = ["patseg", "mini"] + (["--quick"] if args.quick else []) + (["--ablations"] if args.ablations else [])
+    if args.seeds:
+        words += ["--seeds", *map(str, args.seeds)]
+    for name in ("iters", "train_scenes", "val_scenes", "clip_steps", "threads"):
+        if getattr(args, name) is not None:
+            words += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.set:
+        words += ["--set", *args.set]
+    return shlex.join(words)
 
 
 def _finite(obj):

@@ -16,10 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "report",
         help="tabulate results files (one per run) as in the paper's Table I",
-        description="Aggregate results files (schema: patseg.evaluation.report) by model; seeds give mean ± std.",
+        description="Aggregate results files, one per evaluation run (the OUT_seed<N>.json files of "
+        "`patseg eval --out OUT`; schema: patseg.evaluation.report), by model; seeds give mean ± std.",
         details=_metric_list,
     )
-    parser.add_argument("results", nargs="+", help="results JSON files, one per evaluation run")
+    parser.add_argument(
+        "results", nargs="+", help="results JSON files, one per evaluation run (OUT_seed<N>.json of `patseg eval`)"
+    )
     parser.add_argument("--metric", default="mIoU", help="metric to tabulate (default mIoU; the list is below)")
     parser.add_argument("--digits", type=int, default=1, help="decimals shown (default 1)")
     parser.add_argument("--out", default=None, help="also write OUT.md and OUT.json")

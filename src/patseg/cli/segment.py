@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Segment images with an open vocabulary. For every image NAME it writes NAME_labels.png "
         "(class index per pixel; 16-bit when there are more than 256 classes), NAME_overlay.png "
-        "(colours and a legend) and NAME.json (the class names).",
+        "(colours and a legend) and NAME.json (the class names). NAME is the file name without its suffix; "
+        "inputs that share it keep their suffix (img_bmp, img_tif) and, if still equal, get a number "
+        "(img_jpg_2). Class names are used verbatim; blank or repeated names are refused.",
         epilog="examples:\n"
         "  patseg segment photo.jpg --vocab 'sky,tree,road' --preset san_vitb16 \\\n"
         "      --clip-weights ViT-B-16.bin --out seg/\n"
@@ -48,23 +50,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def load_vocabulary(args: argparse.Namespace) -> list[str]:
-    """The class names of --vocab, --vocab-file or --dataset, in order."""
+    """The class names of --vocab, --vocab-file or --dataset, in order; blank or repeated names raise UsageError
+    naming their positions (items of --vocab, lines of --vocab-file)."""
     from patseg.errors import MissingFileError, UsageError
+    from patseg.predictor import check_vocabulary
 
     if args.vocab is not None:
-        names = [v.strip() for v in args.vocab.split(",") if v.strip()]
-    elif args.vocab_file is not None:
+        return check_vocabulary(args.vocab.split(","), f"--vocab {args.vocab!r}")
+    if args.vocab_file is not None:
         path = Path(args.vocab_file)
         if not path.is_file():
             raise MissingFileError(f"vocabulary file not found: {path}")
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        from patseg.resources import load_class_names
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"vocabulary file {path} is not UTF-8 text ({exc.reason}): save it as UTF-8") from None
+        while lines and not lines[-1].strip():  # blank lines at the end of a file are layout, not classes
+            lines.pop()
+        return check_vocabulary(lines, f"vocabulary file {path} (one class per line)")
+    from patseg.resources import load_class_names
 
-        names = list(load_class_names(args.dataset))
-    if not names:
-        raise UsageError("the vocabulary is empty")
-    return names
+    return check_vocabulary(load_class_names(args.dataset), f"--dataset {args.dataset}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from patseg.atomic import atomic_path, atomic_write_json
     from patseg.errors import ImageReadError, UsageError
-    from patseg.images import expand_inputs, label_image, overlay_with_legend, read_rgb
+    from patseg.images import expand_inputs, label_image, output_names, overlay_with_legend, read_rgb
     from patseg.paths import check_writable
     from patseg.predictor import Segmenter
 
@@ -87,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = []
-    for path in tqdm(files, desc="segment", unit="img", disable=len(files) < 2):
+    named = list(zip(files, output_names(files)))
+    for path, stem in tqdm(named, desc="segment", unit="img", disable=len(files) < 2):
         try:
             image = read_rgb(path)
         except ImageReadError as exc:  # one unreadable file does not stop the others; the exit code says so
@@ -95,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
             failed.append(str(path))
             continue
         labels = segmenter.predict(image)
-        stem = path.stem
         with atomic_path(out / f"{stem}_labels.png") as tmp:
             label_image(labels).save(tmp, format="PNG")
         with atomic_path(out / f"{stem}_overlay.png") as tmp:

@@ -22,6 +22,7 @@ omitted for a single run. :func:`write_results` writes this format; ``patseg rep
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -93,6 +94,9 @@ def validate_results(record: Any, source: str) -> dict[str, Any]:
     """Check the required keys and types; raise ResultsFileError naming ``source`` and the offending key."""
     if not isinstance(record, dict):
         raise ResultsFileError(f"{source}: a results file must hold a JSON object")
+    other = _other_kind(record)
+    if other is not None:
+        raise ResultsFileError(f"{source} is {other}, not a results file of one run: {_WHICH_FILES}")
     for key, kind in (("model", str), ("seed", int), ("datasets", dict)):
         if not isinstance(record.get(key), kind) or isinstance(record.get(key), bool):
             raise ResultsFileError(f"{source}: '{key}' must be a {kind.__name__}")
@@ -105,15 +109,41 @@ def validate_results(record: Any, source: str) -> dict[str, Any]:
     return record
 
 
+_WHICH_FILES = "patseg report takes the OUT_seed<N>.json files that `patseg eval --out OUT` writes, one per run"
+
+
+def _other_kind(record: dict[str, Any]) -> Optional[str]:
+    """What a JSON object that patseg writes but that is not a results file is, or None."""
+    if "model" in record:
+        return None
+    if isinstance(record.get("rows"), list) and "metric" in record:
+        return "a table written by `patseg report --out` (or one of `patseg eval --out`)"
+    if record and all(isinstance(v, dict) and isinstance(v.get("rows"), list) for v in record.values()):
+        return "the table file OUT.json of `patseg eval --out OUT`"
+    if "results" in record and "world" in record:
+        return "an OVSS-mini report of `patseg mini` (its results.md holds the table)"
+    return None
+
+
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate one results file."""
+    """Read and validate one results file; a table file of ``patseg eval --out`` given instead names the per-run
+    files next to it."""
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"results file {path} does not exist")
+        raise MissingFileError(f"results file {path} does not exist; {_WHICH_FILES}")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ResultsFileError(f"{path}: not a JSON text file ({exc.reason}); {_WHICH_FILES}") from None
     except json.JSONDecodeError as exc:
         raise ResultsFileError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(record, dict) and _other_kind(record) is not None:
+        runs = sorted(path.parent.glob(f"{glob.escape(path.stem)}_seed*.json"))
+        if runs:
+            listed = " ".join(str(r) for r in runs)
+            raise ResultsFileError(
+                f"{path} is {_other_kind(record)}, not a results file of one run: give its per-run files ({listed})"
+            )
     return validate_results(record, str(path))
 
 

@@ -80,7 +80,7 @@ class MiniSettings:
     batch_size: int = 8
     lr: float = 1e-3
     clip_steps: int = 600
-    threads: int = 2
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default (the machine's cores)
 
 
 FULL = MiniSettings()
@@ -180,7 +180,8 @@ def run_benchmark(
     seed]}}. ``clip_weights`` is recorded by :func:`patseg.paths.portable_path` (``patseg/...`` for the shipped
     mini CLIP, ``$PATSEG_CACHE/...`` for a cached one), so the record holds no absolute path of this machine."""
     world = world or WorldConfig()
-    torch.set_num_threads(settings.threads)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     clip_weights = load_or_pretrain_mini_clip(world, steps=settings.clip_steps)
     results: dict[str, list[dict]] = {run.name: [] for run in runs}
     for seed in settings.seeds:

@@ -2,8 +2,10 @@
 
 One safetensors file per (model, weights, vocabulary, templates): the file name hashes all four and the metadata
 repeats them, so an entry can never be served to another model, another checkpoint or another vocabulary. Writes
-are atomic. The text encoder (``patseg.models.clip.text_encoder``) only sees the ``load``/``save`` interface, so
-the model layer does no file I/O of its own.
+are atomic. Only text towers loaded from a file get the disk cache (:func:`text_embedding_cache`): a randomly
+initialised tower has new weights whenever its seed or config changes, and would add files that nothing reads.
+The text encoder (``patseg.models.clip.text_encoder``) only sees the ``load``/``save`` interface, so the model
+layer does no file I/O of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor
 
 from patseg.atomic import atomic_save_safetensors
 from patseg.errors import CheckpointError
+from patseg.paths import cache_dir
 
 
 class DiskEmbeddingCache:
@@ -55,3 +58,9 @@ class DiskEmbeddingCache:
             self.path(key, names, templates),
             metadata=self._metadata(key, names, templates),
         )
+
+
+def text_embedding_cache(tower_from_file: bool) -> DiskEmbeddingCache | None:
+    """The disk cache (``$PATSEG_CACHE/text``) for a text tower whose weights come from a file (a CLIP checkpoint,
+    a patseg weights file, a SAN checkpoint); None, the in-memory cache only, for a randomly initialised one."""
+    return DiskEmbeddingCache(cache_dir() / "text") if tower_from_file else None
