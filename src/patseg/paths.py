@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from patseg.errors import UsageError
@@ -69,3 +70,20 @@ def check_writable(path: str | os.PathLike, *, is_dir: bool, what: str = "--out"
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{what} {path}: the folder {shown} is not writable; choose another path")
     return target
+
+
+def refuse_replacing(paths: Iterable[str | os.PathLike], *, overwrite: bool, what: str = "--out") -> None:
+    """Refuse, before any work, to replace the outputs of an earlier run unless the user passed ``--overwrite``.
+
+    Raises:
+        UsageError: naming the first existing path (and how many more), ``--overwrite`` and ``what``.
+    """
+    if overwrite:
+        return
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise UsageError(
+            f"{what}: {existing[0]}{more} already exist from an earlier run; pass --overwrite to "
+            f"replace them, or choose another {what}"
+        )

@@ -205,7 +205,9 @@ def test_text_embeddings_of_a_random_tower_are_not_cached_on_disk(tmp_path, pat_
     common = [str(tmp_path / "a.png"), "--vocab", "sky,tree", "--out", str(tmp_path / "out"), "--short-side", "32"]
     assert main(["segment", *common, "--preset", "san_tiny"]) == 0
     assert not list((tmp_path / "cache").rglob("*.safetensors"))
-    assert main(["segment", *common, "--weights", str(pat_weights)]) == 0  # a tower loaded from a file: cached
+    assert (
+        main(["segment", *common, "--weights", str(pat_weights), "--overwrite"]) == 0
+    )  # a tower loaded from a file: cached
     assert len(list((tmp_path / "cache" / "text").glob("*.safetensors"))) == 1
 
 

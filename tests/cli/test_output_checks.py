@@ -149,3 +149,40 @@ def test_segment_without_weights_warns(tmp_path, capsys):
     warnings = [line for line in err.splitlines() if line.startswith("patseg: warning:")]
     assert len(warnings) == 1 and "no --weights" in warnings[0] and "san_tiny" in warnings[0]
     assert "No pretrained weights" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "earlier"),
+    [
+        (["eval", "--weights", "w.safetensors", "--out", "{d}/pat"], "pat_seed0.json"),
+        (["bench", "--quick", "--json", "{d}/b.json"], "b.json"),
+        (["mini", "--quick", "--out", "{d}"], "results.json"),
+        (["report", "r.json", "--out", "{d}/table"], "table.md"),
+        (["convert-san", "san.pth", "--out", "{d}/san.safetensors"], "san.safetensors"),
+        (["visualize", "x.png", "--weights", "w.safetensors", "--out", "{d}"], "codes_mid.png"),
+        (["tokenize", "x.png", "--weights", "w.safetensors", "--out", "{d}/t.npz"], "t.npz"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else v,
+)
+def test_an_earlier_run_is_not_replaced_without_overwrite(argv, earlier, tmp_path, no_work, capsys):
+    (tmp_path / earlier).write_text("earlier run")
+    code = main([a.format(d=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert earlier in err and "--overwrite" in err and "Traceback" not in err
+    assert (tmp_path / earlier).read_text() == "earlier run"
+
+
+def test_segment_overwrites_only_when_asked(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    argv = ["segment", str(tmp_path / "a.png"), "--vocab", "sky,tree", "--preset", "san_tiny", "--short-side", "32"]
+    out = ["--out", str(tmp_path / "seg")]
+    assert main(argv + out) == 0
+    before = (tmp_path / "seg" / "a.json").read_bytes()
+    (tmp_path / "seg" / "a.json").write_text("kept")
+    assert main(argv + out) == 2
+    assert "a_labels.png" in capsys.readouterr().err and (tmp_path / "seg" / "a.json").read_text() == "kept"
+    assert main(argv + out + ["--overwrite"]) == 0
+    assert (tmp_path / "seg" / "a.json").read_bytes() == before

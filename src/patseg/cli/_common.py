@@ -43,6 +43,13 @@ def add_set_option(parser: argparse.ArgumentParser, text: str = SET_HELP) -> Non
     parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help=text)
 
 
+def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: without it a command refuses to replace the output files of an earlier run."""
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the output files of an earlier run (refused by default)"
+    )
+
+
 def add_clip_weights_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clip-weights",

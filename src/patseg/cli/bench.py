@@ -8,7 +8,15 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from patseg.cli._common import DEVICE_HELP, add_set_option, device_name, int_at_least, model_overrides, pick_device
+from patseg.cli._common import (
+    DEVICE_HELP,
+    add_overwrite_option,
+    add_set_option,
+    device_name,
+    int_at_least,
+    model_overrides,
+    pick_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
     p.add_argument("--markdown", type=Path, default=None, help="also write the markdown table to this file")
+    add_overwrite_option(p)
     p.set_defaults(func=run)
 
 
@@ -55,11 +64,12 @@ def run(args: argparse.Namespace) -> int:
 
     from patseg.atomic import atomic_write_json, atomic_write_text
     from patseg.bench import BenchPlan, run_suite
-    from patseg.paths import check_writable
+    from patseg.paths import check_writable, refuse_replacing
 
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path is not None:  # found out now, not after minutes of measuring
             check_writable(path, is_dir=False, what=option)
+            refuse_replacing([path], overwrite=args.overwrite, what=option)
     device = torch.device(pick_device(args.device))
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from patseg.cli._common import add_clip_weights_option, add_set_option, model_overrides, positive_int
+from patseg.cli._common import (
+    add_clip_weights_option,
+    add_overwrite_option,
+    add_set_option,
+    model_overrides,
+    positive_int,
+)
 
 EPILOG = """examples:
   patseg eval --weights san_vitb16.safetensors --datasets pcontext_59,ade20k_150,pcontext_459,ade20k_847
@@ -54,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", help="row label in the table (default: the preset name)")
     p.add_argument("--out", help="write OUT.json/OUT.md tables and OUT_seed{N}.json results")
+    add_overwrite_option(p)
     p.set_defaults(func=run)
 
 
@@ -74,13 +81,15 @@ def _settings(args: argparse.Namespace) -> tuple[str | None, dict[str, Any], str
 def _check_options(args: argparse.Namespace) -> list[int]:
     """The seed of each --weights entry; options that do not fit raise before any work starts."""
     from patseg.errors import MissingFileError, UsageError
-    from patseg.paths import check_writable
+    from patseg.paths import check_writable, refuse_replacing
 
-    if args.out:  # OUT.json, OUT.md and OUT_seed{N}.json, all in one folder
-        check_writable(f"{args.out}.json", is_dir=False)
     seeds = args.seeds if args.seeds else list(range(len(args.weights)))
     if len(seeds) != len(args.weights):
         raise UsageError(f"--seeds has {len(seeds)} entries for {len(args.weights)} --weights")
+    if args.out:  # OUT.json, OUT.md and OUT_seed{N}.json, all in one folder
+        check_writable(f"{args.out}.json", is_dir=False)
+        outputs = [f"{args.out}.json", f"{args.out}.md"] + [f"{args.out}_seed{s}.json" for s in seeds]
+        refuse_replacing(outputs, overwrite=args.overwrite)
     if args.rfid and not args.inception_weights:
         raise UsageError("--rfid needs --inception-weights FILE (the FID Inception-v3 weights)")
     if args.inception_weights and not args.rfid:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from patseg.cli._common import add_set_option, model_overrides
+from patseg.cli._common import add_overwrite_option, add_set_option, model_overrides
 from patseg.config import keys_for_preset
 
 
@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pat.vmf=false loss.vq_weight=1e-4 (values are YAML; repeatable)",
     )
     p.add_argument("--out", default="outputs/ovss-mini", help="output folder (default outputs/ovss-mini)")
+    add_overwrite_option(p)
     p.set_defaults(func=run)
 
 
@@ -60,9 +61,12 @@ def run(args: argparse.Namespace) -> int:
         summarize,
     )
     from patseg.mini.world import WorldConfig
-    from patseg.paths import check_writable
+    from patseg.paths import check_writable, refuse_replacing
 
     check_writable(args.out, is_dir=True)
+    out_dir = Path(args.out)
+    earlier = [out_dir / n for n in ("results.json", "results.md", "figure.png", "runs")]
+    refuse_replacing(earlier, overwrite=args.overwrite)
     settings = QUICK if args.quick else FULL
     if args.seeds:
         settings = replace(settings, seeds=tuple(args.seeds))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from patseg.cli._common import add_overwrite_option
+
 
 def _metric_list() -> str:
     from patseg.evaluation.report import METRICS
@@ -26,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metric", default="mIoU", help="metric to tabulate (default mIoU; the list is below)")
     parser.add_argument("--digits", type=int, default=1, help="decimals shown (default 1)")
     parser.add_argument("--out", default=None, help="also write OUT.md and OUT.json")
+    add_overwrite_option(parser)
     parser.set_defaults(func=run)
 
 
@@ -33,10 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from patseg.atomic import atomic_write_json, atomic_write_text
     from patseg.errors import UsageError
     from patseg.evaluation.report import METRICS, aggregate, format_markdown, load_results, table_json
-    from patseg.paths import check_writable
+    from patseg.paths import check_writable, refuse_replacing
 
     if args.out:  # OUT.md and OUT.json
         check_writable(f"{args.out}.json", is_dir=False)
+        refuse_replacing([f"{args.out}.md", f"{args.out}.json"], overwrite=args.overwrite)
     if args.metric not in METRICS:
         raise UsageError(f"unknown --metric '{args.metric}' (choose from {', '.join(METRICS)})")
     rows = aggregate([load_results(p) for p in args.results], metric=args.metric)

@@ -9,6 +9,7 @@ from pathlib import Path
 from patseg.cli._common import (
     DEVICE_HELP,
     add_clip_weights_option,
+    add_overwrite_option,
     add_set_option,
     build_from_args,
     device_name,
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--short-side", type=positive_int, default=640, help="test resize of the short side (default 640)")
     p.add_argument("--device", type=device_name, default=None, help=DEVICE_HELP)
+    add_overwrite_option(p)
     p.set_defaults(func=run)
 
 
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from patseg.atomic import atomic_path, atomic_write_json
     from patseg.errors import ImageReadError, UsageError
     from patseg.images import expand_inputs, label_image, output_names, overlay_with_legend, read_rgb
-    from patseg.paths import check_writable
+    from patseg.paths import check_writable, refuse_replacing
     from patseg.predictor import Segmenter
 
     check_writable(args.out, is_dir=True)
@@ -88,12 +90,15 @@ def run(args: argparse.Namespace) -> int:
     files = expand_inputs(args.images)
     if not files:
         raise UsageError("no images found in the given paths")
+    stems = output_names(files)
+    targets = [Path(args.out) / f"{stem}{end}" for stem in stems for end in ("_labels.png", "_overlay.png", ".json")]
+    refuse_replacing(targets, overwrite=args.overwrite)
     model = build_from_args(args, args.weights, warn_untrained=True).to(device).eval()
     segmenter = Segmenter(model, names, short_side=args.short_side)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = []
-    named = list(zip(files, output_names(files)))
+    named = list(zip(files, stems))
     for path, stem in tqdm(named, desc="segment", unit="img", disable=len(files) < 2):
         try:
             image = read_rgb(path)

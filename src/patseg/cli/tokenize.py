@@ -9,6 +9,7 @@ from typing import Any
 
 from patseg.cli._common import (
     add_clip_weights_option,
+    add_overwrite_option,
     add_set_option,
     build_from_args,
     int_at_least,
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--size", type=int_at_least(32), default=640, help="short side after resizing (default 640; at least 32)"
     )
     p.add_argument("--out", required=True, help="output .npz file")
+    add_overwrite_option(p)
     p.set_defaults(func=run_tokenize)
     d = subparsers.add_parser(
         "detokenize",
@@ -50,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_clip_weights_option(d)
     add_set_option(d, "model config keys on top of those recorded by tokenize (values are YAML; repeatable)")
     d.add_argument("--out", required=True, help="output folder for the PNGs")
+    add_overwrite_option(d)
     d.set_defaults(func=run_detokenize)
 
 
@@ -66,10 +69,11 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
     from patseg.errors import ImageReadError
     from patseg.images import expand_inputs, read_rgb
-    from patseg.paths import check_writable
+    from patseg.paths import check_writable, refuse_replacing
     from patseg.tokenizer import save_pyramids
 
     check_writable(args.out, is_dir=False)
+    refuse_replacing([args.out], overwrite=args.overwrite)
     overrides = model_overrides(args)
     tok = _tokenizer(args, args.weights, overrides)
     pyramids, names, failed = [], [], 0
@@ -97,11 +101,13 @@ def run_detokenize(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from patseg.atomic import atomic_path
-    from patseg.paths import check_writable
+    from patseg.paths import check_writable, refuse_replacing
     from patseg.tokenizer import load_pyramids
 
     check_writable(args.out, is_dir=True)
     pyramids, meta = load_pyramids(Path(args.tokens))
+    names = [f"{Path(name).stem}_recon.png" for name in meta.get("images", [])]
+    refuse_replacing([Path(args.out) / n for n in names], overwrite=args.overwrite)
     overrides = {**meta.get("overrides", {}), **model_overrides(args)}
     tok = _tokenizer(args, args.weights or meta.get("weights"), overrides)
     out = Path(args.out)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from patseg.cli._common import add_clip_weights_option, add_set_option, build_from_args, int_at_least, require_pat
+from patseg.cli._common import (
+    add_clip_weights_option,
+    add_overwrite_option,
+    add_set_option,
+    build_from_args,
+    int_at_least,
+    require_pat,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--size", type=int_at_least(32), default=640, help="short side the image is resized to (default 640; >= 32)"
     )
     p.add_argument("--clusters", type=int_at_least(1), default=8, help="k for the k-means panels (default 8)")
+    add_overwrite_option(p)
     p.set_defaults(func=run)
 
 
@@ -35,11 +43,14 @@ def run(args: argparse.Namespace) -> int:
 
     from patseg.atomic import atomic_path
     from patseg.images import label_image, read_rgb
-    from patseg.paths import check_writable
+    from patseg.paths import check_writable, refuse_replacing
     from patseg.resize import resize_to_multiple
     from patseg.visualize import figure, stage_maps
 
     check_writable(args.out, is_dir=True)
+    stages = ("early", "mid", "late")
+    outputs = [Path(args.out) / f"{p}{s}.png" for s in stages for p in ("", "codes_")]
+    refuse_replacing(outputs, overwrite=args.overwrite)
     image = read_rgb(args.image)
     model = build_from_args(args, args.weights)
     require_pat(model, "patseg visualize")
