@@ -105,9 +105,10 @@ def test_mini_records_the_command_that_ran_and_passes_threads(tmp_path, monkeypa
     md = (out / "results.md").read_text()
     command = "patseg mini --seeds 3 --iters 7 --threads 1 --set pat.vmf=false"
     assert f"command: `{command}`;" in md
-    assert main(["mini", "--quick", "--out", str(out)]) == 0
+    assert main(["mini", "--quick", "--out", str(out)]) == 2  # an earlier run is not replaced unasked
+    assert main(["mini", "--quick", "--out", str(tmp_path / "quick")]) == 0
     assert seen["settings"].threads is None  # torch's own default
-    assert "command: `patseg mini --quick`;" in (out / "results.md").read_text()
+    assert "command: `patseg mini --quick`;" in (tmp_path / "quick" / "results.md").read_text()
 
 
 def test_mini_refuses_zero_threads(tmp_path, capsys):
