@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import colorsys
 import importlib.util
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps, UnidentifiedImageError
 
 from patseg.errors import ImageReadError
 
@@ -23,6 +26,37 @@ LEGEND_MAX_CHARS = 80  # longer class names are cut with an ellipsis in overlay 
 # Unicode fonts Pillow looks up among the system's fonts by file name; DejaVu Sans covers Latin, Greek, Cyrillic,
 # Arabic and Hebrew, the Noto CJK and Arial Unicode files Chinese, Japanese and Korean.
 _FONT_FILES = ("DejaVuSans.ttf", "NotoSansCJK-Regular.ttc", "NotoSansCJKsc-Regular.otf", "Arial Unicode.ttf")
+
+
+class UndecodableImageError(ImageReadError):
+    """An image file opens but its pixel data does not decode in full (truncated or corrupt)."""
+
+
+@contextmanager
+def open_decoded(path: str | os.PathLike[str]) -> Iterator[Image.Image]:
+    """``Image.open(path)`` with its pixel data decoded in full; a missing file stays FileNotFoundError.
+
+    PIL's ``verify()`` does not decode JPEG data and ``ImageFile.LOAD_TRUNCATED_IMAGES`` (which another library may
+    have set) pads a truncated file with grey, so the flag is held False while ``load()`` decodes every byte.
+    Raises UndecodableImageError (the reason in its message) for a truncated or corrupt file.
+    """
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        im = Image.open(path)
+        try:
+            im.load()
+        except BaseException:
+            im.close()
+            raise
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UndecodableImageError(str(exc)) from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+    with im:
+        yield im
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

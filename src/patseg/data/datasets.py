@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 from torch.utils.data import Dataset
 
 from patseg.data.registry import DatasetSpec, data_root, get_dataset_spec
 from patseg.errors import DatasetError
+from patseg.images import UndecodableImageError, open_decoded
 
 # (image (3, H, W) uint8, label (H, W) int64) -> the same, transformed
 PairTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -98,26 +99,16 @@ def find_samples(spec: DatasetSpec, split: str, root: str | os.PathLike | None =
 
 @contextmanager
 def _decoded(path: str | os.PathLike) -> Iterator[Image.Image]:
-    """An opened image with its pixels decoded in full; a truncated or corrupt file is a DatasetError naming it."""
-    saved = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # True would pad a truncated file with grey and train on that
+    """An opened image with its pixels decoded in full; a missing, truncated or corrupt file is a DatasetError."""
     try:
-        im = Image.open(path)
-        try:
-            im.load()
-        except BaseException:
-            im.close()
-            raise
+        with open_decoded(path) as im:
+            yield im
     except FileNotFoundError:
         raise DatasetError(f"{path} does not exist (removed after the split was listed?)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except UndecodableImageError as exc:
         raise DatasetError(
             f"{path} is truncated or corrupt ({exc}); delete it and run `patseg prepare` again"
         ) from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = saved
-    with im:
-        yield im
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 from tqdm import tqdm
 
 from patseg.atomic import atomic_path
 from patseg.data.registry import get_dataset_spec
 from patseg.errors import MissingFileError
+from patseg.images import UndecodableImageError
+from patseg.images import open_decoded as decode_fully
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg")  # raw images; matched case-insensitively like every raw suffix
 
@@ -36,28 +38,13 @@ class CorruptInputError(ValueError):
 
 @contextmanager
 def open_decoded(path: Path) -> Iterator[Image.Image]:
-    """``Image.open(path)`` with its pixel data decoded in full; a truncated or corrupt file is a CorruptInputError.
-
-    PIL's ``verify()`` does not decode JPEG data and ``ImageFile.LOAD_TRUNCATED_IMAGES`` (which another library may
-    have set) pads a truncated file with grey, so the flag is held False while ``load()`` decodes every byte.
-    """
-    saved = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    """An input image decoded in full (:func:`patseg.images.open_decoded`); a truncated or corrupt file is a
+    CorruptInputError naming it, a missing one stays FileNotFoundError."""
     try:
-        im = Image.open(path)  # a missing file stays FileNotFoundError, which names it
-        try:
-            im.load()
-        except BaseException:
-            im.close()
-            raise
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with decode_fully(path) as im:
+            yield im
+    except UndecodableImageError as exc:
         raise CorruptInputError(f"{path.name}: truncated or corrupt image ({exc}); download it again") from None
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = saved
-    with im:
-        yield im
 
 
 def list_files(folder: Path, suffixes: Sequence[str], recursive: bool = False) -> list[Path]:
