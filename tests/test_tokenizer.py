@@ -17,7 +17,7 @@ from patseg.tokenizer import LEVELS, PyramidTokenizer, TokenPyramid, load_pyrami
 from patseg.weights.files import save_weights
 
 # pat_tiny at 64x64: stages H/8, H/16, H/32; latent at the side grid H/16 (codebooks 32 / 16 / 8 / 64)
-GRIDS = {"early": (8, 8), "mid": (4, 4), "late": (2, 2), "latent": (4, 4)}
+GRIDS = {"early": (16, 16), "mid": (8, 8), "late": (4, 4), "latent": (4, 4)}
 SIZES = {"early": 32, "mid": 16, "late": 8, "latent": 64}
 
 
@@ -159,4 +159,4 @@ def test_encode_image_resizes_then_encodes(model: PAT) -> None:
     for level in LEVELS:
         assert torch.equal(pyramid.codes[level], want.codes[level]), level
     wide = tok.encode_image(np.ascontiguousarray(np.concatenate([rgb, rgb[:, :40]], axis=1)), 64)  # 64 x 104
-    assert wide.image_size == (64, 96) and wide.codes["early"].shape == (1, 8, 12)
+    assert wide.image_size == (64, 96) and wide.codes["early"].shape == (1, 16, 24)

@@ -164,7 +164,7 @@ def _pat_parts(
     # Value constraints (stage order, aux set names) were checked when the record was read (patseg.config).
     strides = stage_strides(p.pyramid_base, p.stage_scales)
     pixel_branch = _pixel_branch(cfg, p, strides, clip_width=clip_width, clip_patch=clip_patch)
-    plan = decoder_plan(strides, p.decoder_stages)
+    plan = decoder_plan(strides, p.decoder_stages, SIDE_STRIDE)
 
     def decoder(query_dim: int | None) -> SharedDecoder:
         return SharedDecoder(
@@ -177,6 +177,8 @@ def _pat_parts(
             groups=p.dysample_groups,
             query_dim=query_dim,
             extra_layers=p.decoder_extra_layers,
+            reading=p.decoder,
+            spade_block=p.spade_block,
         )
 
     out_stride = final_stride(p.pyramid_base, p.stage_scales, p.decoder_stages)
@@ -254,10 +256,7 @@ def _pixel_branch(
         side_width=cfg.side.width,
         code_dim=p.code_dim,
         latent_codes=p.latent_codebook_size,
-        decoder_dim=p.decoder_dim,
-        latent_factor=SIDE_STRIDE / strides[p.decoder_stages[0]],
         vmf=p.vmf,
-        groups=p.dysample_groups,
     )
 
 

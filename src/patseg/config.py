@@ -22,10 +22,15 @@ from patseg.errors import ConfigError
 PyramidBase = Literal["clip", "side"]
 StageName = Literal["late", "mid", "early"]
 BiasSource = Literal["decoded", "side"]
+DecoderReading = Literal["tokens", "pixels"]
+SpadeBlock = Literal["norm", "resblock"]
 STAGE_ORDER: tuple[str, ...] = ("late", "mid", "early")  # the decoder runs coarse to fine
 
 REMOVED_KEYS = ("clip.weights", "loss.lpips_vgg_weights", "loss.lpips_random_trunk", "image_size")
 """Keys that older weights files recorded: file paths and a test switch, now run options, not architecture."""
+
+LEGACY_DEFAULTS = {"pat.decoder": "pixels", "pat.spade_block": "norm"}
+"""What a record written before these keys existed meant: the values that older weights files were trained with."""
 
 
 @dataclass
@@ -69,14 +74,16 @@ class PatConfig:
     decoder_dim: int = 256
     decoder_heads: int = 8
     decoder_ffn: int = 1024
-    decoder_extra_layers: int = 2  # Transformer layers at the final grid after the stages
+    decoder: DecoderReading = "tokens"  # "tokens": Eq. 3 as written; "pixels": a self-attention layer on the pixel grid
+    spade_block: SpadeBlock = "norm"  # the pixel path of each decoder stage: plain SPADE, or SPADE's residual block
+    decoder_extra_layers: int = 2  # Transformer layers after the last stage
     spade_hidden: int = 128
     token_mixer_hidden: int = 256
     kappa: float = 30.0  # HSAttn concentration, fixed
     dysample_groups: int = 4
-    pyramid_base: PyramidBase = "clip"  # "clip": stage grids relative to H/32; "side": relative to the side grid H/16
+    pyramid_base: PyramidBase = "side"  # "side": stage grids relative to the side grid H/16; "clip": to H/32
     stage_scales: tuple[int, int, int] = (4, 2, 1)  # Table II: (4,2,1), (4,4,4), (1,1,1)
-    decoder_stages: tuple[StageName, ...] = ("late", "mid", "early")  # Table II: drop early -> mid -> late
+    decoder_stages: tuple[StageName, ...] = ("late", "mid", "early")  # Table II: drop early -> mid -> late -> []
     vmf: bool = True  # Table II: False = Euclidean VQ + plain softmax attention
     token_mixer: bool = True  # Table II
     pixel_residual: bool = True  # Table II
@@ -91,10 +98,10 @@ class PatConfig:
     def check(self, prefix: str = "pat.") -> None:
         """Constraints between values that types alone cannot state; raises ConfigError naming the key."""
         order = [s for s in STAGE_ORDER if s in self.decoder_stages]
-        if not self.decoder_stages or list(self.decoder_stages) != order:
+        if list(self.decoder_stages) != order:
             raise ConfigError(
-                f"config key '{prefix}decoder_stages' must be a non-empty subset of "
-                f"[late, mid, early] in that order, got {list(self.decoder_stages)}"
+                f"config key '{prefix}decoder_stages' must be a subset of [late, mid, early] in that order "
+                f"([] decodes the latent alone), got {list(self.decoder_stages)}"
             )
         for name in self.aux_sets:
             if not (name.startswith("side") and name[4:].isdigit() and int(name[4:]) >= 1):

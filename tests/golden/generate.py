@@ -23,7 +23,9 @@ import torch
 
 HERE = Path(__file__).parent
 GOLDEN_FILE = HERE / "presets.json"
-TINY = ("san_tiny", "pat_tiny")
+TINY = ("san_tiny", "pat_tiny", "pat_tiny_pixels_clip")
+# Records that are a preset with overrides: the former decoder reading stays pinned beside the default.
+VARIANTS = {"pat_tiny_pixels_clip": ("pat_tiny", {"pat.decoder": "pixels", "pat.pyramid_base": "clip"})}
 FULL = ("san_vitb16", "san_vitl14", "san_evab16", "pat_vitb16_clip", "pat_vitb16_evaclip", "pat_vitl14_clip")
 VOCAB = ("sky", "tree", "road", "person")
 SEED = 1234
@@ -72,8 +74,9 @@ def record(name: str) -> dict[str, Any]:
     from golden_api import build, class_embeddings, training_losses  # the one file that names the API
 
     tiny = name in TINY
-    size = 64 if tiny else 64
-    model = build(name)
+    size = 64
+    preset, overrides = VARIANTS.get(name, (name, {}))
+    model = build(preset, overrides)
     deterministic_fill(model)
     model.eval()
     emb = class_embeddings(model, list(VOCAB))

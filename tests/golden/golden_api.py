@@ -7,8 +7,8 @@ import torch
 from patseg.build import build_model
 
 
-def build(name: str) -> torch.nn.Module:
-    return build_model(name)
+def build(name: str, overrides: dict) -> torch.nn.Module:
+    return build_model(name, overrides=overrides)
 
 
 def class_embeddings(model: torch.nn.Module, names: list[str]) -> torch.Tensor:

@@ -9,6 +9,7 @@ they come from the CLIP weights file, which is a run option (``clip_weights=``),
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from patseg.atomic import atomic_save_safetensors
-from patseg.config import REMOVED_KEYS, to_dict
+from patseg.config import LEGACY_DEFAULTS, REMOVED_KEYS, to_dict
 from patseg.errors import CheckpointError, MissingFileError
 
 CONFIG_METADATA_KEY = "patseg_config"
@@ -69,6 +70,10 @@ def read_architecture(path: PathLike) -> Optional[dict[str, Any]]:
         record = json.loads(meta[CONFIG_METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{p}: the stored architecture record is not valid JSON ({exc})") from None
+    pat = record.get("pat")
+    if isinstance(pat, dict):
+        for dotted, value in LEGACY_DEFAULTS.items():
+            pat.setdefault(dotted.removeprefix("pat."), value)
     for dotted in REMOVED_KEYS:
         *parents, leaf = dotted.split(".")
         node = record
@@ -124,6 +129,33 @@ def check_state(
         raise CheckpointError(f"{source} does not fit {what}: " + " | ".join(problems))
 
 
+# Tensors that moved: the latent's PostQuant and its resampling (now stage 0's resampler) went from the pixel
+# branch into each decoder, and a decoder stage's global-token update was renamed from ``cross`` to ``tokens``.
+_MOVED = (
+    (re.compile(r"^pixel_branch\.latent_post_quant\."), "{decoder}.post_quant."),
+    (re.compile(r"^pixel_branch\.latent_resample\."), "{decoder}.stages.0.resample."),
+)
+_RENAMED = re.compile(r"^((?:pixel_)?decoder\.stages\.\d+)\.cross\.")
+
+
+def upgrade_keys(state: dict[str, Tensor], expected: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Rename the tensors of a weights file written before PAT's decoder took in the latent's PostQuant.
+
+    Older files shared one PostQuant between the two decoders of "Separate Decoding": it is copied into both, which
+    computes what the older model computed. Files of the current layout pass through unchanged.
+    """
+    out: dict[str, Tensor] = {}
+    decoders = [d for d in ("decoder", "pixel_decoder") if any(k.startswith(d + ".") for k in expected)]
+    for key, value in state.items():
+        for old, new in _MOVED:
+            if old.match(key):
+                out.update({old.sub(new.format(decoder=d), key): value for d in decoders})
+                break
+        else:
+            out[_RENAMED.sub(r"\1.tokens.", key)] = value
+    return out
+
+
 def load_weights(model: nn.Module, path: PathLike, *, clip_from_file: bool) -> None:
     """Load a weights file (or checkpoint folder) strictly into ``model``.
 
@@ -132,6 +164,7 @@ def load_weights(model: nn.Module, path: PathLike, *, clip_from_file: bool) -> N
     """
     state, _ = read_tensors(path)
     expected = model.state_dict()
+    state = upgrade_keys(state, expected)
     frozen = frozen_keys(model)
     absent = set(expected) - set(state)
     if not clip_from_file and absent and absent <= frozen:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patseg.models.layers.spade import SPADE
+from patseg.models.layers.spade import SPADE, SPADEResBlock
 
 
 def test_zero_gamma_beta_is_plain_group_norm():
@@ -90,3 +90,28 @@ def test_gradients_reach_condition():
 def test_rejects_indivisible_channels():
     with pytest.raises(ValueError, match="groups"):
         SPADE(48, cond_channels=32)
+
+
+def _naive_resblock(block, x, cond):
+    def leaky(t):
+        return torch.where(t > 0, t, 0.2 * t)
+
+    def conv(t, layer):
+        return torch.stack([_conv3x3(t[n], layer.weight.double(), layer.bias.double()) for n in range(len(t))])
+
+    dx = conv(leaky(_naive_spade(block.norm_0, x, cond)), block.conv_0)
+    dx = conv(leaky(_naive_spade(block.norm_1, dx, cond)), block.conv_1)
+    return x.double() + dx
+
+
+def test_resblock_matches_naive_reference():
+    block = SPADEResBlock(4, cond_channels=3, hidden=5, groups=2).double()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 4, 3, 4, dtype=torch.float64)
+    cond = torch.randn(2, 3, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(block(x, cond), _naive_resblock(block, x, cond), atol=1e-10, rtol=1e-10)
+    # NVlabs/SPADE at constant width: two SPADEs and two 3x3 convs C -> C, no learned shortcut
+    assert sum(p.numel() for p in block.parameters()) == 2 * (
+        sum(p.numel() for p in block.norm_0.parameters()) + 9 * 4 * 4 + 4
+    )

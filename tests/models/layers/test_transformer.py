@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from patseg.models.layers.transformer import QueryCrossAttention, TransformerLayer, sine_position_encoding
+from patseg.models.layers.transformer import (
+    QueryCrossAttention,
+    TokenLayer,
+    TransformerLayer,
+    sine_position_encoding,
+)
 
 
 def test_sine_encoding_values_match_formula():
@@ -153,3 +158,41 @@ def test_query_cross_attention_gradients():
     pos = torch.randn(1, 3, 8, requires_grad=True)
     block(queries, feats, pos).square().sum().backward()
     assert all(t.grad.abs().sum() > 0 for t in (queries, feats, pos))
+
+
+def _naive_token_layer(layer, queries, fmap):
+    """Cross-attention to the map (as _naive_cross), then self-attention among the tokens, then the FFN; float64."""
+    feats = fmap.flatten(2).transpose(1, 2)
+    t = _naive_cross(layer.cross, queries, feats, None)
+    out = torch.zeros_like(t)
+    c = t.shape[-1]
+    for n in range(t.shape[0]):
+        row = t[n]
+        qkv = _linear(_layer_norm(row, layer.norm_self), layer.qkv)
+        q, k, v = qkv[:, :c], qkv[:, c : 2 * c], qkv[:, 2 * c :]
+        row = row + _linear(_naive_attention(q, k, v, layer.heads), layer.proj)
+        hidden = _linear(_layer_norm(row, layer.norm_ffn), layer.ffn[0])
+        hidden = 0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2)))  # exact GELU
+        out[n] = row + _linear(hidden, layer.ffn[2])
+    return out
+
+
+def test_token_layer_matches_naive():
+    layer = TokenLayer(6, kv_dim=4, heads=3, ffn=10).double()
+    _randomise(layer)
+    queries = torch.randn(2, 5, 6, dtype=torch.float64)
+    fmap = torch.randn(2, 4, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(layer(queries, fmap), _naive_token_layer(layer, queries, fmap), atol=1e-10, rtol=1e-10)
+
+
+def test_token_layer_reads_the_map_and_mixes_the_tokens():
+    """Every token sees every pixel and every other token; gradients reach the map and all weights."""
+    layer = TokenLayer(8, kv_dim=4, heads=2, ffn=16)
+    queries = torch.randn(1, 3, 8, requires_grad=True)
+    fmap = torch.randn(1, 4, 2, 2, requires_grad=True)
+    out = layer(queries, fmap)
+    grad = torch.autograd.grad(out[0, 0].sum(), [queries, fmap], retain_graph=True)
+    assert grad[0][0, 1].abs().sum() > 0 and grad[0][0, 2].abs().sum() > 0  # token 0 reads tokens 1 and 2
+    assert (grad[1][0].abs().sum(0) > 0).all()  # ... and every pixel
+    out.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())

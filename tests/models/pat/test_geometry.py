@@ -21,7 +21,7 @@ def clip_grid(image: int, resize_ratio: float, patch: int) -> tuple[int, int]:
     return side, side
 
 
-# The design table (docs/architecture.md, readings 1-2), per backbone, at a 640x640 crop.
+# The design table (docs/design.md, readings 1-2), per backbone, at a 640x640 crop.
 TABLE = {
     "ViT-B/16": {"patch": 16, "ratio": 0.5, "clip": 20, "tap": 20, "tap_stride": 32, "factors": (4, 2, 1)},
     "ViT-L/14-336": {"patch": 14, "ratio": 0.7, "clip": 32, "tap": 40, "tap_stride": 16, "factors": (2, 1, 0.5)},
@@ -82,10 +82,12 @@ def test_pyramid_base_side_is_the_literal_reading() -> None:
 
 
 @pytest.mark.parametrize(
-    "kept, stride", [(("late", "mid", "early"), 8), (("late", "mid"), 16), (("late",), 32), (("mid",), 16)]
+    "kept, stride", [(("late", "mid", "early"), 8), (("late", "mid"), 16), (("late",), 32), (("mid",), 16), ((), 16)]
 )
 def test_final_grid_is_the_finest_kept_stage(kept, stride) -> None:
+    """No kept stage (Table II's last FPN row): the decoder ends at the latent's side grid, under both bases."""
     assert final_stride("clip", (4, 2, 1), kept) == stride
+    assert final_stride("side", (4, 2, 1), kept) == (stride // 2 if kept else SIDE_STRIDE)
 
 
 def test_non_square_and_evaluation_sizes() -> None:
@@ -105,7 +107,5 @@ def test_bad_values_raise() -> None:
         base_stride("pixels")
     with pytest.raises(ValueError, match="does not divide"):
         stage_strides("clip", (3, 2, 1))
-    with pytest.raises(ValueError, match="at least one stage"):
-        final_stride("clip", (4, 2, 1), ())
     with pytest.raises(ValueError, match="final stride must be a power of 2, got 12"):
         log2_exact(12, "final stride")

@@ -35,14 +35,17 @@ def perturb(params: Iterable[nn.Parameter], scale: float = 0.5) -> None:
 
 def semantic_half(model: PAT) -> list[nn.Parameter]:
     """Everything the global tokens are made of or pass through: the side ViT, each stage's semantic branch
-    (K/V projection, TokenMixers, global cross-attention), the decoder's query cross-attention and both mask heads."""
+    (K/V projection, TokenMixers, global cross-attention), the decoder's token updates (and its extra layers under
+    the ``tokens`` reading, where they are token layers) and both mask heads."""
     params = list(model.side.parameters()) + list(model.mask_decoder.parameters()) + [model.bg_embed]
     params += list(model.mask_head.parameters())
     for stage in model.pixel_branch.stages:
         for part in (stage.kv, stage.mixer, stage.mixer_g, stage.global_attn):
             params += list(part.parameters()) if part is not None else []
     for stage in model.decoder.stages:
-        params += list(stage.cross.parameters())
+        params += list(stage.tokens.parameters())
+    if model.decoder.reading == "tokens":
+        params += list(model.decoder.extra.parameters())
     return params
 
 
@@ -52,8 +55,12 @@ def codebooks(model: PAT) -> dict[str, nn.Parameter]:
     return books
 
 
-def test_stage_codes_do_not_depend_on_global_tokens() -> None:
-    model = tiny_pat().eval()
+READINGS = ("tokens", "pixels")
+
+
+@pytest.mark.parametrize("reading", READINGS)
+def test_stage_codes_do_not_depend_on_global_tokens(reading: str) -> None:
+    model = tiny_pat(**{"pat.decoder": reading}).eval()
     images, _ = toy_batch()
     with torch.no_grad():
         before = model.encode(images)
@@ -66,8 +73,9 @@ def test_stage_codes_do_not_depend_on_global_tokens() -> None:
     assert not torch.equal(before["latent"].indices, after["latent"].indices)
 
 
-def test_no_gradient_path_from_global_tokens_to_stage_codes() -> None:
-    model = tiny_pat().train()
+@pytest.mark.parametrize("reading", READINGS)
+def test_no_gradient_path_from_global_tokens_to_stage_codes(reading: str) -> None:
+    model = tiny_pat(**{"pat.decoder": reading}).train()
     images, _ = toy_batch()
     out = model(images, unit_rows(4, model.clip.out_dim))
     stage_codes = sum(out.quant[name].z_q.sum() for name in STAGES)
@@ -79,8 +87,9 @@ def test_no_gradient_path_from_global_tokens_to_stage_codes() -> None:
     assert float(latent_grad.abs().sum()) > 0
 
 
-def test_decoding_codes_needs_no_global_tokens() -> None:
-    model = tiny_pat().eval()
+@pytest.mark.parametrize("reading", READINGS)
+def test_decoding_codes_needs_no_global_tokens(reading: str) -> None:
+    model = tiny_pat(**{"pat.decoder": reading}).eval()
     images, _ = toy_batch()
     emb = unit_rows(4, model.clip.out_dim)
     with torch.no_grad():
@@ -93,7 +102,7 @@ def test_decoding_codes_needs_no_global_tokens() -> None:
     torch.testing.assert_close(decoded, forward.reconstruction, rtol=1e-5, atol=1e-6)
     perturb(semantic_half(model))  # the global tokens, their cross-attentions and the heads play no part
     torch.testing.assert_close(tokenizer.decode(pyramid), decoded, rtol=0, atol=0)
-    perturb(model.decoder.stages[0].transformer.parameters())  # the pixel path does
+    perturb(model.decoder.stages[0].spade.parameters())  # the pixel path does
     assert not torch.allclose(tokenizer.decode(pyramid), decoded, atol=1e-4)
 
 
@@ -112,20 +121,31 @@ def test_eval_skips_reconstruction_and_auxiliary_sets() -> None:
 
 
 def test_tiny_pat_grids_and_non_square_input() -> None:
-    """64x96 input, pat_tiny (CLIP grid H/16): base grid H/32, stages H/8, H/16, H/32, latent H/16, masks H/8."""
+    """64x96 input, pat_tiny (CLIP grid H/16): base grid = side grid H/16, stages H/4, H/8, H/16, latent H/16,
+    masks H/4; under pyramid_base clip the base grid is H/32 and everything but the latent halves."""
     model = tiny_pat().eval()
     images = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         out = model(images, unit_rows(3, model.clip.out_dim), reconstruct=True)
-    assert out.grids.stages == {"early": (8, 12), "mid": (4, 6), "late": (2, 3)}
+    assert out.grids.stages == {"early": (16, 24), "mid": (8, 12), "late": (4, 6)}
+    assert {k: tuple(q.indices.shape[-2:]) for k, q in out.quant.items()} == {
+        "early": (16, 24),
+        "mid": (8, 12),
+        "late": (4, 6),
+        "latent": (4, 6),
+    }
+    assert out.main.masks.shape == (1, 20, 16, 24) and out.main.logits.shape == (1, 20, 4)
+    assert out.reconstruction.shape == (1, 3, 64, 96)
+    model = tiny_pat(**{"pat.pyramid_base": "clip"}).eval()
+    with torch.no_grad():
+        out = model(images, unit_rows(3, model.clip.out_dim), reconstruct=True)
     assert {k: tuple(q.indices.shape[-2:]) for k, q in out.quant.items()} == {
         "early": (8, 12),
         "mid": (4, 6),
         "late": (2, 3),
         "latent": (4, 6),
     }
-    assert out.main.masks.shape == (1, 20, 8, 12) and out.main.logits.shape == (1, 20, 4)
-    assert out.reconstruction.shape == (1, 3, 64, 96)
+    assert out.main.masks.shape == (1, 20, 8, 12) and out.reconstruction.shape == (1, 3, 64, 96)
 
 
 def test_tiny_pat_overfits_one_batch() -> None:

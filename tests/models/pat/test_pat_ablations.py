@@ -1,4 +1,4 @@
-"""Every Table II ablation switch of PatConfig changes what it claims to change (docs/architecture.md), and no
+"""Every Table II ablation switch of PatConfig changes what it claims to change (docs/design.md), and no
 switch leaves a trainable parameter without a gradient (DistributedDataParallel stalls on one)."""
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def test_quantizers_follow_the_vmf_switch(vmf: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- stage scales
-@pytest.mark.parametrize("scales, grid, head_depth, grid_at_640", [((4, 4, 4), 8, 3, 80), ((1, 1, 1), 2, 5, 20)])
+@pytest.mark.parametrize("scales, grid, head_depth, grid_at_640", [((4, 4, 4), 16, 2, 160), ((1, 1, 1), 4, 4, 40)])
 def test_equal_stage_scales(scales, grid, head_depth, grid_at_640) -> None:
     model = tiny_pat(**{"pat.stage_scales": list(scales)}).train()
     out = run(model)
@@ -119,7 +119,7 @@ def test_equal_stage_scales(scales, grid, head_depth, grid_at_640) -> None:
         "late": (grid, grid),
     }
     assert out.main.masks.shape[-2:] == (grid, grid)  # the mask grid this ablation reports
-    assert 640 // final_stride("clip", scales, ("late", "mid", "early")) == grid_at_640
+    assert 640 // final_stride("side", scales, ("late", "mid", "early")) == grid_at_640
     assert model.recon_head.num_upsamples == head_depth and out.reconstruction.shape == (2, 3, 64, 64)
     for stage in model.pixel_branch.stages[1:]:  # Down between equal scales: one stride-1 3x3 conv
         assert stage.down.factor == 1 and stage.down.convs[0].stride == (1, 1)
@@ -173,12 +173,12 @@ def test_no_pixel_residual() -> None:
     tap = torch.randn(1, 64, 4, 4)
     stage = model.pixel_branch.stages[0]
     with torch.no_grad():
-        got = stage.pixel(tap, None, (8, 8))
-        expected = stage.quantizer(stage.pre_quant(stage.resample(stage.proj(tap), size=(8, 8))))
+        got = stage.pixel(tap, None, (16, 16))
+        expected = stage.quantizer(stage.pre_quant(stage.resample(stage.proj(tap), size=(16, 16))))
     assert got.residual is None
     torch.testing.assert_close(got.quant.z_q, expected.z_q, rtol=0, atol=0)
     with pytest.raises(ValueError, match="pixel_residual"):
-        stage.pixel(tap, torch.randn(1, 64, 8, 8), (8, 8))
+        stage.pixel(tap, torch.randn(1, 64, 16, 16), (16, 16))
     # contrast: with the residual, the stem's weights move the stage codes
     default = tiny_pat().eval()
     before = run(default).quant
@@ -212,12 +212,21 @@ def test_unified_tokens_make_the_queries_from_the_codebooks() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- decoders
-def test_two_decoders_separate_pixels_from_semantics() -> None:
-    model = tiny_pat(**{"pat.shared_decoder": False}).eval()
+@pytest.mark.parametrize("reading", ["tokens", "pixels"])
+def test_two_decoders_share_nothing(reading: str) -> None:
+    """Separate Decoding: each decoder owns its PostQuant, resamplers and SPADEs; they share only the codes."""
+    model = tiny_pat(**{"pat.shared_decoder": False, "pat.decoder": reading}).eval()
     assert isinstance(model.pixel_decoder, SharedDecoder) and isinstance(model.decoder, SharedDecoder)
-    assert all(s.cross is None for s in model.pixel_decoder.stages)
-    assert all(s.cross is not None for s in model.decoder.stages)
+    assert all(s.tokens is None for s in model.pixel_decoder.stages)
+    assert all(s.tokens is not None for s in model.decoder.stages)
+    semantic = {id(p) for p in model.decoder.parameters()}
+    assert semantic.isdisjoint(id(p) for p in model.pixel_decoder.parameters())
+    assert not any(n.startswith("pixel_branch.latent_post") for n, _ in model.named_parameters())
     out = run(model, reconstruct=True)
+    perturb(model.decoder.post_quant)  # the semantic decoder's own entry: masks move, pixels do not
+    entry = run(model, reconstruct=True)
+    torch.testing.assert_close(entry.reconstruction, out.reconstruction, rtol=0, atol=0)
+    assert not torch.allclose(entry.main.masks, out.main.masks, atol=1e-4)
     perturb(model.decoder)  # the semantic decoder (with query cross-attention): masks move, pixels do not
     moved = run(model, reconstruct=True)
     torch.testing.assert_close(moved.reconstruction, out.reconstruction, rtol=0, atol=0)
@@ -228,23 +237,25 @@ def test_two_decoders_separate_pixels_from_semantics() -> None:
     assert not torch.allclose(again.reconstruction, moved.reconstruction, atol=1e-4)
 
 
-def test_shared_decoder_feeds_both_heads() -> None:
-    model = tiny_pat().eval()
+@pytest.mark.parametrize("reading", ["tokens", "pixels"])
+def test_shared_decoder_feeds_both_heads(reading: str) -> None:
+    model = tiny_pat(**{"pat.decoder": reading}).eval()
     assert model.pixel_decoder is None
     out = run(model, reconstruct=True)
-    for stage in model.decoder.stages:  # query cross-attention writes only to the queries
-        perturb(stage.cross)
+    for stage in model.decoder.stages:  # the global-token updates write only to the queries
+        perturb(stage.tokens)
     crossed = run(model, reconstruct=True)
     torch.testing.assert_close(crossed.reconstruction, out.reconstruction, rtol=0, atol=0)
     assert not torch.allclose(crossed.main.masks, out.main.masks, atol=1e-4)
-    perturb(model.decoder.stages[0].transformer)  # the decoded map itself feeds both heads
+    perturb(model.decoder.stages[0].spade)  # the decoded map itself feeds both heads
     moved = run(model, reconstruct=True)
     assert not torch.allclose(moved.reconstruction, crossed.reconstruction, atol=1e-4)
     assert not torch.allclose(moved.main.masks, crossed.main.masks, atol=1e-4)
 
 
 @pytest.mark.parametrize(
-    "kept, grid, head_depth", [(("late", "mid", "early"), 8, 3), (("late", "mid"), 4, 4), (("late",), 2, 5)]
+    "kept, grid, head_depth",
+    [(("late", "mid", "early"), 16, 2), (("late", "mid"), 8, 3), (("late",), 4, 4), ((), 4, 4)],
 )
 def test_decoder_stage_subsets(kept, grid, head_depth) -> None:
     model = tiny_pat(**{"pat.decoder_stages": list(kept)}).train()
@@ -255,7 +266,19 @@ def test_decoder_stage_subsets(kept, grid, head_depth) -> None:
     assert set(out.quant) == {"early", "mid", "late", "latent"}  # every stage is still tokenized
 
 
-@pytest.mark.parametrize("bad", [["mid", "late"], [], ["late", "late"]])
+def test_decoding_from_the_latent_alone() -> None:
+    """Table II's last FPN row: no decoder stage; the decoded map is PostQuant(z_latent) at the side grid."""
+    model = tiny_pat(**{"pat.decoder_stages": []}).eval()
+    assert len(model.decoder.stages) == 0 and len(model.decoder.extra) == 2
+    latent = torch.randn(2, 16, 4, 4)
+    with torch.no_grad():
+        z, _, recon = model.decode({}, latent, queries=None, reconstruct=True)
+        expected = model.decoder.post_quant(latent)
+        torch.testing.assert_close(z, expected, rtol=0, atol=0)
+        torch.testing.assert_close(recon, model.recon_head(expected), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", [["mid", "late"], ["late", "late"], ["early", "mid"]])
 def test_bad_decoder_stages_raise(bad) -> None:
     with pytest.raises(ValueError, match="decoder_stages"):
         tiny_pat(**{"pat.decoder_stages": bad})

@@ -59,3 +59,33 @@ class SPADE(nn.Module):
             cond = F.interpolate(cond, size=x.shape[-2:], mode="nearest")
         act = self.shared(cond)
         return normed * (1 + self.gamma(act)) + self.beta(act)
+
+
+class SPADEResBlock(nn.Module):
+    """SPADE's residual block at constant width: ``x + Conv(act(SPADE(Conv(act(SPADE(x, c))), c)))``.
+
+    Facts from NVlabs/SPADE ``models/networks/architecture.py`` (``SPADEResnetBlock``): norm before conv, two 3x3
+    convolutions through the middle width min(fin, fout) (here both C), LeakyReLU(0.2), identity shortcut when the
+    width does not change. The spectral norm of SPADE's GAN generator is left out: nothing here is adversarial.
+
+    Args:
+        channels: C, width in and out (divisible by ``groups``).
+        cond_channels, hidden, kernel_size, groups: as for :class:`SPADE`.
+    """
+
+    def __init__(self, channels: int, *, cond_channels: int, hidden: int = 128, kernel_size: int = 3, groups: int = 32):
+        super().__init__()
+        self.norm_0 = SPADE(
+            channels, cond_channels=cond_channels, hidden=hidden, kernel_size=kernel_size, groups=groups
+        )
+        self.conv_0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm_1 = SPADE(
+            channels, cond_channels=cond_channels, hidden=hidden, kernel_size=kernel_size, groups=groups
+        )
+        self.conv_1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        """(B, C, H, W) features, (B, Cs, h, w) condition -> (B, C, H, W)."""
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, cond), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, cond), 0.2))
+        return x + dx

@@ -150,3 +150,36 @@ class QueryCrossAttention(nn.Module):
             normed = normed + query_pos
         attn = multi_head_attention(self.q(normed), self.k(feats), self.v(feats), self.heads)
         return queries + self.proj(attn)
+
+
+class TokenLayer(nn.Module):
+    """A pre-norm Transformer layer of the global tokens that reads a feature map (PAT's ``tokens`` decoder).
+
+    ``q = q + CrossAttn(LN(q), f, f)``; ``q = q + Proj(SelfAttn(LN(q)))``; ``q = q + FFN(LN(q))``. The
+    cross-attention is :class:`QueryCrossAttention` (Eq. 3's ``Attn(e_global, ẑ, ẑ)``); the tokens carry no position
+    encoding, as SAN's queries carry none. Cost: Q x HW for the cross-attention, Q^2 for the self-attention, so
+    linear in the image area.
+
+    Args:
+        query_dim: Cq, width of the global tokens (divisible by ``heads``).
+        kv_dim: Ck, width of the feature map read.
+        heads: attention heads of both attentions.
+        ffn: FFN hidden width.
+    """
+
+    def __init__(self, query_dim: int, *, kv_dim: int, heads: int = 8, ffn: int = 1024):
+        super().__init__()
+        self.heads = heads
+        self.cross = QueryCrossAttention(query_dim, kv_dim=kv_dim, heads=heads)
+        self.norm_self = nn.LayerNorm(query_dim)
+        self.qkv = nn.Linear(query_dim, 3 * query_dim)
+        self.proj = nn.Linear(query_dim, query_dim)
+        self.norm_ffn = nn.LayerNorm(query_dim)
+        self.ffn = nn.Sequential(nn.Linear(query_dim, ffn), nn.GELU(), nn.Linear(ffn, query_dim))
+
+    def forward(self, queries: Tensor, feats: Tensor) -> Tensor:
+        """(B, Q, Cq) tokens, (B, Ck, H, W) feature map -> (B, Q, Cq) updated tokens."""
+        queries = self.cross(queries, feats)
+        q, k, v = self.qkv(self.norm_self(queries)).chunk(3, dim=-1)
+        queries = queries + self.proj(multi_head_attention(q, k, v, self.heads))
+        return queries + self.ffn(self.norm_ffn(queries))

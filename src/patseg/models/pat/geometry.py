@@ -1,8 +1,9 @@
-"""Resolutions of PAT's feature pyramid, derived from two config fields (``docs/architecture.md``).
+"""Resolutions of PAT's feature pyramid, derived from two config fields (``docs/design.md``).
 
 Every grid is computed here from the input size, ``pyramid_base`` and ``stage_scales``; no module hard-codes a
-resolution. With the default reading (``pyramid_base="clip"``, scales (4, 2, 1)) and a 640x640 input:
-base grid r = 20, stages early/mid/late = 80/40/20, side and latent grid = 40, final decoded grid = 80 (H/8).
+resolution. With the default reading (``pyramid_base="side"``, scales (4, 2, 1)) and a 640x640 input: base grid
+r = side grid = latent grid = 40, stages early/mid/late = 160/80/40, final decoded grid = 160 (H/4). Under
+``pyramid_base="clip"`` the base grid is CLIP's H/32: stages 80/40/20 and a final grid of H/8.
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ def stage_strides(pyramid_base: str, stage_scales: tuple[int, ...]) -> dict[str,
 
 
 def final_stride(pyramid_base: str, stage_scales: tuple[int, ...], decoder_stages: tuple[str, ...]) -> int:
-    """Stride of the decoder's final grid: the finest stage the decoder keeps."""
+    """Stride of the decoder's final grid: the finest stage the decoder keeps, or the latent's side grid when it
+    keeps none (Table II's last "FPN" row decodes from the latent alone)."""
     strides = stage_strides(pyramid_base, stage_scales)
-    if not decoder_stages:
-        raise ValueError("decoder_stages must keep at least one stage")
-    return min(strides[s] for s in decoder_stages)
+    return min((strides[s] for s in decoder_stages), default=SIDE_STRIDE)
 
 
 @dataclass(frozen=True)

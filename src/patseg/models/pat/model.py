@@ -185,12 +185,10 @@ class PAT(SAN):
         Returns:
             (decoded map (B, C_dec, h_final, w_final), updated queries or None, reconstruction or None).
         """
-        first = self.options.decoder_stages[0]
-        z0 = self.pixel_branch.decoder_input(latent_zq, (codes[first].shape[-2], codes[first].shape[-1]))
-        z, queries = self.decoder(z0, codes, queries)
+        z, queries = self.decoder(latent_zq, codes, queries)
         if not reconstruct:
             return z, queries, None
-        pixels = z if self.pixel_decoder is None else self.pixel_decoder(z0, codes)[0]
+        pixels = z if self.pixel_decoder is None else self.pixel_decoder(latent_zq, codes)[0]
         return z, queries, self.recon_head(pixels)
 
     def encode(self, images: Tensor) -> dict[str, QuantizerOutput]:
@@ -271,10 +269,12 @@ class PAT(SAN):
         return StepOutput(losses=losses, stats=stats, visuals=visuals)
 
 
-def decoder_plan(stage_strides: dict[str, int], decoder_stages: tuple[str, ...]) -> list[tuple[str, float]]:
-    """(name, factor from the previous grid) for each decoder stage; the first stage starts at factor 1."""
-    plan, prev = [], None
+def decoder_plan(
+    stage_strides: dict[str, int], decoder_stages: tuple[str, ...], latent_stride: int
+) -> list[tuple[str, float]]:
+    """(name, factor from the previous grid) for each decoder stage; the first from the latent's grid."""
+    plan, prev = [], latent_stride
     for name in decoder_stages:
-        plan.append((name, 1.0 if prev is None else prev / stage_strides[name]))
+        plan.append((name, prev / stage_strides[name]))
         prev = stage_strides[name]
     return plan

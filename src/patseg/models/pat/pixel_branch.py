@@ -11,7 +11,7 @@ from typing import Optional, Sequence, cast
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from patseg.models.layers.resample import PixelStem, Resample
+from patseg.models.layers.resample import PixelStem
 from patseg.models.pat.geometry import STAGES, PyramidGrids
 from patseg.models.pat.pyramid_stage import PixelStageOutput, PyramidStage
 from patseg.models.pat.vmf_quantizer import QuantizerOutput, VMFQuantizer
@@ -26,8 +26,8 @@ class PixelBranch(nn.Module):
         stages: the three PyramidStage modules (early, mid, late); their semantic halves are driven by the PAT
             model from inside the side ViT.
         tap_indices: CLIP tap depth feeding each stage (SAN's fusion taps 3/6/9 for ViT-B).
-        side_width, code_dim, latent_codes, decoder_dim: latent quantizer sizes (240 -> 32, K=256, 32 -> 256).
-        latent_factor: resampling factor from the latent (side) grid to the first decoder stage's grid.
+        side_width, code_dim, latent_codes: latent quantizer sizes (PreQuant 240 -> 32, K = 256); the latent's
+            PostQuant belongs to each decoder, so that separate decoders share nothing but the codes.
         vmf: the Table II vMF switch, shared with the stage quantizers.
     """
 
@@ -40,10 +40,7 @@ class PixelBranch(nn.Module):
         side_width: int,
         code_dim: int,
         latent_codes: int,
-        decoder_dim: int,
-        latent_factor: float,
         vmf: bool,
-        groups: int = 4,
     ) -> None:
         super().__init__()
         self.stem = stem
@@ -51,8 +48,6 @@ class PixelBranch(nn.Module):
         self.tap_indices = tuple(tap_indices)
         self.latent_pre_quant = nn.Conv2d(side_width, code_dim, 1)
         self.latent_quantizer = VMFQuantizer(num_codes=latent_codes, code_dim=code_dim, vmf=vmf)
-        self.latent_post_quant = nn.Conv2d(code_dim, decoder_dim, 1)
-        self.latent_resample = Resample(decoder_dim, factor=latent_factor, groups=groups)
 
     @property
     def pyramid_stages(self) -> tuple[PyramidStage, ...]:
@@ -83,7 +78,3 @@ class PixelBranch(nn.Module):
     def quantize_latent(self, side_patches: Tensor) -> QuantizerOutput:
         """(B, C_side, h, w) final side patch map -> latent codes at the side grid."""
         return self.latent_quantizer(self.latent_pre_quant(side_patches))
-
-    def decoder_input(self, latent_zq: Tensor, grid: tuple[int, int]) -> Tensor:
-        """ẑ = Resample(PostQuant(z_latent), grid of the first decoder stage): (B, D, h, w) -> (B, C_dec, *grid)."""
-        return self.latent_resample(self.latent_post_quant(latent_zq), size=grid)
