@@ -1,7 +1,7 @@
 """Which pixel path for PAT's literal (``tokens``) decoder: plain SPADE or SPADE's residual block?
 
 Trains ``pat_tiny`` on OVSS-mini (the quick settings unless told otherwise) once per choice of ``pat.spade_block``
-and seed, then measures the reconstruction (PSNR and L1 of the tokenizer's round trip on the validation scenes) and
+and seed (and the former ``pixels`` decoder on CLIP's grid for comparison), then measures the reconstruction (PSNR and L1 of the tokenizer's round trip on the validation scenes) and
 the zero-shot mIoU. Results go to ``benchmarks/results/spade-block.{json,md}``.
 
     python benchmarks/spade_block.py --seeds 0 1 --iters 250 --threads 2
@@ -27,6 +27,12 @@ from patseg.mini.scenes import SyntheticSegmentation
 from patseg.mini.world import WorldConfig
 
 RESULTS = Path(__file__).parent / "results"
+# The two pixel paths of the literal decoder, and the former reading for comparison.
+VARIANTS = {
+    "norm": {"pat.spade_block": "norm"},
+    "resblock": {"pat.spade_block": "resblock"},
+    "pixels-clip": {"pat.decoder": "pixels", "pat.pyramid_base": "clip"},
+}
 
 
 @torch.inference_mode()
@@ -49,7 +55,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--iters", type=int, default=QUICK.iters)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--blocks", nargs="+", default=["norm", "resblock"])
+    parser.add_argument("--blocks", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     world = WorldConfig()
@@ -59,7 +65,7 @@ def main() -> None:
     for seed in args.seeds:
         for block in args.blocks:
             start = time.perf_counter()
-            run = MiniRun(f"PAT {block}", "pat_tiny", {"pat.spade_block": block})
+            run = MiniRun(f"PAT {block}", "pat_tiny", VARIANTS[block])
             with tempfile.TemporaryDirectory() as tmp:
                 model, metrics = run_one(run, seed, world, settings, clip, Path(tmp))
             rec = reconstruction_quality(model, world, settings.image_size, settings.val_scenes)
