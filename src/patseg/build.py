@@ -239,6 +239,7 @@ def _pixel_branch(
                 down_factor=strides[prev] / strides[name] if prev else None,
                 kappa=p.kappa,
                 vmf=p.vmf,
+                commitment=cfg.loss.commitment,
                 token_mixer=p.token_mixer,
                 pixel_residual=p.pixel_residual,
                 mixer_hidden=p.token_mixer_hidden,
@@ -257,6 +258,7 @@ def _pixel_branch(
         decoder_dim=p.decoder_dim,
         latent_factor=SIDE_STRIDE / strides[p.decoder_stages[0]],
         vmf=p.vmf,
+        commitment=cfg.loss.commitment,
         groups=p.dysample_groups,
     )
 

@@ -111,7 +111,7 @@ class LossConfig:
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     vq_weight: float = 0.1
-    commitment: float = 0.25
+    commitment: float = 0.25  # β of the commitment term in every quantizer (the four VMFQuantizers)
     spatial_weight: float = 0.1
     crf_weight: float = 1.0
     tv_weight: float = 1.0

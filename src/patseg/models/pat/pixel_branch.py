@@ -29,6 +29,7 @@ class PixelBranch(nn.Module):
         side_width, code_dim, latent_codes, decoder_dim: latent quantizer sizes (240 -> 32, K=256, 32 -> 256).
         latent_factor: resampling factor from the latent (side) grid to the first decoder stage's grid.
         vmf: the Table II vMF switch, shared with the stage quantizers.
+        commitment: β of the latent quantizer's commitment term (the stages take the same value).
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class PixelBranch(nn.Module):
         decoder_dim: int,
         latent_factor: float,
         vmf: bool,
+        commitment: float,
         groups: int = 4,
     ) -> None:
         super().__init__()
@@ -50,7 +52,7 @@ class PixelBranch(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.tap_indices = tuple(tap_indices)
         self.latent_pre_quant = nn.Conv2d(side_width, code_dim, 1)
-        self.latent_quantizer = VMFQuantizer(num_codes=latent_codes, code_dim=code_dim, vmf=vmf)
+        self.latent_quantizer = VMFQuantizer(num_codes=latent_codes, code_dim=code_dim, vmf=vmf, commitment=commitment)
         self.latent_post_quant = nn.Conv2d(code_dim, decoder_dim, 1)
         self.latent_resample = Resample(decoder_dim, factor=latent_factor, groups=groups)
 

@@ -1,0 +1,70 @@
+"""PAT's loss settings reach the modules that compute them: ``loss.commitment`` sets β in all four quantizers, and
+the VQ loss follows the ViT-VQGAN formula with that β, computed here by hand on the inputs each quantizer saw."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from naive import toy_batch, unit_rows
+from patseg.build import build_model
+from patseg.models.pat.model import PAT
+from patseg.models.pat.vmf_quantizer import QuantizerOutput, VMFQuantizer
+
+
+def tiny_pat(**overrides) -> PAT:
+    torch.manual_seed(0)
+    return build_model("pat_tiny", overrides=overrides)
+
+
+def quantizers(model: PAT) -> list[VMFQuantizer]:
+    """The early, mid, late and latent quantizers."""
+    return [stage.quantizer for stage in model.pixel_branch.pyramid_stages] + [model.pixel_branch.latent_quantizer]
+
+
+def record_quantizers(model: PAT) -> list[tuple[VMFQuantizer, torch.Tensor, QuantizerOutput]]:
+    """(quantizer, input z (B, D, h, w), output) of every quantizer call of the next forwards."""
+    calls: list[tuple[VMFQuantizer, torch.Tensor, QuantizerOutput]] = []
+    for q in quantizers(model):
+        q.register_forward_hook(lambda m, args, out: calls.append((m, args[0].detach(), out)))
+    return calls
+
+
+def hand_vq_terms(quantizer: VMFQuantizer, z: torch.Tensor, indices: torch.Tensor) -> tuple[float, float]:
+    """(codebook term, commitment term) in float64 for the unit-sphere quantizer, one position at a time:
+    each is the mean over positions and channels of |ê - ẑ|^2 (their values agree; their gradients do not)."""
+    codes = F.normalize(quantizer.codebook.detach().double(), dim=-1)
+    total, count = 0.0, 0
+    batch, dim, height, width = z.shape
+    for b in range(batch):
+        for h in range(height):
+            for w in range(width):
+                x = z[b, :, h, w].double()
+                x = x / x.norm()
+                total += float(((codes[indices[b, h, w]] - x) ** 2).sum())
+                count += dim
+    return total / count, total / count
+
+
+def test_loss_commitment_reaches_every_quantizer_and_the_vq_loss() -> None:
+    images, labels = toy_batch()
+    results = {}
+    for beta in (0.25, 0.5):
+        model = tiny_pat(**{"loss.commitment": beta}).train()
+        assert [q.commitment for q in quantizers(model)] == [beta] * 4
+        calls = record_quantizers(model)
+        loss_vq = model.training_losses(images, labels, unit_rows(4, model.clip.out_dim)).losses["loss_vq"]
+        assert len(calls) == 4
+        expected = 0.0
+        for quantizer, z, out in calls:
+            codebook_term, commitment_term = hand_vq_terms(quantizer, z, out.indices)
+            assert commitment_term > 0.01
+            assert out.loss.item() == pytest.approx(codebook_term + beta * commitment_term, rel=1e-5)
+            expected += codebook_term + beta * commitment_term
+        assert loss_vq.item() == pytest.approx(0.1 * expected, rel=1e-5)
+        results[beta] = (loss_vq.item(), sum(hand_vq_terms(q, z, out.indices)[1] for q, z, out in calls))
+    # Same weights, same inputs: doubling β adds 0.1 * 0.25 * (the summed commitment terms) to loss_vq.
+    (low, commit_low), (high, commit_high) = results[0.25], results[0.5]
+    assert commit_high == pytest.approx(commit_low, rel=1e-9)
+    assert high - low == pytest.approx(0.1 * 0.25 * commit_low, rel=1e-4)
