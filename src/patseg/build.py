@@ -161,7 +161,7 @@ def _pat_parts(
 ) -> dict:
     """PAT's own modules and its criterion (around SAN's ``set_loss``); every resolution is derived from
     ``pyramid_base`` and ``stage_scales``. Modules are made in a fixed order: it fixes their random initialisation."""
-    # Value constraints (stage order, aux set names) were checked when the record was read (patseg.config).
+    # Value constraints (stage order, supervised side blocks) were checked when the record was read (patseg.config).
     strides = stage_strides(p.pyramid_base, p.stage_scales)
     pixel_branch = _pixel_branch(cfg, p, strides, clip_width=clip_width, clip_patch=clip_patch)
     plan = decoder_plan(strides, p.decoder_stages)
@@ -198,7 +198,7 @@ def _pat_parts(
             stage_scales=p.stage_scales,
             decoder_stages=p.decoder_stages,
             bias_source=p.bias_source,
-            aux_sets=p.aux_sets,
+            aux_sets=tuple(f"side{b}" for b in cfg.side.deep_supervision),  # every set SAN supervises
         ),
         "criterion": _pat_criterion(cfg.loss, p, set_loss),
         "query_maker": (

@@ -24,8 +24,15 @@ StageName = Literal["late", "mid", "early"]
 BiasSource = Literal["decoded", "side"]
 STAGE_ORDER: tuple[str, ...] = ("late", "mid", "early")  # the decoder runs coarse to fine
 
-REMOVED_KEYS = ("clip.weights", "loss.lpips_vgg_weights", "loss.lpips_random_trunk", "image_size")
-"""Keys that older weights files recorded: file paths and a test switch, now run options, not architecture."""
+REMOVED_KEYS = (
+    "clip.weights",
+    "loss.lpips_vgg_weights",
+    "loss.lpips_random_trunk",
+    "image_size",
+    "pat.aux_sets",
+)
+"""Keys that older weights files recorded and records no longer have: file paths and a test switch (now run options,
+not architecture), and ``pat.aux_sets`` (PAT's auxiliary sets now follow ``side.deep_supervision``)."""
 
 
 @dataclass
@@ -48,7 +55,18 @@ class SideAdapterConfig:
     num_queries: int = 100  # SAN's query tokens = PAT's global tokens
     pretrain_grid: int = 40  # side positional embedding grid (640 / 16)
     fusion_map: tuple[tuple[int, int], ...] = ((0, 0), (3, 1), (6, 2), (9, 3))  # (CLIP tap, side stage)
-    deep_supervision: tuple[int, ...] = (7, 8)  # side blocks whose outputs are decoded for the loss
+    # Side blocks whose outputs are decoded for the loss. SAN: the last is its prediction, the others auxiliary sets;
+    # PAT: every one is an auxiliary set "side<block>" beside the decoded prediction (may be empty).
+    deep_supervision: tuple[int, ...] = (7, 8)
+
+    def check(self, prefix: str = "side.") -> None:
+        """Every supervised block exists; raises ConfigError naming the key."""
+        bad = [b for b in self.deep_supervision if not 1 <= b <= self.depth]
+        if bad:
+            raise ConfigError(
+                f"config key '{prefix}deep_supervision' entries must lie in 1..{self.depth} (the side depth), "
+                f"got {list(self.deep_supervision)}"
+            )
 
 
 @dataclass
@@ -86,7 +104,6 @@ class PatConfig:
     bias_source: BiasSource = (
         "decoded"  # CLIP attention bias from the decoded head ("decoded") or SAN's block 8 ("side")
     )
-    aux_sets: tuple[str, ...] = ("side8",)  # auxiliary loss sets: "side8", "side7"
 
     def check(self, prefix: str = "pat.") -> None:
         """Constraints between values that types alone cannot state; raises ConfigError naming the key."""
@@ -96,9 +113,6 @@ class PatConfig:
                 f"config key '{prefix}decoder_stages' must be a non-empty subset of "
                 f"[late, mid, early] in that order, got {list(self.decoder_stages)}"
             )
-        for name in self.aux_sets:
-            if not (name.startswith("side") and name[4:].isdigit() and int(name[4:]) >= 1):
-                raise ConfigError(f"config key '{prefix}aux_sets' entry {name!r} must be side<block>, e.g. side8")
 
 
 @dataclass
@@ -137,13 +151,11 @@ class ModelConfig:
         return self.pat is not None
 
     def check(self, prefix: str = "") -> None:
-        if self.pat is not None:
-            for name in self.pat.aux_sets:
-                if int(name[4:]) > self.side.depth:
-                    raise ConfigError(
-                        f"config key '{prefix}pat.aux_sets' entry {name!r} names a block beyond the "
-                        f"side ViT's depth {self.side.depth}"
-                    )
+        if self.pat is None and not self.side.deep_supervision:
+            raise ConfigError(
+                f"config key '{prefix}side.deep_supervision' must name at least one block for SAN: "
+                "its last block is SAN's prediction"
+            )
 
 
 class YamlLoader(yaml.SafeLoader):
