@@ -16,6 +16,7 @@ from patseg.errors import ConfigError
 from patseg.losses import SetCriterion
 from patseg.losses.pat_criterion import PatCriterion
 from patseg.losses.reconstruction import ReconstructionLoss
+from patseg.losses.spatial import SPATIAL_INNER_WEIGHTS
 from patseg.models.clip.backbone import ClipBackbone, load_clip
 from patseg.models.clip.text_encoder import TextEncoder
 from patseg.models.layers.resample import PixelStem, log2_exact
@@ -264,7 +265,8 @@ def _pixel_branch(
 
 
 def _pat_criterion(loss: LossConfig, p: PatConfig, set_loss: SetCriterion) -> PatCriterion:
-    """Every PAT loss weight and switch, from ``loss.*`` and ``pat.spatial_alignment``."""
+    """Every PAT loss weight and switch, from ``loss.*`` and ``pat.spatial_alignment``; the inner spatial weights
+    from the table ``SPATIAL_INNER_WEIGHTS`` by the name ``loss.spatial_inner``."""
     return PatCriterion(
         set_loss=set_loss,
         reconstruction=ReconstructionLoss(
@@ -275,8 +277,8 @@ def _pat_criterion(loss: LossConfig, p: PatConfig, set_loss: SetCriterion) -> Pa
         ),
         vq_weight=loss.vq_weight,
         spatial_weight=loss.spatial_weight,
-        crf_weight=loss.crf_weight,
-        tv_weight=loss.tv_weight,
+        crf_weight=SPATIAL_INNER_WEIGHTS[loss.spatial_inner].crf,
+        tv_weight=SPATIAL_INNER_WEIGHTS[loss.spatial_inner].tv,
         crf_points=loss.crf_points,
         rec_weight=loss.rec_weight,
         spatial_alignment=p.spatial_alignment,

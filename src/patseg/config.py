@@ -22,6 +22,7 @@ from patseg.errors import ConfigError
 PyramidBase = Literal["clip", "side"]
 StageName = Literal["late", "mid", "early"]
 BiasSource = Literal["decoded", "side"]
+SpatialInner = Literal["equal", "featup"]  # names of patseg.losses.spatial.SPATIAL_INNER_WEIGHTS
 STAGE_ORDER: tuple[str, ...] = ("late", "mid", "early")  # the decoder runs coarse to fine
 
 REMOVED_KEYS = (
@@ -30,9 +31,12 @@ REMOVED_KEYS = (
     "loss.lpips_random_trunk",
     "image_size",
     "pat.aux_sets",
+    "loss.crf_weight",
+    "loss.tv_weight",
 )
 """Keys that older weights files recorded and records no longer have: file paths and a test switch (now run options,
-not architecture), and ``pat.aux_sets`` (PAT's auxiliary sets now follow ``side.deep_supervision``)."""
+not architecture), ``pat.aux_sets`` (PAT's auxiliary sets now follow ``side.deep_supervision``) and the two inner
+spatial weights (now one named choice, ``loss.spatial_inner``)."""
 
 
 @dataclass
@@ -127,8 +131,7 @@ class LossConfig:
     vq_weight: float = 0.1
     commitment: float = 0.25  # β of the commitment term in every quantizer (the four VMFQuantizers)
     spatial_weight: float = 0.1
-    crf_weight: float = 1.0
-    tv_weight: float = 1.0
+    spatial_inner: SpatialInner = "equal"  # inner CRF / TV weights of L_spatial: "equal" 1 / 1, "featup" 0.001 / 0
     crf_points: int = 1000
     rec_weight: float = 1.0
     l1_weight: float = 0.1

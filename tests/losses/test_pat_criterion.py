@@ -14,11 +14,12 @@ import torch
 
 import patseg
 from patseg.errors import MissingFileError
+from patseg.losses import spatial
 from patseg.losses.matcher import targets_from_semseg
 from patseg.losses.pat_criterion import PatCriterion
 from patseg.losses.reconstruction import VGG16_FILE, ReconstructionLoss
 from patseg.losses.set_criterion import SetCriterion
-from patseg.losses.spatial import tv_loss
+from patseg.losses.spatial import SPATIAL_INNER_WEIGHTS, crf_loss, imagenet_normalize, tv_loss
 
 
 def labels() -> torch.Tensor:
@@ -95,6 +96,35 @@ def test_spatial_term_is_the_weighted_mean_over_stages() -> None:
     assert tv_only.item() == pytest.approx(expected, rel=1e-5)
     with_crf = criterion()(images, targets, **inputs)["loss_spatial"]
     assert with_crf.item() > tv_only.item() + 1e-3
+
+
+def direct_spatial(images: torch.Tensor, stage_codes: list[torch.Tensor], crf: float, tv: float) -> float:
+    """Mean over stages of crf * CRF + tv * TV from the functions themselves; the CRF draws its pixels from the
+    global RNG stage by stage, as the criterion does."""
+    total = 0.0
+    for codes in stage_codes:
+        guide = torch.nn.functional.interpolate(images, size=codes.shape[-2:], mode="bilinear", antialias=True)
+        total += crf * float(crf_loss(imagenet_normalize(guide), codes, num_points=16)) + tv * float(tv_loss(codes))
+    return total / len(stage_codes)
+
+
+@pytest.mark.parametrize("name", ["equal", "featup"])
+def test_spatial_inner_weights_by_name(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``featup`` is 0.001 CRF with TV never computed; ``equal`` is CRF + TV."""
+    weights = SPATIAL_INNER_WEIGHTS[name]
+    crit = criterion(crf_weight=weights.crf, tv_weight=weights.tv)
+    inputs, images = step_inputs(), torch.rand(2, 3, 32, 32)
+    tv_calls = []
+    monkeypatch.setattr(spatial, "tv_loss", lambda x: tv_calls.append(x) or tv_loss(x))
+    torch.manual_seed(8)
+    got = crit.spatial(images, inputs["stage_codes"]).item()
+    assert len(tv_calls) == (3 if name == "equal" else 0)
+    torch.manual_seed(8)
+    expected = direct_spatial(images, inputs["stage_codes"], *((1.0, 1.0) if name == "equal" else (0.001, 0.0)))
+    assert got == pytest.approx(expected, rel=1e-5)
+    if name == "featup":
+        torch.manual_seed(8)
+        assert got == pytest.approx(0.001 * direct_spatial(images, inputs["stage_codes"], 1.0, 0.0), rel=1e-5)
 
 
 def test_spatial_alignment_off_drops_only_loss_spatial() -> None:

@@ -36,7 +36,8 @@ class PatCriterion(nn.Module):
         reconstruction: L1 + L2 + LPIPS with their inner weights; its LPIPS network stays out of ``state_dict()``.
         vq_weight: weight of the summed quantizer losses (``loss_vq``).
         spatial_weight: weight of the spatial-alignment mean (``loss_spatial``).
-        crf_weight, tv_weight: inner weights of CRF and TV in each stage's spatial term.
+        crf_weight, tv_weight: inner weights of CRF and TV in each stage's spatial term (a row of
+            ``SPATIAL_INNER_WEIGHTS``); a term with weight 0 is not computed.
         crf_points: pixels the CRF term samples per stage.
         rec_weight: weight applied to every reconstruction term (``loss_l1``, ``loss_l2``, ``loss_lpips``).
         spatial_alignment: False drops ``loss_spatial`` (Table II ablation).

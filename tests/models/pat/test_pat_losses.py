@@ -1,16 +1,23 @@
-"""PAT's loss settings reach the modules that compute them: ``loss.commitment`` sets β in all four quantizers, and
-the VQ loss follows the ViT-VQGAN formula with that β, computed here by hand on the inputs each quantizer saw."""
+"""PAT's loss settings reach the modules that compute them: ``loss.commitment`` sets β in all four quantizers (the
+VQ loss follows the ViT-VQGAN formula with that β, computed here by hand on the inputs each quantizer saw), and
+``loss.spatial_inner`` picks the inner CRF / TV weights by name. Weights files that record the replaced keys load."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from naive import toy_batch, unit_rows
 from patseg.build import build_model
+from patseg.config import parse_assignments
+from patseg.errors import ConfigError
 from patseg.models.pat.model import PAT
 from patseg.models.pat.vmf_quantizer import QuantizerOutput, VMFQuantizer
+from patseg.weights.files import CONFIG_METADATA_KEY, read_tensors, save_weights
 
 
 def tiny_pat(**overrides) -> PAT:
@@ -68,3 +75,36 @@ def test_loss_commitment_reaches_every_quantizer_and_the_vq_loss() -> None:
     (low, commit_low), (high, commit_high) = results[0.25], results[0.5]
     assert commit_high == pytest.approx(commit_low, rel=1e-9)
     assert high - low == pytest.approx(0.1 * 0.25 * commit_low, rel=1e-4)
+
+
+def test_spatial_inner_is_a_named_choice() -> None:
+    assert (tiny_pat().criterion.crf_weight, tiny_pat().criterion.tv_weight) == (1.0, 1.0)
+    featup = tiny_pat(**{"loss.spatial_inner": "featup"}).criterion
+    assert (featup.crf_weight, featup.tv_weight) == (0.001, 0.0)
+    with pytest.raises(ConfigError, match=r"'loss\.spatial_inner' must be one of 'equal', 'featup'"):
+        tiny_pat(**{"loss.spatial_inner": "crf"})
+    for key in ("loss.crf_weight", "loss.tv_weight"):
+        with pytest.raises(ConfigError, match=rf"unknown config key '{key}'"):
+            tiny_pat(**parse_assignments([f"{key}=1.0"]))
+
+
+def test_weights_files_recording_replaced_keys_still_load(tmp_path) -> None:
+    """pat.aux_sets, loss.crf_weight and loss.tv_weight are dropped from older records: the aux sets then follow
+    side.deep_supervision and the inner spatial weights take loss.spatial_inner's default."""
+    model = tiny_pat()
+    path = save_weights(model, tmp_path / "old.safetensors")
+    tensors, meta = read_tensors(path)
+    record = json.loads(meta[CONFIG_METADATA_KEY])
+    record["pat"]["aux_sets"] = ["side4"]
+    record["loss"].update(crf_weight=0.5, tv_weight=2.0)
+    del record["loss"]["spatial_inner"]
+    save_file(tensors, str(path), metadata={**meta, CONFIG_METADATA_KEY: json.dumps(record)})
+    loaded = build_model(weights=str(path))
+    assert loaded.options.aux_sets == ("side3", "side4")
+    assert (loaded.config.loss.spatial_inner, loaded.criterion.crf_weight, loaded.criterion.tv_weight) == (
+        "equal",
+        1.0,
+        1.0,
+    )
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
