@@ -265,8 +265,8 @@ def _pixel_branch(
 
 
 def _pat_criterion(loss: LossConfig, p: PatConfig, set_loss: SetCriterion) -> PatCriterion:
-    """Every PAT loss weight and switch, from ``loss.*`` and ``pat.spatial_alignment``; the inner spatial weights
-    from the table ``SPATIAL_INNER_WEIGHTS`` by the name ``loss.spatial_inner``."""
+    """Every PAT loss weight and switch, from ``loss.*``, ``pat.spatial_alignment`` and ``pat.vmf``; the inner
+    spatial weights from the table ``SPATIAL_INNER_WEIGHTS`` by the name ``loss.spatial_inner``."""
     return PatCriterion(
         set_loss=set_loss,
         reconstruction=ReconstructionLoss(
@@ -282,4 +282,5 @@ def _pat_criterion(loss: LossConfig, p: PatConfig, set_loss: SetCriterion) -> Pa
         crf_points=loss.crf_points,
         rec_weight=loss.rec_weight,
         spatial_alignment=p.spatial_alignment,
+        unit_codes=p.vmf,  # without vMF the codes are raw: the criterion rescales them for CRF and TV
     )

@@ -15,6 +15,8 @@ from naive import toy_batch, unit_rows
 from patseg.build import build_model
 from patseg.config import parse_assignments
 from patseg.errors import ConfigError
+from patseg.losses.pat_criterion import rms_norm
+from patseg.losses.spatial import spatial_alignment_loss
 from patseg.models.pat.model import PAT
 from patseg.models.pat.vmf_quantizer import QuantizerOutput, VMFQuantizer
 from patseg.weights.files import CONFIG_METADATA_KEY, read_tensors, save_weights
@@ -108,3 +110,48 @@ def test_weights_files_recording_replaced_keys_still_load(tmp_path) -> None:
     )
     state = model.state_dict()
     assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())
+
+
+def vq_and_spatial(vmf: bool) -> dict[str, float]:
+    """loss_vq and loss_spatial of pat_tiny on the toy batch, as trained and as they would be without the
+    scale normalisation of raw codes (``*_plain``, by hand), with the spatial terms of one CRF draw (``*_drawn``)."""
+    model = tiny_pat(**{"pat.vmf": vmf}).train()
+    calls = record_quantizers(model)
+    images, labels = toy_batch()
+    torch.manual_seed(0)
+    losses = model.training_losses(images, labels, unit_rows(4, model.clip.out_dim)).losses
+    beta, crit = model.config.loss.commitment, model.criterion
+    plain_vq = 0.0
+    for quantizer, z, out in calls:  # codebook and commitment terms have one value: (1 + β) mean |ê - ẑ|^2
+        inputs = F.normalize(z.double(), dim=1) if vmf else z.double()
+        chosen = quantizer.codes().detach().double()[out.indices].permute(0, 3, 1, 2)
+        plain_vq += (1 + beta) * float((chosen - inputs).pow(2).mean())
+    stage_codes = [out.z_q.detach() for q, _, out in calls if q is not model.pixel_branch.latent_quantizer]
+
+    def drawn(codes: list[torch.Tensor]) -> float:
+        terms = [
+            spatial_alignment_loss(images, c, num_points=crit.crf_points, generator=torch.Generator().manual_seed(i))
+            for i, c in enumerate(codes)
+        ]
+        return crit.spatial_weight * sum(float(t.total) for t in terms) / len(terms)
+
+    return {
+        "vq": losses["loss_vq"].item(),
+        "vq_plain": crit.vq_weight * plain_vq,
+        "spatial": losses["loss_spatial"].item(),
+        "spatial_drawn": drawn([c if vmf else c / rms_norm(c) for c in stage_codes]),
+        "spatial_plain": drawn(stage_codes),
+    }
+
+
+def test_no_vmf_keeps_the_loss_scale() -> None:
+    """Table II "No vMF meanshift" changes the clustering only: at initialisation its VQ and spatial losses are
+    within 3x of the vMF run's, where the plain Euclidean losses on raw N(0, 1) codes would be over 5x."""
+    unit, raw = vq_and_spatial(True), vq_and_spatial(False)
+    assert unit["vq_plain"] == pytest.approx(unit["vq"], rel=1e-5)  # the hand formula is the model's loss
+    assert 1 / 3 < raw["vq"] / unit["vq"] < 3
+    assert raw["vq_plain"] / unit["vq"] > 5
+    assert 1 / 3 < raw["spatial"] / unit["spatial"] < 3
+    assert 1 / 3 < raw["spatial_drawn"] / unit["spatial_drawn"] < 3
+    assert raw["spatial_plain"] / unit["spatial_drawn"] > 5
+    assert unit["spatial_plain"] == unit["spatial_drawn"]  # unit codes are not rescaled
