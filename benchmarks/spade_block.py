@@ -1,10 +1,11 @@
 """Which pixel path for PAT's literal (``tokens``) decoder: plain SPADE or SPADE's residual block?
 
-Trains ``pat_tiny`` on OVSS-mini (the quick settings unless told otherwise) once per choice of ``pat.spade_block``
-and seed (and the former ``pixels`` decoder on CLIP's grid for comparison), then measures the reconstruction (PSNR and L1 of the tokenizer's round trip on the validation scenes) and
-the zero-shot mIoU. Results go to ``benchmarks/results/spade-block.{json,md}``.
+Trains ``pat_tiny`` on OVSS-mini (the quick settings unless told otherwise) once per variant and seed (the two
+choices of ``pat.spade_block``, and the former ``pixels`` decoder on CLIP's grid for comparison), then measures the
+reconstruction (PSNR and L1 of the tokenizer's round trip on the validation scenes) and the zero-shot mIoU.
+Results go to ``benchmarks/results/spade-block.{json,md}``.
 
-    python benchmarks/spade_block.py --seeds 0 1 --iters 250 --threads 2
+    python benchmarks/spade_block.py --seeds 0 1 --iters 250 --threads 1
 """
 
 from __future__ import annotations

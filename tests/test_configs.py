@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from patseg.config import ConfigError, list_presets, parse_assignments
+from patseg.config import ConfigError, list_presets, load_preset, parse_assignments
 from patseg.engine.train_config import load_train_config, model_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -47,3 +47,16 @@ def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
     ):
         with pytest.raises(ConfigError, match=key):
             load_train_config(CONFIGS[0], parse_assignments(items))
+
+
+def test_deep_supervision_is_checked_when_the_record_is_read():
+    """SAN needs one supervised block (its last is SAN's prediction); PAT may have none. Blocks lie in 1..depth."""
+    assert load_preset("san_tiny", {"side.deep_supervision": [2, 4]}).side.deep_supervision == (2, 4)
+    assert load_preset("pat_tiny", {"side.deep_supervision": []}).side.deep_supervision == ()
+    with pytest.raises(ConfigError, match=r"'side\.deep_supervision' must name at least one block"):
+        load_preset("san_tiny", {"side.deep_supervision": []})
+    for preset in ("san_tiny", "pat_tiny"):
+        with pytest.raises(ConfigError, match=r"'side\.deep_supervision' entries must lie in 1\.\.4"):
+            load_preset(preset, {"side.deep_supervision": [3, 5]})
+        with pytest.raises(ConfigError, match=r"'side\.deep_supervision' entries must lie in 1\.\.6"):
+            load_preset(preset, {"side.depth": 6, "side.deep_supervision": [0, 6]})

@@ -16,6 +16,7 @@ from patseg.errors import ConfigError
 from patseg.losses import SetCriterion
 from patseg.losses.pat_criterion import PatCriterion
 from patseg.losses.reconstruction import ReconstructionLoss
+from patseg.losses.spatial import SPATIAL_INNER_WEIGHTS
 from patseg.models.clip.backbone import ClipBackbone, load_clip
 from patseg.models.clip.text_encoder import TextEncoder
 from patseg.models.layers.resample import PixelStem, log2_exact
@@ -161,7 +162,7 @@ def _pat_parts(
 ) -> dict:
     """PAT's own modules and its criterion (around SAN's ``set_loss``); every resolution is derived from
     ``pyramid_base`` and ``stage_scales``. Modules are made in a fixed order: it fixes their random initialisation."""
-    # Value constraints (stage order, aux set names) were checked when the record was read (patseg.config).
+    # Value constraints (stage order, supervised side blocks) were checked when the record was read (patseg.config).
     strides = stage_strides(p.pyramid_base, p.stage_scales)
     pixel_branch = _pixel_branch(cfg, p, strides, clip_width=clip_width, clip_patch=clip_patch)
     plan = decoder_plan(strides, p.decoder_stages, SIDE_STRIDE)
@@ -200,7 +201,7 @@ def _pat_parts(
             stage_scales=p.stage_scales,
             decoder_stages=p.decoder_stages,
             bias_source=p.bias_source,
-            aux_sets=p.aux_sets,
+            aux_sets=tuple(f"side{b}" for b in cfg.side.deep_supervision),  # every set SAN supervises
         ),
         "criterion": _pat_criterion(cfg.loss, p, set_loss),
         "query_maker": (
@@ -241,6 +242,7 @@ def _pixel_branch(
                 down_factor=strides[prev] / strides[name] if prev else None,
                 kappa=p.kappa,
                 vmf=p.vmf,
+                commitment=cfg.loss.commitment,
                 token_mixer=p.token_mixer,
                 pixel_residual=p.pixel_residual,
                 mixer_hidden=p.token_mixer_hidden,
@@ -257,11 +259,13 @@ def _pixel_branch(
         code_dim=p.code_dim,
         latent_codes=p.latent_codebook_size,
         vmf=p.vmf,
+        commitment=cfg.loss.commitment,
     )
 
 
 def _pat_criterion(loss: LossConfig, p: PatConfig, set_loss: SetCriterion) -> PatCriterion:
-    """Every PAT loss weight and switch, from ``loss.*`` and ``pat.spatial_alignment``."""
+    """Every PAT loss weight and switch, from ``loss.*``, ``pat.spatial_alignment`` and ``pat.vmf``; the inner
+    spatial weights from the table ``SPATIAL_INNER_WEIGHTS`` by the name ``loss.spatial_inner``."""
     return PatCriterion(
         set_loss=set_loss,
         reconstruction=ReconstructionLoss(
@@ -272,9 +276,10 @@ def _pat_criterion(loss: LossConfig, p: PatConfig, set_loss: SetCriterion) -> Pa
         ),
         vq_weight=loss.vq_weight,
         spatial_weight=loss.spatial_weight,
-        crf_weight=loss.crf_weight,
-        tv_weight=loss.tv_weight,
+        crf_weight=SPATIAL_INNER_WEIGHTS[loss.spatial_inner].crf,
+        tv_weight=SPATIAL_INNER_WEIGHTS[loss.spatial_inner].tv,
         crf_points=loss.crf_points,
         rec_weight=loss.rec_weight,
         spatial_alignment=p.spatial_alignment,
+        unit_codes=p.vmf,  # without vMF the codes are raw: the criterion rescales them for CRF and TV
     )

@@ -24,10 +24,21 @@ StageName = Literal["late", "mid", "early"]
 BiasSource = Literal["decoded", "side"]
 DecoderReading = Literal["tokens", "pixels"]
 SpadeBlock = Literal["norm", "resblock"]
+SpatialInner = Literal["equal", "featup"]  # names of patseg.losses.spatial.SPATIAL_INNER_WEIGHTS
 STAGE_ORDER: tuple[str, ...] = ("late", "mid", "early")  # the decoder runs coarse to fine
 
-REMOVED_KEYS = ("clip.weights", "loss.lpips_vgg_weights", "loss.lpips_random_trunk", "image_size")
-"""Keys that older weights files recorded: file paths and a test switch, now run options, not architecture."""
+REMOVED_KEYS = (
+    "clip.weights",
+    "loss.lpips_vgg_weights",
+    "loss.lpips_random_trunk",
+    "image_size",
+    "pat.aux_sets",
+    "loss.crf_weight",
+    "loss.tv_weight",
+)
+"""Keys that older weights files recorded and records no longer have: file paths and a test switch (now run options,
+not architecture), ``pat.aux_sets`` (PAT's auxiliary sets now follow ``side.deep_supervision``) and the two inner
+spatial weights (now one named choice, ``loss.spatial_inner``)."""
 
 LEGACY_DEFAULTS = {"pat.decoder": "pixels", "pat.spade_block": "norm"}
 """What a record written before these keys existed meant: the values that older weights files were trained with."""
@@ -53,7 +64,18 @@ class SideAdapterConfig:
     num_queries: int = 100  # SAN's query tokens = PAT's global tokens
     pretrain_grid: int = 40  # side positional embedding grid (640 / 16)
     fusion_map: tuple[tuple[int, int], ...] = ((0, 0), (3, 1), (6, 2), (9, 3))  # (CLIP tap, side stage)
-    deep_supervision: tuple[int, ...] = (7, 8)  # side blocks whose outputs are decoded for the loss
+    # Side blocks whose outputs are decoded for the loss. SAN: the last is its prediction, the others auxiliary sets;
+    # PAT: every one is an auxiliary set "side<block>" beside the decoded prediction (may be empty).
+    deep_supervision: tuple[int, ...] = (7, 8)
+
+    def check(self, prefix: str = "side.") -> None:
+        """Every supervised block exists; raises ConfigError naming the key."""
+        bad = [b for b in self.deep_supervision if not 1 <= b <= self.depth]
+        if bad:
+            raise ConfigError(
+                f"config key '{prefix}deep_supervision' entries must lie in 1..{self.depth} (the side depth), "
+                f"got {list(self.deep_supervision)}"
+            )
 
 
 @dataclass
@@ -93,7 +115,6 @@ class PatConfig:
     bias_source: BiasSource = (
         "decoded"  # CLIP attention bias from the decoded head ("decoded") or SAN's block 8 ("side")
     )
-    aux_sets: tuple[str, ...] = ("side8",)  # auxiliary loss sets: "side8", "side7"
 
     def check(self, prefix: str = "pat.") -> None:
         """Constraints between values that types alone cannot state; raises ConfigError naming the key."""
@@ -103,9 +124,6 @@ class PatConfig:
                 f"config key '{prefix}decoder_stages' must be a subset of [late, mid, early] in that order "
                 f"([] decodes the latent alone), got {list(self.decoder_stages)}"
             )
-        for name in self.aux_sets:
-            if not (name.startswith("side") and name[4:].isdigit() and int(name[4:]) >= 1):
-                raise ConfigError(f"config key '{prefix}aux_sets' entry {name!r} must be side<block>, e.g. side8")
 
 
 @dataclass
@@ -118,10 +136,9 @@ class LossConfig:
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     vq_weight: float = 0.1
-    commitment: float = 0.25
+    commitment: float = 0.25  # β of the commitment term in every quantizer (the four VMFQuantizers)
     spatial_weight: float = 0.1
-    crf_weight: float = 1.0
-    tv_weight: float = 1.0
+    spatial_inner: SpatialInner = "equal"  # inner CRF / TV weights of L_spatial: "equal" 1 / 1, "featup" 0.001 / 0
     crf_points: int = 1000
     rec_weight: float = 1.0
     l1_weight: float = 0.1
@@ -144,13 +161,11 @@ class ModelConfig:
         return self.pat is not None
 
     def check(self, prefix: str = "") -> None:
-        if self.pat is not None:
-            for name in self.pat.aux_sets:
-                if int(name[4:]) > self.side.depth:
-                    raise ConfigError(
-                        f"config key '{prefix}pat.aux_sets' entry {name!r} names a block beyond the "
-                        f"side ViT's depth {self.side.depth}"
-                    )
+        if self.pat is None and not self.side.deep_supervision:
+            raise ConfigError(
+                f"config key '{prefix}side.deep_supervision' must name at least one block for SAN: "
+                "its last block is SAN's prediction"
+            )
 
 
 class YamlLoader(yaml.SafeLoader):

@@ -3,6 +3,7 @@ LPIPS preparation, and the losses layer's independence from the models."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -14,11 +15,12 @@ import torch
 
 import patseg
 from patseg.errors import MissingFileError
+from patseg.losses import spatial
 from patseg.losses.matcher import targets_from_semseg
 from patseg.losses.pat_criterion import PatCriterion
 from patseg.losses.reconstruction import VGG16_FILE, ReconstructionLoss
 from patseg.losses.set_criterion import SetCriterion
-from patseg.losses.spatial import tv_loss
+from patseg.losses.spatial import SPATIAL_INNER_WEIGHTS, crf_loss, imagenet_normalize, tv_loss
 
 
 def labels() -> torch.Tensor:
@@ -95,6 +97,76 @@ def test_spatial_term_is_the_weighted_mean_over_stages() -> None:
     assert tv_only.item() == pytest.approx(expected, rel=1e-5)
     with_crf = criterion()(images, targets, **inputs)["loss_spatial"]
     assert with_crf.item() > tv_only.item() + 1e-3
+
+
+def direct_spatial(images: torch.Tensor, stage_codes: list[torch.Tensor], crf: float, tv: float) -> float:
+    """Mean over stages of crf * CRF + tv * TV from the functions themselves; the CRF draws its pixels from the
+    global RNG stage by stage, as the criterion does."""
+    total = 0.0
+    for codes in (c.detach() for c in stage_codes):
+        guide = torch.nn.functional.interpolate(images, size=codes.shape[-2:], mode="bilinear", antialias=True)
+        total += crf * float(crf_loss(imagenet_normalize(guide), codes, num_points=16)) + tv * float(tv_loss(codes))
+    return total / len(stage_codes)
+
+
+@pytest.mark.parametrize("name", ["equal", "featup"])
+def test_spatial_inner_weights_by_name(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``featup`` is 0.001 CRF with TV never computed; ``equal`` is CRF + TV."""
+    weights = SPATIAL_INNER_WEIGHTS[name]
+    crit = criterion(crf_weight=weights.crf, tv_weight=weights.tv)
+    inputs, images = step_inputs(), torch.rand(2, 3, 32, 32)
+    tv_calls = []
+    monkeypatch.setattr(spatial, "tv_loss", lambda x: tv_calls.append(x) or tv_loss(x))
+    torch.manual_seed(8)
+    got = crit.spatial(images, inputs["stage_codes"]).item()
+    assert len(tv_calls) == (3 if name == "equal" else 0)
+    torch.manual_seed(8)
+    expected = direct_spatial(images, inputs["stage_codes"], *((1.0, 1.0) if name == "equal" else (0.001, 0.0)))
+    assert got == pytest.approx(expected, rel=1e-5)
+    if name == "featup":
+        torch.manual_seed(8)
+        assert got == pytest.approx(0.001 * direct_spatial(images, inputs["stage_codes"], 1.0, 0.0), rel=1e-5)
+
+
+def naive_rms_norms(codes: torch.Tensor) -> list[float]:
+    """Per image: sqrt of the mean over positions of |z_q(h, w)|^2, one position at a time."""
+    out = []
+    for image in codes.detach().double():
+        sq = [float((image[:, h, w] ** 2).sum()) for h in range(image.shape[1]) for w in range(image.shape[2])]
+        out.append(math.sqrt(sum(sq) / len(sq)))
+    return out
+
+
+def test_raw_codes_are_rescaled_before_crf_and_tv() -> None:
+    """unit_codes=False: CRF and TV see each image's codes divided by their RMS norm (a constant for the gradient),
+    so rescaling an image's codes changes nothing; unit codes are left as they are."""
+    crit, raw = criterion(unit_codes=False), criterion()
+    images = torch.rand(2, 3, 32, 32)
+    codes = [(torch.randn(2, 6, s, s) * 4.0).requires_grad_(True) for s in (8, 4, 2)]
+    torch.manual_seed(2)
+    got = crit.spatial(images, codes)
+    got.backward()
+    scaled = [(c.detach() / torch.tensor(naive_rms_norms(c)).view(2, 1, 1, 1)).requires_grad_(True) for c in codes]
+    torch.manual_seed(2)
+    assert got.item() == pytest.approx(direct_spatial(images, scaled, 2.0, 5.0), rel=1e-5)
+    torch.manual_seed(2)
+    reference = raw.spatial(images, scaled)
+    reference.backward()
+    for c, ref in zip(codes, scaled):  # d/dz of L(z / s) with s fixed: the gradient at z / s, divided by s
+        s = torch.tensor(naive_rms_norms(c)).view(2, 1, 1, 1)
+        torch.testing.assert_close(c.grad, ref.grad / s, rtol=1e-4, atol=1e-7)
+
+    per_image = torch.tensor([10.0, 0.1]).view(2, 1, 1, 1)
+    torch.manual_seed(2)
+    assert crit.spatial(images, [c.detach() * per_image for c in codes]).item() == pytest.approx(got.item(), rel=1e-5)
+    torch.manual_seed(2)
+    assert raw.spatial(images, [c.detach() for c in codes]).item() > 10 * got.item()  # the plain scale is ~16x
+
+    unit = [torch.nn.functional.normalize(c.detach(), dim=1) for c in codes]
+    torch.manual_seed(2)
+    as_raw = crit.spatial(images, unit)
+    torch.manual_seed(2)
+    assert as_raw.item() == pytest.approx(raw.spatial(images, unit).item(), rel=1e-5)
 
 
 def test_spatial_alignment_off_drops_only_loss_spatial() -> None:

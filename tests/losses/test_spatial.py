@@ -1,12 +1,16 @@
 """Spatial-alignment losses (FeatUp sampled CRF and TV) against float64 double loops."""
 
 import math
+import typing
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from patseg.config import SpatialInner
+from patseg.losses import spatial
 from patseg.losses.spatial import (
+    SPATIAL_INNER_WEIGHTS,
     crf_loss,
     imagenet_normalize,
     sample_pixels,
@@ -150,3 +154,29 @@ def test_spatial_alignment_loss_composes_resize_crf_and_tv():
     assert torch.allclose(out.crf, 0.5 * crf)
     assert torch.allclose(out.tv, 2.0 * tv_loss(feats))
     assert torch.allclose(out.total, out.crf + out.tv)
+
+
+def test_spatial_inner_table_names_match_the_config() -> None:
+    assert sorted(SPATIAL_INNER_WEIGHTS) == sorted(typing.get_args(SpatialInner))
+    assert SPATIAL_INNER_WEIGHTS["equal"] == (1.0, 1.0)
+    assert SPATIAL_INNER_WEIGHTS["featup"] == (0.001, 0.0)  # FeatUp's JBU training configuration
+
+
+def test_a_term_with_weight_zero_is_not_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    images = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    feats = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    called = []
+    monkeypatch.setattr(spatial, "tv_loss", lambda x: called.append("tv") or tv_loss(x))
+    monkeypatch.setattr(spatial, "crf_loss", lambda *a, **k: called.append("crf") or crf_loss(*a, **k))
+
+    crf_only = spatial_alignment_loss(images, feats, crf_weight=0.001, tv_weight=0.0, num_points=16)
+    assert called == ["crf"] and crf_only.tv.item() == 0.0 and torch.equal(crf_only.total, crf_only.crf)
+
+    called.clear()
+    torch.manual_seed(4)
+    untouched = torch.randint(1000, (8,))
+    torch.manual_seed(4)
+    tv_only = spatial_alignment_loss(images, feats, crf_weight=0.0, tv_weight=2.0, num_points=16)
+    assert called == ["tv"] and tv_only.crf.item() == 0.0
+    assert tv_only.total.item() == pytest.approx(2.0 * _naive_tv(feats), rel=1e-12)
+    assert torch.equal(torch.randint(1000, (8,)), untouched)  # the CRF left out drew no pixels

@@ -7,6 +7,7 @@
 - L_VQ: the sum of the four quantizers' losses (early, mid, late, latent; each already holds its commitment term).
 - L_spatial: the mean over the three stages of ``crf_weight CRF + tv_weight TV`` of the stage codes z_q_s against
   the image (:func:`spatial_alignment_loss`); left out entirely when ``spatial_alignment`` is False (Table II).
+  Raw (non-unit) codes are first divided by their RMS norm (:func:`rms_norm`).
 - L_rec: :class:`ReconstructionLoss` (L1 + L2 + LPIPS, with its inner weights) on the reconstruction.
 
 The model hands over plain tensors and prediction sets, so this layer never imports the models.
@@ -25,7 +26,7 @@ from patseg.losses.reconstruction import ReconstructionLoss
 from patseg.losses.set_criterion import MaskSet, SetCriterion
 from patseg.losses.spatial import spatial_alignment_loss
 
-__all__ = ["PatCriterion"]
+__all__ = ["PatCriterion", "rms_norm"]
 
 
 class PatCriterion(nn.Module):
@@ -36,10 +37,14 @@ class PatCriterion(nn.Module):
         reconstruction: L1 + L2 + LPIPS with their inner weights; its LPIPS network stays out of ``state_dict()``.
         vq_weight: weight of the summed quantizer losses (``loss_vq``).
         spatial_weight: weight of the spatial-alignment mean (``loss_spatial``).
-        crf_weight, tv_weight: inner weights of CRF and TV in each stage's spatial term.
+        crf_weight, tv_weight: inner weights of CRF and TV in each stage's spatial term (a row of
+            ``SPATIAL_INNER_WEIGHTS``); a term with weight 0 is not computed.
         crf_points: pixels the CRF term samples per stage.
         rec_weight: weight applied to every reconstruction term (``loss_l1``, ``loss_l2``, ``loss_lpips``).
         spatial_alignment: False drops ``loss_spatial`` (Table II ablation).
+        unit_codes: True when the stage codes are unit vectors (vMF). False (Table II "no vMF") divides each
+            image's codes by their RMS norm over positions before CRF and TV, so the spatial term keeps the unit
+            codes' scale and the ablation changes the clustering only.
     """
 
     def __init__(
@@ -54,19 +59,20 @@ class PatCriterion(nn.Module):
         crf_points: int = 1000,
         rec_weight: float = 1.0,
         spatial_alignment: bool = True,
+        unit_codes: bool = True,
     ) -> None:
         super().__init__()
         self.set_loss = set_loss
         self.reconstruction = reconstruction
         self.vq_weight, self.spatial_weight, self.rec_weight = vq_weight, spatial_weight, rec_weight
         self.crf_weight, self.tv_weight, self.crf_points = crf_weight, tv_weight, crf_points
-        self.spatial_alignment = spatial_alignment
+        self.spatial_alignment, self.unit_codes = spatial_alignment, unit_codes
 
     def extra_repr(self) -> str:
         return (
             f"vq_weight={self.vq_weight}, spatial_weight={self.spatial_weight}, rec_weight={self.rec_weight}, "
             f"crf_weight={self.crf_weight}, tv_weight={self.tv_weight}, crf_points={self.crf_points}, "
-            f"spatial_alignment={self.spatial_alignment}"
+            f"spatial_alignment={self.spatial_alignment}, unit_codes={self.unit_codes}"
         )
 
     def prepare(self, lpips_vgg_weights: str | None = None) -> None:
@@ -78,13 +84,17 @@ class PatCriterion(nn.Module):
 
         Arguments:
             images: (B, 3, H, W) input images in [0, 1].
-            stage_codes: per stage, (B, D, h_s, w_s) quantized codes z_q_s.
+            stage_codes: per stage, (B, D, h_s, w_s) quantized codes z_q_s (scale-normalised unless ``unit_codes``).
         Returns:
             scalar.
         """
         terms = [
             spatial_alignment_loss(
-                images, codes, crf_weight=self.crf_weight, tv_weight=self.tv_weight, num_points=self.crf_points
+                images,
+                codes if self.unit_codes else codes / rms_norm(codes),
+                crf_weight=self.crf_weight,
+                tv_weight=self.tv_weight,
+                num_points=self.crf_points,
             ).total
             for codes in stage_codes
         ]
@@ -122,3 +132,12 @@ class PatCriterion(nn.Module):
         rec = self.reconstruction(reconstruction, images)
         losses.update({k: self.rec_weight * v for k, v in rec.items()})
         return losses
+
+
+def rms_norm(codes: Tensor) -> Tensor:
+    """Per image, the detached RMS of the code norms over positions: (B, D, h, w) -> (B, 1, 1, 1).
+
+    It is 1 for unit codes; dividing raw codes by it gives them the unit codes' mean squared norm, the quantity CRF
+    and TV scale with. Detached, so that shrinking the codes cannot lower the loss through it.
+    """
+    return codes.detach().pow(2).sum(1).mean((1, 2)).clamp_min(1e-12).sqrt().view(-1, 1, 1, 1)

@@ -29,6 +29,21 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class InnerWeights(NamedTuple):
+    """Weights of CRF and TV inside one stage's spatial term."""
+
+    crf: float
+    tv: float
+
+
+# The paper gives only the group weight of CRF + TV (0.1): the inner weights are a named choice, loss.spatial_inner.
+SPATIAL_INNER_WEIGHTS: dict[str, InnerWeights] = {
+    "equal": InnerWeights(crf=1.0, tv=1.0),  # the two terms count alike
+    # FeatUp's own JBU training (mhamilton723/FeatUp featup/configs/jbu_upsampler.yaml: crf_weight 0.001, tv_weight 0.0)
+    "featup": InnerWeights(crf=0.001, tv=0.0),
+}
+
+
 class SpatialLoss(NamedTuple):
     """Weighted spatial-alignment terms for one feature map: ``total = crf + tv`` (each already weighted)."""
 
@@ -136,12 +151,17 @@ def spatial_alignment_loss(
         images01: ``(B, 3, H_img, W_img)`` input images in [0, 1].
         feats: ``(B, C, H, W)`` a stage's quantized codes z_q_s.
     Returns:
-        :class:`SpatialLoss` with ``crf_weight * crf``, ``tv_weight * tv`` and their sum.
+        :class:`SpatialLoss` with ``crf_weight * crf``, ``tv_weight * tv`` and their sum. A term whose weight is 0
+        is not computed (a constant 0; a CRF left out draws no pixels).
 
     The guidance is the image resized to the feature grid with antialiasing (a plain bilinear shrink by 8 would
     alias high-frequency texture into the colour kernel) and then ImageNet-normalised, as FeatUp's β expects.
     """
-    resized = F.interpolate(images01, size=feats.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
-    crf = crf_weight * crf_loss(imagenet_normalize(resized), feats, num_points=num_points, generator=generator)
-    tv = tv_weight * tv_loss(feats)
+    zero = torch.zeros((), dtype=torch.promote_types(feats.dtype, torch.float32), device=feats.device)
+    crf, tv = zero, zero
+    if crf_weight != 0:
+        resized = F.interpolate(images01, size=feats.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        crf = crf_weight * crf_loss(imagenet_normalize(resized), feats, num_points=num_points, generator=generator)
+    if tv_weight != 0:
+        tv = tv_weight * tv_loss(feats)
     return SpatialLoss(crf=crf, tv=tv, total=crf + tv)

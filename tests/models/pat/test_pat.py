@@ -113,7 +113,7 @@ def test_eval_skips_reconstruction_and_auxiliary_sets() -> None:
     with torch.no_grad():
         train_out = model.train()(images, emb)
         eval_out = model.eval()(images, emb)
-    assert train_out.reconstruction.shape == (2, 3, 64, 64) and set(train_out.aux) == {"side4"}
+    assert train_out.reconstruction.shape == (2, 3, 64, 64) and set(train_out.aux) == {"side3", "side4"}
     assert eval_out.reconstruction is None and eval_out.aux == {}
     torch.testing.assert_close(eval_out.main.logits, train_out.main.logits)
     r = train_out.reconstruction

@@ -9,6 +9,8 @@ from torch import nn
 
 from naive import attention, nearest_code, toy_batch, unit_rows
 from patseg.build import build_model
+from patseg.config import parse_assignments
+from patseg.errors import ConfigError
 from patseg.models.pat.geometry import final_stride
 from patseg.models.pat.model import PAT
 from patseg.models.pat.shared_decoder import SharedDecoder
@@ -27,9 +29,14 @@ ABLATIONS = {
     "late_mid": {"pat.decoder_stages": ["late", "mid"]},
     "late": {"pat.decoder_stages": ["late"]},
     "bias_side": {"pat.bias_source": "side"},
-    "aux_side3": {"pat.aux_sets": ["side3", "side4"]},
+    "aux_side4": {"side.deep_supervision": [4]},
+    "no_aux": {"side.deep_supervision": []},
+    "no_aux_bias_side": {"side.deep_supervision": [], "pat.bias_source": "side"},
     "pyramid_side": {"pat.pyramid_base": "side"},
 }
+
+
+SET_TERMS = ("loss_ce", "loss_mask", "loss_dice")
 
 
 def tiny_pat(**overrides) -> PAT:
@@ -306,23 +313,52 @@ def test_bad_bias_source_raises() -> None:
         tiny_pat(**{"pat.bias_source": "clip"})
 
 
-def test_aux_sets_with_side3() -> None:
-    """The tiny analogue of adding side7: SAN's side head decodes block 3 as one more loss set."""
-    model = tiny_pat(**{"pat.aux_sets": ["side3", "side4"]}).train()
+def test_aux_sets_are_the_side_blocks_san_supervises() -> None:
+    """PAT keeps SAN's deep supervision (pat_tiny: side blocks 3 and 4, the tiny analogue of 7 and 8) as auxiliary
+    sets, each decoded by SAN's side head from its own block; the decoded prediction is the main set."""
+    model = tiny_pat().train()
+    assert model.config.side.deep_supervision == (3, 4)
     sides = []
     model.side.register_forward_hook(lambda _m, _i, o: sides.append(o))
     out = run(model)
-    assert set(out.aux) == {"side3", "side4"}
+    assert list(out.aux) == ["side3", "side4"]
     with torch.no_grad():
         for block in (3, 4):
             expected = model.mask_decoder(sides[-1].queries[block], sides[-1].patches[block]).masks
             torch.testing.assert_close(out.aux[f"side{block}"].masks, expected, rtol=0, atol=0)
+    assert not torch.allclose(out.aux["side3"].masks, out.aux["side4"].masks, atol=1e-4)
     images, labels = toy_batch()
     losses = model.training_losses(images, labels, unit_rows(4, model.clip.out_dim)).losses
-    assert {"loss_ce_side3", "loss_mask_side3", "loss_dice_side3", "loss_ce_side4"} <= set(losses)
-    for bad in (["side9"], ["block4"]):
-        with pytest.raises(ValueError, match="aux_sets"):
-            tiny_pat(**{"pat.aux_sets": bad})
+    assert {f"{term}_{name}" for term in SET_TERMS for name in ("side3", "side4")} <= set(losses)
+    assert all(v.requires_grad for v in model.mask_decoder.parameters())
+
+
+@pytest.mark.parametrize(
+    ("blocks", "names"),
+    [([4], ["side4"]), ([3], ["side3"]), ([], [])],
+)
+def test_deep_supervision_chooses_the_aux_sets(blocks: list[int], names: list[str]) -> None:
+    model = tiny_pat(**{"side.deep_supervision": blocks}).train()
+    assert list(run(model).aux) == names
+    images, labels = toy_batch()
+    losses = model.training_losses(images, labels, unit_rows(4, model.clip.out_dim)).losses
+    assert sorted(k for k in losses if k.startswith(SET_TERMS)) == sorted(
+        f"{term}{suffix}" for term in SET_TERMS for suffix in [""] + [f"_{n}" for n in names]
+    )
+    # Without a supervised side set nothing reads SAN's side masks: that head is frozen, not left without gradient.
+    assert all(p.requires_grad == bool(blocks) for p in model.mask_decoder.parameters())
+
+
+def test_deep_supervision_blocks_must_exist() -> None:
+    for bad in ([5], [0, 4], [-1]):
+        with pytest.raises(ConfigError, match=r"side\.deep_supervision.*1\.\.4"):
+            tiny_pat(**{"side.deep_supervision": bad})
+
+
+def test_aux_sets_is_no_longer_a_key() -> None:
+    """The sets follow side.deep_supervision; older weights files that record the key still load (test_pat_losses)."""
+    with pytest.raises(ConfigError, match=r"unknown config key 'pat\.aux_sets'"):
+        tiny_pat(**parse_assignments(["pat.aux_sets=[side7, side8]"]))
 
 
 # ---------------------------------------------------------------------------------------------- pyramid base

@@ -83,18 +83,28 @@ def test_straight_through_gradient(vmf):
     assert torch.allclose(z.grad, expected, atol=1e-12)
 
 
-def _naive_loss(z: torch.Tensor, codebook: torch.Tensor, vmf: bool, beta: float) -> torch.Tensor:
-    """mean((ê - sg ẑ)^2) + β mean((sg ê - ẑ)^2) over all B*H*W*D elements, by a loop over positions."""
+def _naive_loss(
+    z: torch.Tensor, codebook: torch.Tensor, vmf: bool, beta: float, normalise: bool = True
+) -> torch.Tensor:
+    """mean((ê - sg ẑ)^2) + β mean((sg ê - ẑ)^2) over all B*H*W*D elements, by a loop over positions.
+
+    Raw codes (not ``vmf``): inputs and codes are divided by s = sqrt(mean over positions of |ê|^2), a constant for
+    the gradient; ``normalise=False`` gives the plain Euclidean loss instead.
+    """
     indices = _naive_indices(z.detach(), codebook.detach(), vmf)
     codes = F.normalize(codebook, dim=-1) if vmf else codebook
+    scale = 1.0
+    if not vmf and normalise:
+        norms_sq = [float((codes[k].detach() ** 2).sum()) for k in indices.flatten().tolist()]
+        scale = math.sqrt(sum(norms_sq) / len(norms_sq))
     codebook_term, commit_term, count = 0.0, 0.0, 0
     batch, dim, height, width = z.shape
     for b in range(batch):
         for h in range(height):
             for w in range(width):
                 x = z[b, :, h, w]
-                x = x / x.norm() if vmf else x
-                e = codes[indices[b, h, w]]
+                x = x / x.norm() if vmf else x / scale
+                e = codes[indices[b, h, w]] / scale
                 codebook_term = codebook_term + ((e - x.detach()) ** 2).sum()
                 commit_term = commit_term + ((e.detach() - x) ** 2).sum()
                 count += dim
@@ -119,6 +129,25 @@ def test_loss_value_and_codebook_gradient(vmf):
     used[out.indices.unique()] = True
     assert (quantizer.codebook.grad[used].abs().sum(-1) > 0).all()
     assert (quantizer.codebook.grad[~used] == 0).all()
+
+
+def test_euclidean_loss_is_scale_normalised():
+    """Without vMF the loss sees inputs and codes in units of the chosen codes' RMS norm: scaling both by 10 leaves
+    it (and the choice) unchanged, while the plain Euclidean loss grows 100-fold; z_q stays the raw code."""
+    quantizer = _quantizer(vmf=False)
+    z = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    base = quantizer(z)
+    with torch.no_grad():
+        quantizer.codebook.mul_(10.0)
+    scaled = quantizer(10.0 * z)
+    assert torch.equal(scaled.indices, base.indices)
+    torch.testing.assert_close(scaled.z_q, 10.0 * base.z_q, rtol=1e-15, atol=0)
+    assert scaled.loss.item() == pytest.approx(base.loss.item(), rel=1e-12)
+    codebook = quantizer.codebook.detach()
+    plain, plain_scaled = (
+        _naive_loss(x, c, False, 0.25, normalise=False) for x, c in ((z, codebook / 10), (10 * z, codebook))
+    )
+    assert plain_scaled.item() == pytest.approx(100 * plain.item(), rel=1e-10)
 
 
 def test_codebook_gradient_from_downstream_codes():

@@ -36,7 +36,7 @@ class PatOptions:
     pyramid_base, stage_scales: how the pyramid grids follow from the input size (see ``geometry``).
     decoder_stages: the stages the decoder consumes, coarse to fine.
     bias_source: "decoded" (CLIP attention bias from the decoded head) or "side" (from SAN's last side block).
-    aux_sets: auxiliary prediction sets, "side<block>".
+    aux_sets: auxiliary prediction sets, "side<block>": SAN's side head at each block SAN supervises (may be empty).
     """
 
     pyramid_base: str
@@ -123,6 +123,11 @@ class PAT(SAN):
         if self.options.bias_source == "side":  # the decoded head gives masks only; the bias is SAN's side head's
             self.mask_head.attn_mlp.requires_grad_(False)
             self.mask_head.bias_scaling.requires_grad_(False)
+        if not self.aux_blocks:  # no side set is supervised: SAN's side head gives the bias at most, never masks
+            if self.options.bias_source == "side":
+                self.mask_decoder.pix_mlp.requires_grad_(False)
+            else:
+                self.mask_decoder.requires_grad_(False)
 
     # ------------------------------------------------------------------ pieces of the forward
     def encode_pyramid(self, images: Tensor) -> PyramidEncoding:

@@ -29,6 +29,7 @@ class PixelBranch(nn.Module):
         side_width, code_dim, latent_codes: latent quantizer sizes (PreQuant 240 -> 32, K = 256); the latent's
             PostQuant belongs to each decoder, so that separate decoders share nothing but the codes.
         vmf: the Table II vMF switch, shared with the stage quantizers.
+        commitment: β of the latent quantizer's commitment term (the stages take the same value).
     """
 
     def __init__(
@@ -41,13 +42,14 @@ class PixelBranch(nn.Module):
         code_dim: int,
         latent_codes: int,
         vmf: bool,
+        commitment: float,
     ) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.tap_indices = tuple(tap_indices)
         self.latent_pre_quant = nn.Conv2d(side_width, code_dim, 1)
-        self.latent_quantizer = VMFQuantizer(num_codes=latent_codes, code_dim=code_dim, vmf=vmf)
+        self.latent_quantizer = VMFQuantizer(num_codes=latent_codes, code_dim=code_dim, vmf=vmf, commitment=commitment)
 
     @property
     def pyramid_stages(self) -> tuple[PyramidStage, ...]:

@@ -47,6 +47,7 @@ class PyramidStage(nn.Module):
         tap_factor: resampling factor from the tap grid to the stage grid (4, 2, 1 or 0.5).
         down_factor: pixel-residual resampling from the previous stage grid (1/2, 1, ...); None for the first stage.
         kappa, vmf: HSAttn concentration and the vMF switch (Table II "vmf").
+        commitment: β of the stage quantizer's commitment term.
         token_mixer, pixel_residual: Table II switches. Without ``pixel_residual`` there is no Down; without
             ``token_mixer`` there is no HSAttn (and no K/V projection): ê_s would have no consumer, as the paper
             says of this ablation ("the local tokens ... have no contribution to the segmentation"), and a
@@ -68,6 +69,7 @@ class PyramidStage(nn.Module):
         down_factor: Optional[float],
         kappa: float,
         vmf: bool,
+        commitment: float,
         token_mixer: bool,
         pixel_residual: bool,
         mixer_hidden: int = 256,
@@ -83,7 +85,7 @@ class PyramidStage(nn.Module):
         self.proj = nn.Sequential(LayerNorm2d(clip_width), nn.Conv2d(clip_width, pixel_dim, 1))
         self.resample = Resample(pixel_dim, factor=tap_factor, groups=groups)
         self.pre_quant = nn.Conv2d(pixel_dim, code_dim, 1)
-        self.quantizer = VMFQuantizer(num_codes=num_codes, code_dim=code_dim, vmf=vmf)
+        self.quantizer = VMFQuantizer(num_codes=num_codes, code_dim=code_dim, vmf=vmf, commitment=commitment)
         # semantic branch; K = V: the side tokens in the 32-d codebook space
         self.kv = nn.Linear(side_width, code_dim) if token_mixer else None
         self.mixer = (

@@ -13,7 +13,8 @@ Facts (ViT-VQGAN, Yu et al. 2021; read from thuanz123/enhancing-transformers
 distance on the sphere, 2 - 2 cos, is the code with the largest cosine; the value passed on is the unit code; the loss
 is ``mean((ê - sg ẑ)^2) + β mean((sg ê - ẑ)^2)``, β = 0.25. Under a vMF mixture with one shared concentration and a
 uniform prior, that hard assignment is the maximum-responsibility component, hence "vMFVQ". ``vmf=False`` is the
-Table II ablation: Euclidean nearest raw code (taming-transformers' ``VectorQuantizer2`` with ``legacy=False``).
+Table II ablation: Euclidean nearest raw code (taming-transformers' ``VectorQuantizer2`` with ``legacy=False``);
+its loss is scale-normalised so that the ablation changes the clustering, not the loss scale (:meth:`forward`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class QuantizerOutput:
     z_q: ``(B, D, H, W)`` quantized features. The forward value is the chosen code (the unit code when ``vmf``);
         the gradient flows straight through to ``z`` (through the L2 normalisation when ``vmf``).
     indices: ``(B, H, W)`` int64 code index per position.
-    loss: scalar, codebook term + ``commitment`` * commitment term, each a mean over elements.
+    loss: scalar, codebook term + ``commitment`` * commitment term, each a mean over elements; without ``vmf``
+        both are taken on inputs and codes divided by the RMS norm of the chosen codes (see :meth:`forward`).
     perplexity: scalar, ``exp`` of the entropy of the code histogram of this batch (1 = one code used, K = uniform).
     """
 
@@ -131,6 +133,13 @@ class VMFQuantizer(nn.Module):
             codebook_term = (chosen - inputs.detach()).pow(2).mean()
             commitment_term = (chosen.detach() - inputs).pow(2).mean()
             loss = codebook_term + self.commitment * commitment_term
+            if not self.vmf:
+                # Raw N(0, 1) codes have norm ~sqrt(D), so the plain loss would be ~D times the unit-sphere one and the
+                # ablation would reweight L_VQ. Both terms are taken on inputs and codes divided by s, the RMS norm of
+                # the chosen codes: those are the values z_q passes on (never-chosen codes get no VQ gradient and
+                # may sit at any scale, so the whole codebook would be the wrong yardstick), and s = 1 on the sphere.
+                # s is detached: growing the codes must not lower the loss. Lookup and z_q are untouched.
+                loss = loss / chosen.detach().pow(2).sum(-1).mean().clamp_min(1e-12)
 
         # scatter_add rather than bincount: bincount reads the maximum index back to the host (a CUDA sync).
         counts = indices.new_zeros(self.num_codes).scatter_add_(0, indices, torch.ones_like(indices))
