@@ -486,17 +486,20 @@ def run_combo(args: argparse.Namespace, combo: str, tasks: list[str], log: Calla
                         proc.wait()
                         killed = current["task"]
             state = _read_state(result)
-            for key in (
-                "overrides",
-                "torch",
-                "threads",
-                "params",
-                "rss_after_build_mb",
-                "maxrss_after_build_mb",
-                "memory_limit",
-            ):
+            for key in ("overrides", "torch", "threads", "params", "rss_after_build_mb", "memory_limit"):
                 if key in state:
-                    record[key] = state[key]
+                    record.setdefault(key, state[key])  # as in the first subprocess; each one's in "attempts"
+            record.setdefault("attempts", []).append(
+                {
+                    "tasks": list(remaining),
+                    "returncode": proc.returncode,
+                    **{
+                        k: state[k]
+                        for k in ("rss_after_build_mb", "maxrss_after_build_mb", "memory_limit")
+                        if k in state
+                    },
+                }
+            )
             record["tasks"].update(state.get("tasks", {}))
             current = (state.get("current") or {}).get("task")
             if killed:
