@@ -135,6 +135,10 @@ def test_a_second_invocation_skips_every_step(tiny, monkeypatch, capsys):
     assert time.perf_counter() - start < 30
     assert "0 of 8 steps to run (8 complete)" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == before
+    assert main(["reproduce", "table1", "--tiny", "--seeds", "1", "--dry-run", "--out", str(out)]) == 0
+    commands = [x for x in capsys.readouterr().out.splitlines() if "-m patseg " in x]
+    assert sum(x.startswith("# complete, skipped: ") for x in commands) == 4
+    assert sum(x.startswith("# done, skipped: ") for x in commands) == 4
 
 
 def _losses(run: Path) -> list[tuple[int, float]]:
