@@ -26,8 +26,8 @@ Run it again at any time: a complete run (its last checkpoint is the final itera
 one is resumed from its last checkpoint (`patseg train --resume`), an evaluation whose results file exists is
 skipped. --overwrite instead deletes the selected runs and trains them again.
 
---dry-run prints every command and, per row, an estimate from one training step measured on this CPU (a minute or
-two per full-size model, cached in OUT/estimates.json): GPU-hours = step FLOPs x global batch x iterations / (peak x
+--dry-run prints every command and, per row, an estimate from one training step measured on this CPU (seconds to
+minutes per full-size model, cached in OUT/estimates.json): GPU-hours = step FLOPs x global batch x iterations / (peak x
 utilisation), and memory per GPU = weights, gradients and AdamW states + frozen weights + activations x per-GPU
 batch. --tiny runs every row on san_tiny / pat_tiny with a random CLIP, on data it generates in OUT/tiny-data (the
 prepared layouts of COCO-Stuff and the four benchmarks) with random Inception weights for rFID, a few steps each,
