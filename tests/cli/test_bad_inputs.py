@@ -159,6 +159,11 @@ CASES = [
     ("report-missing", lambda f: ["report", f["root"] + "/none.json"], "none.json"),
     ("report-corrupt", lambda f: ["report", f["results"]], "results.json"),
     ("report-out-under-file", lambda f: ["report", f["results"], "--out", _under_file(f, "t")], "blocker"),
+    # reproduce
+    ("reproduce-unknown-row", lambda f: ["reproduce", "table2", "--rows", "no_such_row", "--dry-run"], "no_such_row"),
+    ("reproduce-missing-data", lambda f: ["reproduce", "table1", "--data", f["root"] + "/none"], "none"),
+    ("reproduce-gpus-0", lambda f: ["reproduce", "table1", "--gpus", "0", "--dry-run"], "--gpus"),
+    ("reproduce-out-under-file", lambda f: ["reproduce", "table1", "--tiny", "--out", _under_file(f)], "blocker"),
     # convert-san
     ("convert-san-junk", lambda f: ["convert-san", f["junk"], "--out", f["root"] + "/c.safetensors"], "junk.pth"),
     (
@@ -174,7 +179,7 @@ CASES = [
 ]
 
 COMMANDS = {"info", "segment", "eval", "train", "tokenize", "detokenize", "visualize", "bench", "mini", "prepare"}
-COMMANDS |= {"report", "convert-san"}
+COMMANDS |= {"report", "convert-san", "reproduce"}
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:

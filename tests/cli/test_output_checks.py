@@ -90,6 +90,7 @@ def test_check_writable_refuses_a_read_only_folder(read_only):
         ["mini", "--quick", "--out", "{ro}/mini"],
         ["report", "r.json", "--out", "{ro}/table"],
         ["convert-san", "san.pth", "--out", "{ro}/san.safetensors"],
+        ["reproduce", "table1", "--tiny", "--out", "{ro}/reproduce"],
     ],
     ids=lambda argv: "-".join(argv[:2]) if argv[0] == "bench" else argv[0],
 )

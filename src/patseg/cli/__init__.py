@@ -73,14 +73,20 @@ def log_level(verbose: bool, quiet: bool, rank: int) -> int:
     return logging.INFO if rank == 0 else logging.WARNING
 
 
+class _CommandHandler(logging.StreamHandler):
+    """The handler :func:`main` installs; a nested ``main`` (``patseg reproduce --tiny``) finds it and adds none."""
+
+
 @contextmanager
 def _logging_to_stderr(level: int, rank: int) -> Iterator[None]:
     """Send the ``patseg`` loggers to the current stderr for the duration of one command, then restore them."""
     logger = logging.getLogger("patseg")
-    handler = logging.StreamHandler(sys.stderr)
+    nested = any(isinstance(h, _CommandHandler) for h in logger.handlers)  # else each message would print twice
+    handler = _CommandHandler(sys.stderr)
     handler.setFormatter(_Formatter(rank))
     saved = logger.level, logger.propagate
-    logger.addHandler(handler)
+    if not nested:
+        logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False  # a root handler (set up by a caller) would print every message twice
     try:

@@ -19,6 +19,9 @@ EPILOG = """examples:
   patseg eval --config configs/pat_vitb16_clip.yaml --weights output/ckpt_0120000 --clip-weights ViT-B-16.bin
   patseg eval --preset pat_vitb16_clip --weights s0/ckpt s1/ckpt s2/ckpt --seeds 0 1 2 --out results/pat
   patseg eval --weights pat.safetensors --rfid --inception-weights pt_inception-2015-12-05-6726825d.pth
+  torchrun --standalone --nproc_per_node=4 -m patseg eval --weights output/ckpt_0120000 --clip-weights ViT-B-16.bin
+Under torchrun each process evaluates its share of every set on its own GPU; metrics are summed over processes and
+process 0 prints and writes the results.
 Both mIoU rules are reported: classes present in the ground truth (current detectron2, SAN's and CAT-Seg's logs)
 and classes present in ground truth or prediction (detectron2 v0.6, mmseg, the SAN paper). --rfid adds PAT's
 reconstruction FID on the COCO-Stuff validation images (short side --short-side, centre crop of that size)."""
@@ -99,17 +102,40 @@ def _check_options(args: argparse.Namespace) -> list[int]:
     return seeds
 
 
+def _device() -> tuple[Any, bool]:
+    """(device, whether this process writes the outputs). Under torchrun every rank evaluates its shard of each set
+    on its own GPU and the metrics are all-reduced, so the process group is joined here; rank 0 writes."""
+    from patseg.cli._common import pick_device
+    from patseg.distributed import detect, init_distributed
+
+    if not detect().enabled:
+        return pick_device(None), True
+    info, device = init_distributed()
+    return device, info.is_main
+
+
 def run(args: argparse.Namespace) -> int:
+    from patseg.distributed import cleanup, detect
+
+    joins = detect().enabled  # launched by torchrun: _device joins the process group, left again at the end
+    try:
+        return _run(args)
+    finally:
+        if joins:
+            cleanup()
+
+
+def _run(args: argparse.Namespace) -> int:
     from patseg.atomic import atomic_write_json, atomic_write_text
     from patseg.build import build_model
-    from patseg.cli._common import pick_device, require_pat
+    from patseg.cli._common import require_pat
     from patseg.evaluation.loop import evaluate_datasets, evaluate_rfid
     from patseg.evaluation.report import aggregate, format_markdown, table_json, write_results
 
     seeds = _check_options(args)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     preset, overrides, clip, root = _settings(args)
-    device = pick_device(None)
+    device, writes = _device()
     records = []
     for seed, weights in zip(seeds, args.weights):
         model = build_model(preset, weights=weights, clip_weights=clip, overrides=overrides).to(device)
@@ -133,10 +159,14 @@ def run(args: argparse.Namespace) -> int:
                 allow_partial=args.allow_partial,
                 size=args.short_side,
             )
-            print(f"{label} (seed {seed}): rFID = {record['rfid']['value']:.2f} (N = {record['rfid']['num_images']})")
+            if writes:
+                rfid = record["rfid"]
+                print(f"{label} (seed {seed}): rFID = {rfid['value']:.2f} (N = {rfid['num_images']})")
         records.append(record)
-        if args.out:
+        if args.out and writes:
             write_results(f"{args.out}_seed{seed}.json", record)
+    if not writes:
+        return 0
     for metric in ("mIoU", "mIoU_gt_or_pred"):
         print(f"\n{metric} (%)\n" + format_markdown(aggregate(records, metric), metric))
     if args.out:

@@ -9,6 +9,10 @@ One rule for assignments: a key whose first part names a section of :class:`Trai
 ``data.root``, ``model.preset``, ``output_dir``) sets the training config; a key whose first part names a section
 of the model record :class:`patseg.config.ModelConfig` (``pat.vmf``, ``loss.vq_weight``) is a model key, as with
 every other command's ``--set``, and lands in ``model.overrides`` (``model.overrides.pat.vmf`` means the same).
+
+The optional ``paper`` section (:class:`PaperRow`, used by the configs in ``configs/paper/``) names the row of the
+paper's Table I or II that a config reproduces and the paper's numbers; ``patseg reproduce`` reads it, training
+does not.
 """
 
 from __future__ import annotations
@@ -85,6 +89,53 @@ class EvalConfig:
     limit: Optional[int] = None  # evaluate only the first N images of each set (quick checks); None = all
 
 
+PAPER_TABLES = ("table1", "table2")
+
+
+@dataclass
+class PaperScores:
+    """The paper's mIoU (%) on the four zero-shot benchmarks, the columns of its Tables I and II."""
+
+    pcontext_59: Optional[float] = None
+    ade20k_150: Optional[float] = None
+    pcontext_459: Optional[float] = None
+    ade20k_847: Optional[float] = None
+
+    def check(self, prefix: str = "paper.miou.") -> None:
+        for name, value in vars(self).items():
+            if value is None:
+                raise ConfigError(f"config key '{prefix}{name}' is missing: give the paper's mIoU on {name}")
+
+
+@dataclass
+class PaperRow:
+    """The row of the PAT paper's Table I or II that a training config reproduces, with the paper's numbers.
+
+    Read by ``patseg reproduce`` (configs/paper/); training ignores it and only copies it into config.yaml.
+    """
+
+    table: str = ""  # "table1" or "table2"
+    row: str = ""  # row id, the config file's name without .yaml, e.g. "no_vmf"
+    position: int = 0  # 1-based position of the row in the paper's table
+    label: str = ""  # the paper's row label, e.g. "No vMF meanshift"
+    group: str = ""  # Table II's group of rows (e.g. "Cluster"); empty in Table I
+    miou: PaperScores = field(default_factory=PaperScores)
+    rfid: Optional[float] = None  # Table II's reconstruction FID; Table I reports none
+
+    def check(self, prefix: str = "paper.") -> None:
+        if self.table not in PAPER_TABLES:
+            tables = ", ".join(PAPER_TABLES)
+            raise ConfigError(f"config key '{prefix}table' must be one of {tables}, got {self.table!r}")
+        for key in ("row", "label"):
+            if not getattr(self, key):
+                raise ConfigError(f"config key '{prefix}{key}' must be a non-empty string")
+        if self.position < 1:
+            raise ConfigError(f"config key '{prefix}position' must be at least 1, got {self.position}")
+        self.miou.check(f"{prefix}miou.")
+        if self.table == "table2" and (self.rfid is None or not self.group):
+            raise ConfigError(f"config keys '{prefix}group' and '{prefix}rfid' are required for a Table II row")
+
+
 @dataclass
 class TrainConfig:
     model: ModelChoice = field(default_factory=ModelChoice)
@@ -94,6 +145,7 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "output"
+    paper: Optional[PaperRow] = None  # the paper's table row (configs/paper/); read by `patseg reproduce` only
 
 
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
