@@ -34,22 +34,16 @@ TABLE2 = [
     "fpn_no_early_mid",
     "fpn_none",
 ]
-EMPTY_DECODER = pytest.mark.xfail(
-    strict=False,
-    reason="TEMPORARY: pat.decoder_stages: [] (the 'FPN, all removed' row) does not build in this branch yet; "
-    "remove this mark once the empty decoder is merged",
-)
-BUILDS = [r for r in TABLE2 if r != "fpn_none"]  # the rows that build in this branch
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """Table I and Table II (every row that builds) in tiny mode, 1 seed, into one output folder."""
+    """Table I and Table II (every row) in tiny mode, 1 seed, into one output folder."""
     out = tmp_path_factory.mktemp("reproduce")
     seconds = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(patseg.evaluation.fid, "FID_FEATURES", 64)  # pool3's 2048-d covariances cost seconds per row
-        for table, rows in (("table1", TABLE1), ("table2", BUILDS)):
+        for table, rows in (("table1", TABLE1), ("table2", TABLE2)):
             start = time.perf_counter()
             argv = ["reproduce", table, "--tiny", "--seeds", "1", "--rows", ",".join(rows), "--out", str(out)]
             assert main(argv) == 0
@@ -93,7 +87,7 @@ def test_table1_tiny_fills_every_row_and_column(tiny):
 def test_table2_tiny_fills_every_row_and_column_with_groups_and_rfid(tiny):
     out, seconds = tiny
     table, markdown = _table(out, "table2")
-    _check_filled(table, markdown, "table2", BUILDS)
+    _check_filled(table, markdown, "table2", TABLE2)
     for entry in table["rows"]:
         assert entry["rfid"]["n"] == 1 and math.isfinite(entry["rfid"]["mean"])
         assert entry["paper"]["rfid"] == _paper("table2", entry["row"]).rfid
@@ -169,16 +163,6 @@ def test_an_interrupted_run_is_resumed_from_its_last_checkpoint(tiny, capsys):
     assert results.stat().st_mtime_ns != stale  # the retrained run is evaluated again
 
 
-@pytest.mark.parametrize("row", BUILDS[:1] + [pytest.param("fpn_none", marks=EMPTY_DECODER)])
-def test_table2_row_in_tiny_mode(row, tiny, monkeypatch):
-    """The empty-decoder row end to end (the others ran in the fixture; the baseline is the control)."""
-    out, _ = tiny
-    monkeypatch.setattr(patseg.evaluation.fid, "FID_FEATURES", 64)
-    assert main(["reproduce", "table2", "--tiny", "--seeds", "1", "--rows", row, "--out", str(out)]) == 0
-    table, markdown = _table(out, "table2")
-    _check_filled(table, markdown, "table2", [row])
-
-
 def test_dry_run_prints_torchrun_commands_and_estimates_without_running(tmp_path, monkeypatch, capsys):
     out = tmp_path / "plan"
     monkeypatch.setattr(patseg.cli.train, "run", _refuse)
@@ -224,8 +208,7 @@ def test_every_paper_config_names_its_row():
 
 @pytest.mark.parametrize(
     "table, row",
-    [("table1", r) for r in TABLE1]
-    + [("table2", r) if r != "fpn_none" else pytest.param("table2", r, marks=EMPTY_DECODER) for r in TABLE2],
+    [("table1", r) for r in TABLE1] + [("table2", r) for r in TABLE2],
 )
 def test_paper_config_loads_with_the_recipe(table, row):
     cfg = load_train_config(default_configs_dir() / table / f"{row}.yaml")
