@@ -136,7 +136,7 @@ def test_tokenize_detokenize_round_trip(tmp_path, pat_weights):
         == 0
     )
     with np.load(tokens, allow_pickle=False) as data:
-        assert data["0/early"].shape == (1, 8, 12) and data["0/late"].shape == (1, 2, 3)
+        assert data["0/early"].shape == (1, 16, 24) and data["0/late"].shape == (1, 4, 6)
         assert data["0/latent"].shape == (1, 4, 6)
     meta = load_pyramids(tokens)[1]
     assert meta["overrides"] == {"loss.vq_weight": 0.5} and meta["preset"] == "pat_tiny"  # detokenize rebuilds it
