@@ -57,6 +57,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from patseg.bench.measure import proc_status_kb
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "decoder_readings"
 DECODERS = ("tokens", "pixels")
@@ -136,13 +138,6 @@ def task_names(tasks: list[str], sizes: list[tuple[int, int]]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- memory
-def _status_kb(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field_name}")
-
-
 def _maxrss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
 
@@ -170,7 +165,7 @@ def _available_kb() -> int:
 def _limit_address_space(limit_gib: float) -> dict[str, Any]:
     """Cap the address space at its present size plus ``limit_gib`` (less when less memory is available)."""
     allowed = min(limit_gib * GIB, max(0, _available_kb() * 1024 - 2 * GIB))
-    cap = _status_kb("VmSize") * 1024 + int(allowed)
+    cap = proc_status_kb("VmSize") * 1024 + int(allowed)
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
@@ -218,7 +213,7 @@ def _measure(
     import patseg.bench  # noqa: F401  # registers the fused CPU attention FLOP formulas
 
     reset = _reset_peak()
-    before_kb = _status_kb("VmRSS") if reset else _maxrss_kb()
+    before_kb = proc_status_kb("VmRSS") if reset else _maxrss_kb()
     with FlopCounterMode(display=False, depth=None) as counter:
         start = time.perf_counter()
         fn(counter)
@@ -405,7 +400,7 @@ def run_one(args: argparse.Namespace) -> int:
                 "decoder_total": dec_total,
                 "decoder_trainable": dec_trainable,
             },
-            "rss_after_build_mb": _status_kb("VmRSS") / 1024,
+            "rss_after_build_mb": proc_status_kb("VmRSS") / 1024,
             "maxrss_after_build_mb": _maxrss_kb() / 1024,
             "memory_limit": _limit_address_space(args.mem_limit_gib),
         }

@@ -17,7 +17,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from torchvision.models.inception import Inception3
 
 from patseg.build import build_model
 from patseg.errors import CheckpointError, MissingFileError, UsageError
@@ -25,24 +24,14 @@ from patseg.evaluation import RFIDResult, inception_fid, reconstruction_fid
 from patseg.evaluation import fid as fid_module
 from patseg.evaluation import rfid as rfid_module
 from patseg.evaluation.rfid import reconstruct, resize_and_crop, shard
+from patseg.reproduce.tiny import write_random_inception
 
 
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Random weights that keep activations O(1) through the 94 conv layers (He-normal, near-identity BN)."""
-    g = torch.Generator().manual_seed(0)
-    state = {}
-    for key, value in Inception3(num_classes=1008, aux_logits=False, init_weights=False).state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = value
-        elif key.endswith("conv.weight") or key == "fc.weight":
-            state[key] = torch.randn(value.shape, generator=g) * (2.0 / value[0].numel()) ** 0.5
-        elif key.endswith(("bn.weight", "running_var")):
-            state[key] = 1 + 0.1 * torch.rand(value.shape, generator=g)
-        else:  # BN bias and running mean, fc bias
-            state[key] = 0.1 * torch.randn(value.shape, generator=g)
+    """Random weights that keep activations O(1) through the 94 conv layers (the tiny reproduction's own file)."""
     path = tmp_path_factory.mktemp("fid") / "pt_inception-random.pth"
-    torch.save(state, path)
+    write_random_inception(path, seed=0)
     return path
 
 

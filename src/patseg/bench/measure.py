@@ -79,7 +79,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rss_kb(field_name: str) -> int:
+def proc_status_kb(field_name: str) -> int:
+    """A kB field of ``/proc/self/status`` (VmRSS, VmHWM, VmSize)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
             return int(line.split()[1])
@@ -108,9 +109,9 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
     if not cpu_peak_supported():
         return None
     _LIBC.malloc_trim(0)  # hand freed heap back first, so reused free memory does not hide the growth
-    before = _rss_kb("VmRSS")
+    before = proc_status_kb("VmRSS")
     fn()
-    return max(0, _rss_kb("VmHWM") - before) / 1024
+    return max(0, proc_status_kb("VmHWM") - before) / 1024
 
 
 # ---------------------------------------------------------------------------------------------------- timing
