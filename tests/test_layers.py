@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("patseg.data", "patseg.evaluation"),
     ("patseg.engine", "patseg.mini"),
     ("patseg.tokenizer", "patseg.visualize", "patseg.bench"),
-    ("patseg.reproduce",),
+    ("patseg.reproduce", "patseg.demo"),
     ("patseg.cli", "patseg.__main__"),
 )
 SAME_LAYER_ORDER = (  # (lower, higher): the lower one never imports the higher one

@@ -156,11 +156,16 @@ def legend_label(name: str, share: float) -> str:
     return f"{name} ({share:.1f}%)"
 
 
+def tint(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8 image blended with (H, W, 3) per-pixel class colours at weight ``alpha``."""
+    return (image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha).astype(np.uint8)
+
+
 def overlay_with_legend(image: np.ndarray, labels: np.ndarray, names: Sequence[str], alpha: float = 0.5) -> Image.Image:
     """Colour overlay of ``labels`` on ``image`` with a legend of the classes present, to the right; the legend is as
     wide as its longest entry and drawn in a TrueType font that covers its characters when one is found."""
     colours = palette(len(names))
-    blend = (image.astype(np.float32) * (1 - alpha) + colours[labels].astype(np.float32) * alpha).astype(np.uint8)
+    blend = tint(image, colours[labels], alpha)
     present = [int(c) for c in np.unique(labels)]
     counts = np.bincount(labels.ravel(), minlength=len(names))
     present.sort(key=lambda c: -counts[c])

@@ -10,6 +10,7 @@ scores resized to the original size, argmax.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from patseg.errors import UsageError
-from patseg.models.san.model import SAN, SegPrediction
+from patseg.models.san.model import SAN, SegOutput, SegPrediction
 from patseg.models.san.semantic_argmax import semantic_argmax
 from patseg.resize import ceil_to_multiple, shortest_edge_size
 
@@ -54,6 +55,21 @@ def check_vocabulary(names: Sequence[object], source: str = "the vocabulary") ->
 
 def _positions(where: Sequence[int]) -> str:
     return ("position " if len(where) == 1 else "positions ") + ", ".join(map(str, where))
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One image's forward pass: the model's output and the sizes that map it back onto the image.
+
+    output: the model's SegOutput (a PatOutput for PAT, with its codes and, when asked for, the reconstruction);
+    padded: the (H', W') input after the resize and padding; valid: the resized image's size inside it;
+    size: the original image's (H, W).
+    """
+
+    output: SegOutput
+    padded: tuple[int, int]
+    valid: tuple[int, int]
+    size: tuple[int, int]
 
 
 class Segmenter:
@@ -104,10 +120,8 @@ class Segmenter:
         return padded, size
 
     def _forward(self, image: np.ndarray) -> tuple[SegPrediction, tuple[int, int], tuple[int, int]]:
-        x, valid = self._prepare(image)
-        with torch.inference_mode():
-            out = self.model(x, self.class_embeddings)
-        return out.main, (x.shape[-2], x.shape[-1]), valid
+        inference = self.infer(image)
+        return inference.output.main, inference.padded, inference.valid
 
     def _mask_logits(
         self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int], out_size: tuple[int, int]
@@ -131,6 +145,36 @@ class Segmenter:
             yield start, part.view(-1, *out_size)
 
     # ------------------------------------------------------------------ public API
+    def infer(self, image: np.ndarray, *, reconstruct: bool = False) -> Inference:
+        """(H, W, 3) uint8 RGB -> the forward pass, kept whole (for :meth:`labels`, :meth:`class_score`, PAT's codes).
+
+        ``reconstruct`` asks PAT for its image reconstruction too (SAN has none: ValueError)."""
+        x, valid = self._prepare(image)
+        kwargs = {}
+        if reconstruct:
+            from patseg.models.pat.model import PAT
+
+            if not isinstance(self.model, PAT):
+                raise ValueError(f"'{self.model.config.name}' is SAN: it has no reconstruction")
+            kwargs["reconstruct"] = True
+        with torch.inference_mode():
+            out = self.model(x, self.class_embeddings, **kwargs)
+        return Inference(out, (x.shape[-2], x.shape[-1]), valid, (image.shape[0], image.shape[1]))
+
+    def labels(self, inference: Inference) -> np.ndarray:
+        """(H, W) int64 label map of one :meth:`infer` result (what :meth:`predict` returns)."""
+        label_map = self.postprocess(inference.output.main, inference.padded, inference.valid, inference.size)
+        return label_map.cpu().numpy().astype(np.int64)
+
+    @torch.inference_mode()
+    def class_score(self, inference: Inference, index: int) -> np.ndarray:
+        """(H, W) float32 score of class ``index`` (one channel of :meth:`scores`) from one :meth:`infer` result."""
+        if not 0 <= index < len(self.vocabulary):
+            raise IndexError(f"class {index} is outside the vocabulary of {len(self.vocabulary)} names")
+        probs, masks = self._mask_logits(inference.output.main, inference.padded, inference.valid, inference.size)
+        score = torch.einsum("q,qhw->hw", probs[:, index], masks.sigmoid())
+        return score.cpu().numpy().astype(np.float32)
+
     def scores(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (C, H, W) float32 per-class scores of SAN's semantic inference."""
         pred, padded, valid = self._forward(image)
@@ -139,8 +183,7 @@ class Segmenter:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) int64 label map (index into the vocabulary)."""
-        pred, padded, valid = self._forward(image)
-        return self.postprocess(pred, padded, valid, image.shape[:2]).cpu().numpy().astype(np.int64)
+        return self.labels(self.infer(image))
 
     @torch.inference_mode()
     def postprocess(

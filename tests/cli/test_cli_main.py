@@ -13,7 +13,7 @@ from patseg.cli import build_parser, main
 from patseg.errors import ConfigError, DatasetError, MissingFileError, UsageError
 
 SRC = Path(__file__).parents[2] / "src"
-HEAVY = ("torch", "torchvision", "scipy", "open_clip", "timm")
+HEAVY = ("torch", "torchvision", "scipy", "open_clip", "timm", "gradio")
 
 
 def _commands() -> list[str]:

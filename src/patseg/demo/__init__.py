@@ -1,0 +1,1 @@
+"""``patseg demo``: an interactive open-vocabulary segmentation page (Gradio)."""
