@@ -3,7 +3,7 @@
 
 Needs the ``chromium`` package (``.ci/run`` installs it). Without it the test is skipped, unless
 PATSEG_REQUIRE_BROWSER=1 (set by CI) makes that a failure. PATSEG_DEMO_SCREENSHOT=FILE also copies the screenshot
-there (how docs/demo.png is made).
+there, in 256 colours (how docs/demo.png is made).
 """
 
 import os
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from patseg.demo.backend import SCENE_SPLIT, Picture
+from patseg.demo.backend import BUILTIN_TITLE, SCENE_SPLIT, Picture
 from patseg.mini.scenes import render_scene, scene_rng
 
 CHROMIUM = os.environ.get("PATSEG_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -52,7 +52,7 @@ def server(backend):
     from patseg.demo.app import serve
 
     port = _free_port()
-    blocks = serve(backend, "Built-in models (browser test).", "127.0.0.1", port, block=False)
+    blocks = serve(backend, BUILTIN_TITLE, "127.0.0.1", port)
     yield f"http://127.0.0.1:{port}/"
     blocks.close()
 
@@ -110,5 +110,6 @@ def test_the_page_segments_an_upload_and_survives_a_bad_one(backend, server, tmp
 
     with Image.open(shot) as im:
         assert im.size[0] >= 1000 and np.asarray(im).std() > 10
-    if os.environ.get("PATSEG_DEMO_SCREENSHOT"):
-        shutil.copyfile(shot, os.environ["PATSEG_DEMO_SCREENSHOT"])
+    if os.environ.get("PATSEG_DEMO_SCREENSHOT"):  # 256 colours keep the README's picture small
+        with Image.open(shot) as im:
+            im.convert("RGB").quantize(256).save(os.environ["PATSEG_DEMO_SCREENSHOT"], optimize=True)

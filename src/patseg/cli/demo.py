@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a local demo
     from patseg.demo.app import serve
-    from patseg.demo.backend import DemoBackend, builtin_backend
+    from patseg.demo.backend import BUILTIN_TITLE, DemoBackend, builtin_backend
 
     device = pick_device(args.device)
     if args.weights is None and args.preset is None:
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 "--clip-weights and --set go with --weights or --preset (the built-in models need neither)"
             )
         backend = builtin_backend(device, args.max_classes)
-        title = "Built-in models: SAN-tiny and PAT-tiny (OVSS-mini), side by side."
+        title = BUILTIN_TITLE
     else:
         model = build_from_args(args, args.weights, warn_untrained=True).to(device).eval()
         name = model.config.name
@@ -81,9 +81,16 @@ def run(args: argparse.Namespace) -> int:
             {name: model}, short_side=args.short_side, max_long_side=4 * args.short_side, max_classes=args.max_classes
         )
         title = f"Model: {name}" + (f" from {os.path.basename(args.weights)}" if args.weights else " (random weights)")
-    print(f"patseg demo: serving on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     try:
-        serve(backend, title, args.host, args.port)
-    except OSError as exc:
-        raise UsageError(f"cannot serve on {args.host}:{args.port} ({exc}); choose another --port") from None
+        blocks = serve(backend, title, args.host, args.port)
+    except OSError:
+        raise UsageError(
+            f"cannot listen on {args.host}:{args.port} (in use, or not an address of this machine): "
+            "choose another --port or --host"
+        ) from None
+    print(f"patseg demo: open http://{args.host}:{args.port} in a browser (Ctrl-C stops the server)", flush=True)
+    try:
+        blocks.block_thread()
+    finally:
+        blocks.close()
     return 0

@@ -172,13 +172,15 @@ def build_blocks(backend: DemoBackend, title: str) -> gr.Blocks:
     return blocks
 
 
-def serve(backend: DemoBackend, title: str, host: str, port: int, *, block: bool = True) -> gr.Blocks:
-    """Build the page and serve it on ``host:port``; requests queue and run one at a time (the models are shared).
+def serve(backend: DemoBackend, title: str, host: str, port: int) -> gr.Blocks:
+    """Build the page and start serving it on ``host:port`` in a background thread; returns the Blocks (their
+    ``block_thread()`` waits for Ctrl-C, ``close()`` stops the server). Requests queue and run one at a time, as
+    the models are shared.
 
-    With ``block`` False the server runs in a background thread (tests) and the Blocks are returned."""
+    Raises:
+        OSError: the port is taken or cannot be bound.
+    """
     blocks = build_blocks(backend, title)
     blocks.queue(default_concurrency_limit=1, max_size=64)
-    blocks.launch(
-        server_name=host, server_port=port, css=CSS, show_error=True, prevent_thread_lock=not block, quiet=True
-    )
+    blocks.launch(server_name=host, server_port=port, css=CSS, show_error=True, prevent_thread_lock=True, quiet=True)
     return blocks

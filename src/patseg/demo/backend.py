@@ -37,6 +37,7 @@ BENCHMARK_VOCABULARIES = {
 }
 DISPLAY_SIDE = 384  # small pictures (the built-in models work at 128 px) are enlarged to about this for the page
 MAX_CLASSES = 1000  # ADE20K-847 fits; text encoding thousands of names would hold the queue for minutes
+BUILTIN_TITLE = "Built-in models: SAN-tiny and PAT-tiny (OVSS-mini), side by side."
 SCENE_SPLIT = "demo"  # the page's scenes are their own stream, apart from OVSS-mini's train and val scenes
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -119,15 +120,19 @@ def save_half(model: SAN, path: Path) -> Path:
 
 
 def generate(out_dir: Path = SHIPPED_DIR, settings: MiniSettings = FULL, work_dir: Path | None = None) -> dict:
-    """Train both models as the full OVSS-mini run does (seed 0), write them as float16 and ``models.json`` last."""
+    """Train both models as the full OVSS-mini run does (seed 0), write them as float16 and ``models.json`` last.
+
+    The training runs go to ``work_dir`` (default: a temporary folder, removed afterwards)."""
+    if work_dir is None:
+        with tempfile.TemporaryDirectory(prefix="patseg-demo-") as tmp:
+            return generate(out_dir, settings, Path(tmp))
     world = WorldConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(work_dir) if work_dir is not None else out_dir / ".work"
     record: dict[str, Any] = {**fingerprint(), "seed": SEED, "settings": asdict(settings), "models": {}}
     configs = record.pop("configs")
     for name, preset in MODELS.items():
         start = time.perf_counter()
-        model, metrics = run_one(MiniRun(name, preset), SEED, world, settings, mini_clip_file(), work / preset)
+        model, metrics = run_one(MiniRun(name, preset), SEED, world, settings, mini_clip_file(), work_dir / preset)
         file = f"{preset}.safetensors"
         save_half(model, out_dir / file)
         record["models"][name] = {
@@ -137,10 +142,8 @@ def generate(out_dir: Path = SHIPPED_DIR, settings: MiniSettings = FULL, work_di
             "train_seconds": round(time.perf_counter() - start, 1),
             "miou": {k: round(float(metrics[k]), 2) for k in ("seen", "unseen", "all", "hIoU")},
         }
-        print(
-            f"{name}: mIoU seen/unseen/all/hIoU "
-            + " / ".join(f"{v:.1f}" for v in record["models"][name]["miou"].values())
-        )
+        miou = " / ".join(f"{v:.1f}" for v in record["models"][name]["miou"].values())
+        print(f"{name}: mIoU seen / unseen / all / hIoU {miou}", flush=True)
     atomic_write_text(out_dir / META_FILE, json.dumps(record, indent=2) + "\n")
     return record
 
@@ -151,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         "with models.json into patseg/resources/demo."
     )
     parser.add_argument("--out-dir", type=Path, default=SHIPPED_DIR)
-    parser.add_argument("--work-dir", type=Path, default=None, help="training runs (default: OUT_DIR/.work)")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="keep the training runs here (default: a temporary folder)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
