@@ -6,6 +6,7 @@ import pytest
 
 import patseg.bench
 import patseg.mini.benchmark
+import patseg.mini.figure
 from patseg.cli import main
 from patseg.cli.bench import format_markdown
 
@@ -66,8 +67,9 @@ def test_bench_passes_overrides_and_records_the_command(tmp_path, monkeypatch, c
 def fake_benchmark(monkeypatch):
     seen = {}
 
-    def run_benchmark(settings, out, runs, on_model=None):
+    def run_benchmark(settings, out, runs, world=None, on_model=None):
         seen["runs"] = {r.name: dict(r.overrides) for r in runs}
+        seen["world"] = world
         results = {}
         for r in runs:
             if on_model is not None:
@@ -88,14 +90,14 @@ def fake_benchmark(monkeypatch):
         def eval(self):
             return self
 
-    def make_figure(world, settings, models):
+    def make_figure(world, image_size, models):
         seen["figure_models"] = sorted(models)
         from PIL import Image
 
         return Image.new("RGB", (4, 4))
 
     monkeypatch.setattr(patseg.mini.benchmark, "run_benchmark", run_benchmark)
-    monkeypatch.setattr(patseg.mini.benchmark, "make_figure", make_figure)
+    monkeypatch.setattr(patseg.mini.figure, "make_figure", make_figure)
     return seen
 
 
@@ -108,7 +110,10 @@ def test_mini_gives_every_run_the_keys_that_fit_it(tmp_path, fake_benchmark, cap
     assert runs["SAN"] == {"loss.vq_weight": 0.5}  # pat.* keys would turn the SAN baseline into PAT
     assert runs["SAN, random text (control)"] == {"loss.vq_weight": 0.5}
     assert runs["PAT"] == {"pat.vmf": True, "loss.vq_weight": 0.5}
-    assert runs["PAT vmf=False"] == {"pat.vmf": False, "loss.vq_weight": 0.5}  # the ablation's own key wins
+    assert runs["Table II: No vMF meanshift"] == {"pat.vmf": False, "loss.vq_weight": 0.5}  # the row's key wins
+    assert runs["Table II: FPN, all removed"] == {"pat.decoder_stages": [], "pat.vmf": True, "loss.vq_weight": 0.5}
+    assert len(runs) == 3 + 11  # Table II's baseline is the PAT run itself
+    assert fake_benchmark["world"].name == "ovss-mini-v1"
     assert fake_benchmark["figure_models"] == ["PAT", "SAN"]
     text = (tmp_path / "results.md").read_text()
     assert "command: `patseg mini --quick --ablations --set pat.vmf=true loss.vq_weight=0.5`" in text

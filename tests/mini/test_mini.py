@@ -9,8 +9,9 @@ import torch
 
 from patseg.cli import main
 from patseg.mini import benchmark
-from patseg.mini.benchmark import QUICK, RandomTextEncoder, format_table, summarize
+from patseg.mini.benchmark import QUICK, RandomTextEncoder
 from patseg.mini.clip_pretrain import SHIPPED_DIR, WEIGHTS_FILE
+from patseg.mini.report import format_table, summarize
 from patseg.mini.world import WorldConfig, world_hash
 
 
@@ -28,6 +29,7 @@ def test_benchmark_record_holds_no_absolute_path(tmp_path, monkeypatch):
     assert shipped.is_absolute()  # what the loader hands over; the record must not keep it so
     monkeypatch.setattr(benchmark, "load_or_pretrain_mini_clip", lambda world, steps: shipped)
     monkeypatch.setattr(benchmark, "run_one", lambda run, seed, *args: (None, {"seen": 1.0, "dir": "runs/x"}))
+    monkeypatch.setattr(benchmark, "MiniClipEmbedder", lambda weights: None)
     report = benchmark.run_benchmark(QUICK, tmp_path / "out", benchmark.DEFAULT_RUNS[:1])
     assert report["clip_weights"] == "patseg/resources/mini_clip/mini_clip.safetensors"
     assert report["results"] == {"SAN": [{"seen": 1.0, "dir": "runs/x", "seed": 0}]}
@@ -92,7 +94,7 @@ def test_mini_pipeline_smoke(tmp_path, monkeypatch):
 def test_mini_records_the_command_that_ran_and_passes_threads(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_benchmark(settings, out, runs, on_model=None):
+    def fake_benchmark(settings, out, runs, world=None, on_model=None):
         seen["settings"], seen["runs"] = settings, runs
         row = {"seen": 10.0, "unseen": 5.0, "all": 8.0, "hIoU": 6.7, "seed": 3}
         return {"world": "w", "clip_weights": "x", "results": {"SAN": [row]}, "settings": {}}
@@ -120,6 +122,7 @@ def test_run_benchmark_keeps_torch_threads_unless_told(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark, "load_or_pretrain_mini_clip", lambda world, steps: SHIPPED_DIR / WEIGHTS_FILE)
     threads = []
     monkeypatch.setattr(benchmark, "run_one", lambda *args: (threads.append(torch.get_num_threads()), {"seen": 1.0}))
+    monkeypatch.setattr(benchmark, "MiniClipEmbedder", lambda weights: None)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

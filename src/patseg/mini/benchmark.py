@@ -4,8 +4,8 @@
 2. A tiny CLIP pretrained contrastively on (scene, caption) pairs covering *all* concepts
    (``patseg.mini.clip_pretrain``), cached per world.
 3. ``san_tiny`` and ``pat_tiny`` on that frozen CLIP, trained for segmentation on the *seen* concepts only
-   (unseen pixels are ignored), then evaluated zero-shot on scenes with every concept: mIoU on seen, unseen and all
-   classes and the harmonic mean of seen and unseen (hIoU).
+   (unseen pixels are ignored), then evaluated zero-shot on scenes with every concept (``patseg.mini.evaluate``):
+   mIoU and boundary IoU on seen, unseen and all classes, hIoU, and PAT's reconstruction and codebook usage.
 4. A control that shows the open-vocabulary mechanism is at work: SAN with the CLIP text embeddings replaced by
    fixed random vectors (``RandomTextEncoder``), trained and evaluated the same way; its unseen mIoU should collapse.
 """
@@ -13,12 +13,10 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -34,15 +32,12 @@ from patseg.engine.train_config import (
     TrainConfig,
 )
 from patseg.engine.trainer import train
-from patseg.evaluation import SemSegEvaluator
 from patseg.mini.clip_pretrain import MODEL_NAME, load_or_pretrain_mini_clip
+from patseg.mini.evaluate import MiniClipEmbedder, evaluate_mini
 from patseg.mini.scenes import SyntheticSegmentation
-from patseg.mini.world import WorldConfig
+from patseg.mini.world import WorldConfig, world_hash
 from patseg.models.san.model import SAN
 from patseg.paths import portable_path
-from patseg.predictor import Segmenter
-
-VAL_SEED = 10_000  # the evaluation scenes are the same for every training seed
 
 # The mini CLIP has 6 blocks like the tiny test CLIP: taps at 0 and 2/3/4, recognition blocks 4-5.
 MINI_CLIP = {"clip.model_name": MODEL_NAME, "clip.quick_gelu": True, "clip.taps": [0, 2, 3, 4], "clip.rec_start": 4}
@@ -50,23 +45,23 @@ MINI_CLIP = {"clip.model_name": MODEL_NAME, "clip.quick_gelu": True, "clip.taps"
 
 @dataclass(frozen=True)
 class MiniRun:
-    """One row of the results table: a preset with overrides, optionally with random text embeddings."""
+    """One row of the results table: a preset with overrides, optionally with random text embeddings.
+
+    ``group`` places an ablation in the paper's Table II layout; ``first_seed_only`` runs it for the first seed only
+    (the control, whose point one seed makes)."""
 
     name: str
     preset: str
     overrides: dict = field(default_factory=dict)
     random_text: bool = False
+    group: str = ""
+    first_seed_only: bool = False
 
 
 DEFAULT_RUNS = (
     MiniRun("SAN", "san_tiny"),
     MiniRun("PAT", "pat_tiny"),
-    MiniRun("SAN, random text (control)", "san_tiny", random_text=True),
-)
-ABLATION_RUNS = (
-    MiniRun("PAT vmf=False", "pat_tiny", {"pat.vmf": False}),
-    MiniRun("PAT token_mixer=False", "pat_tiny", {"pat.token_mixer": False}),
-    MiniRun("PAT pixel_residual=False", "pat_tiny", {"pat.pixel_residual": False}),
+    MiniRun("SAN, random text (control)", "san_tiny", random_text=True, first_seed_only=True),
 )
 
 
@@ -134,37 +129,25 @@ def train_config(settings: MiniSettings, run: MiniRun, seed: int, out_dir: Path)
     )
 
 
-@torch.inference_mode()
-def evaluate_mini(model: SAN, world: WorldConfig, settings: MiniSettings) -> dict:
-    """Zero-shot mIoU on scenes with every concept: seen, unseen, all, and hIoU (percent)."""
-    names = list(world.concept_names)
-    val = SyntheticSegmentation(world, "val", settings.val_scenes, settings.image_size, VAL_SEED)
-    segmenter = Segmenter(model, names, short_side=settings.image_size, max_long_side=4 * settings.image_size)
-    evaluator = SemSegEvaluator(len(names), 255, class_names=names)
-    for i in range(len(val)):
-        item = val[i]
-        evaluator.update(segmenter.predict(item["image"].permute(1, 2, 0).numpy()), item["label"].numpy())
-    per_class = evaluator.compute()["per_class"]
-
-    def mean_iou(subset: Sequence[str]) -> float:
-        values = [per_class[n] for n in subset if not math.isnan(per_class[n])]
-        return float(np.mean(values)) if values else float("nan")
-
-    seen, unseen = mean_iou(world.seen_names), mean_iou(world.unseen_names)
-    h = 2 * seen * unseen / (seen + unseen) if seen + unseen > 0 else 0.0
-    return {"seen": seen, "unseen": unseen, "all": mean_iou(names), "hIoU": h, "per_class": per_class}
-
-
 def run_one(
-    run: MiniRun, seed: int, world: WorldConfig, settings: MiniSettings, clip_weights: Path, out_dir: Path
+    run: MiniRun,
+    seed: int,
+    world: WorldConfig,
+    settings: MiniSettings,
+    clip_weights: Path,
+    out_dir: Path,
+    embedder: MiniClipEmbedder | None = None,
 ) -> tuple[SAN, dict]:
-    """Train one model on the seen concepts and evaluate it zero-shot on all of them."""
+    """Train one model on the seen concepts and evaluate it zero-shot on all of them.
+
+    The scenes and their order depend on the seed only (the renderer is seeded per scene, the trainer's sampler by
+    the seed), so two runs with one seed, SAN and PAT say, see the same data: their results pair up."""
     torch.manual_seed(seed)
     model = build_mini_model(run, clip_weights)
     seen = world.seen_names
     data = SyntheticSegmentation(world, "train", settings.train_scenes, settings.image_size, seed, concepts=seen)
     result = train(train_config(settings, run, seed, out_dir), model, data, seen)
-    metrics = evaluate_mini(model, world, settings)
+    metrics = evaluate_mini(model, world, settings.val_scenes, settings.image_size, embedder)
     metrics["final_train_loss"] = result.losses.get("total", float("nan"))
     return model, metrics
 
@@ -176,24 +159,29 @@ def run_benchmark(
     world: WorldConfig | None = None,
     on_model: Callable | None = None,
 ) -> dict:
-    """Every run for every seed; returns {"world", "clip_weights", "settings", "results": {run name: [metrics per
-    seed]}}. ``clip_weights`` is recorded by :func:`patseg.paths.portable_path` (``patseg/...`` for the shipped
-    mini CLIP, ``$PATSEG_CACHE/...`` for a cached one), so the record holds no absolute path of this machine."""
+    """Every run for every seed (``first_seed_only`` runs: the first); returns {"world", "clip_weights", "settings",
+    "results": {run name: [metrics per seed]}}. ``clip_weights`` is recorded by :func:`patseg.paths.portable_path`
+    (``patseg/...`` for the shipped mini CLIP, ``$PATSEG_CACHE/...`` for a cached one), so the record holds no
+    absolute path of this machine."""
     world = world or WorldConfig()
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     clip_weights = load_or_pretrain_mini_clip(world, steps=settings.clip_steps)
+    embedder = MiniClipEmbedder(clip_weights)
     results: dict[str, list[dict]] = {run.name: [] for run in runs}
     for seed in settings.seeds:
         for run in runs:
+            if run.first_seed_only and seed != settings.seeds[0]:
+                continue
             run_dir = out_dir / "runs" / f"{run.preset}-{_slug(run.name)}-seed{seed}"
-            model, metrics = run_one(run, seed, world, settings, clip_weights, run_dir)
+            model, metrics = run_one(run, seed, world, settings, clip_weights, run_dir, embedder)
             metrics["seed"] = seed
             results[run.name].append(metrics)
             if on_model is not None:
                 on_model(run, seed, model)
     return {
         "world": world.name,
+        "world_hash": world_hash(world),
         "clip_weights": portable_path(clip_weights),
         "results": results,
         "settings": {k: v for k, v in settings.__dict__.items()},
@@ -202,63 +190,3 @@ def run_benchmark(
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_")
-
-
-def summarize(results: dict[str, list[dict]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """{run: {metric: (mean, std)}} over seeds (sample std, NaN for one seed)."""
-    out: dict[str, dict[str, tuple[float, float]]] = {}
-    for name, rows in results.items():
-        out[name] = {}
-        for metric in ("seen", "unseen", "all", "hIoU"):
-            values = np.array([r[metric] for r in rows], dtype=float)
-            std = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
-            out[name][metric] = (float(values.mean()), std)
-    return out
-
-
-def format_table(summary: dict[str, dict[str, tuple[float, float]]]) -> str:
-    """Markdown table of mean +/- std mIoU (%)."""
-    lines = ["| model | mIoU seen | mIoU unseen | mIoU all | hIoU |", "|---|---|---|---|---|"]
-    for name, metrics in summary.items():
-        cells = []
-        for metric in ("seen", "unseen", "all", "hIoU"):
-            mean, std = metrics[metric]
-            cells.append(f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-@torch.inference_mode()
-def make_figure(
-    world: WorldConfig, settings: MiniSettings, models: dict[str, SAN], num_scenes: int = 4, cell: int = 128
-):
-    """Rows of example val scenes: image, ground truth, each model's prediction, and PAT's early-stage tokens."""
-    from PIL import Image, ImageDraw
-
-    from patseg.images import palette
-    from patseg.models.pat.model import PAT
-
-    names = list(world.concept_names)
-    colours = palette(len(names) + 1)
-    val = SyntheticSegmentation(world, "val", num_scenes, settings.image_size, VAL_SEED)
-    segmenters = {k: Segmenter(m, names, short_side=settings.image_size) for k, m in models.items()}
-    pat = next((m for m in models.values() if isinstance(m, PAT)), None)
-    columns = ["image", "ground truth", *models] + (["PAT tokens (early)"] if pat is not None else [])
-    canvas = Image.new("RGB", (len(columns) * (cell + 4), num_scenes * (cell + 4) + 18), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for c, title in enumerate(columns):
-        draw.text((c * (cell + 4) + 2, 2), title[:22], fill=(0, 0, 0))
-    for r in range(num_scenes):
-        item = val[r]
-        image = item["image"].permute(1, 2, 0).numpy()
-        label = item["label"].numpy()
-        panels = [image, colours[np.where(label == 255, len(names), label)]]
-        panels += [colours[s.predict(image)] for s in segmenters.values()]
-        if pat is not None:
-            x = item["image"][None].float().div(255).to(next(pat.parameters()).device)
-            codes = pat.encode(x)["early"].indices[0].cpu().numpy()
-            panels.append(palette(int(codes.max()) + 1)[codes])
-        for c, panel in enumerate(panels):
-            tile = Image.fromarray(panel.astype(np.uint8)).resize((cell, cell), Image.Resampling.NEAREST)
-            canvas.paste(tile, (c * (cell + 4), 18 + r * (cell + 4)))
-    return canvas
