@@ -131,3 +131,18 @@ def test_run_benchmark_keeps_torch_threads_unless_told(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert threads == [1, 3]
+
+
+def test_world_seed_runs_another_world_with_its_own_mini_clip(tmp_path, monkeypatch):
+    from patseg.mini.world import make_world
+
+    monkeypatch.setenv("PATSEG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "w3"
+    argv = ["mini", "--quick", "--world-seed", "3", "--iters", "1", "--train-scenes", "4", "--val-scenes", "2"]
+    assert main([*argv, "--clip-steps", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    world = make_world(3)
+    assert report["world"] == world.name != WorldConfig().name and report["world_hash"] == world_hash(world)
+    assert report["clip_weights"] == f"$PATSEG_CACHE/mini_clip/{world_hash(world)}/mini_clip.safetensors"
+    assert f"(world {world.name})" in (out / "results.md").read_text()
+    assert "--world-seed 3" in (out / "results.md").read_text()

@@ -67,9 +67,9 @@ def test_tables():
     assert "| PAT | 32.0 ± 1.0 | 10.0 ± 0.1 | 25.5 ± 0.0 | 15.0 ± 0.0 | 15.0 ± 1.0 | – |" in table
     tok = tokenizer_table(RESULTS, ["SAN", "PAT"])
     assert tok.count("\n") == 2  # header, rule and PAT only: SAN has no tokenizer
-    assert "| PAT | 13.00 ± 1.00 | 0.100 ± 0.100 | 5.0 ± 1.0 · 22.0 ± 0.0 of 32 |" in tok
+    assert "| PAT | 13.00 ± 1.00 | 0.1 ± 0.1 | 5.0 ± 1.0 · 22.0 ± 0.0 of 32 |" in tok
     layout = [("Baseline", "Baseline", "PAT"), ("Cluster", "No vMF", "missing"), ("Cluster", "Other", "SAN")]
     ablation = ablation_table(RESULTS, layout).splitlines()
-    assert ablation[2] == "| Baseline | Baseline | 25.5 ± 0.0 | 10.0 ± 0.1 | 15.0 ± 1.0 | 0.100 ± 0.100 |"
+    assert ablation[2] == "| Baseline | Baseline | 25.5 ± 0.0 | 10.0 ± 0.1 | 15.0 ± 1.0 | 0.1 ± 0.1 |"
     assert ablation[3] == "| Cluster | No vMF | – | – | – | – |"
     assert ablation[4].startswith("|  | Other | 25.0 ± 0.0 |")  # the group is named once

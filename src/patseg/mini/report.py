@@ -101,7 +101,7 @@ def tokenizer_table(results: dict[str, list[dict]], runs: Sequence[str]) -> str:
         cells = [
             name,
             cell(*mean_std(metric_values(rows, "psnr")), 2),
-            cell(*mean_std(metric_values(rows, "mini_rfid")), 3),
+            cell(*mean_std(metric_values(rows, "mini_rfid"))),
         ]
         for stage in STAGES:
             size = rows[0]["tokenizer"]["codebooks"][stage]["size"]
@@ -123,7 +123,7 @@ def ablation_table(results: dict[str, list[dict]], rows: Sequence[tuple[str, str
     for group, label, name in rows:
         runs = results.get(name, [])
         values = [cell(*mean_std(metric_values(runs, m))) for m in ("all", "unseen", "bIoU_all")]
-        values.append(cell(*mean_std(metric_values(runs, "mini_rfid")), 3))
+        values.append(cell(*mean_std(metric_values(runs, "mini_rfid"))))
         lines.append(f"| {group if group != previous else ''} | {label} | " + " | ".join(values) + " |")
         previous = group
     return "\n".join(lines)
