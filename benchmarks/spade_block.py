@@ -22,8 +22,9 @@ import torch
 
 from patseg.atomic import atomic_write_text
 from patseg.evaluation.rfid import reconstruct
-from patseg.mini.benchmark import QUICK, VAL_SEED, MiniRun, run_one
+from patseg.mini.benchmark import QUICK, MiniRun, run_one
 from patseg.mini.clip_pretrain import load_or_pretrain_mini_clip
+from patseg.mini.evaluate import VAL_SEED
 from patseg.mini.scenes import SyntheticSegmentation
 from patseg.mini.world import WorldConfig
 

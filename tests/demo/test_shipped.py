@@ -10,7 +10,8 @@ from safetensors import safe_open
 
 from patseg.demo import shipped
 from patseg.errors import CheckpointError
-from patseg.mini.benchmark import FULL, VAL_SEED
+from patseg.mini.benchmark import FULL
+from patseg.mini.evaluate import VAL_SEED
 from patseg.mini.scenes import SyntheticSegmentation
 from patseg.mini.world import WorldConfig
 from patseg.predictor import Segmenter
