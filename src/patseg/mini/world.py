@@ -18,6 +18,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from patseg.config import ConfigError, from_dict, to_dict
 
 RGB = tuple[int, int, int]
@@ -155,6 +157,12 @@ def validate_world(world: WorldConfig) -> None:
     missing = [n for n in world.unseen if n not in names]
     if missing:
         raise ConfigError(f"unseen concept '{missing[0]}' is not in the world's vocabulary")
+    # Zero-shot transfer goes through the text encoder, so every word of an unseen name must be trained on.
+    seen_words = {w for n in names if n not in world.unseen for w in n.split()}
+    for name in world.unseen:
+        orphans = [w for w in name.split() if w not in seen_words]
+        if orphans:
+            raise ConfigError(f"unseen concept '{name}': word '{orphans[0]}' appears in no seen concept")
     lo, hi = world.stuff_per_scene
     if not 1 <= lo <= hi <= len(world.stuff):
         raise ConfigError(f"stuff_per_scene {world.stuff_per_scene} must satisfy 1 <= lo <= hi <= {len(world.stuff)}")
@@ -182,3 +190,94 @@ def caption_order(world: WorldConfig, present: list[int] | tuple[int, ...]) -> l
     things = sorted(i for i in present if i >= world.num_stuff)
     stuff = sorted(i for i in present if i < world.num_stuff)
     return [world.concept_names[i] for i in things + stuff]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seeded worlds: seed 0 is the default world above; any other seed draws a different vocabulary and split.
+
+# Named colours with clearly distinct RGBs; the first five are the default world's.
+COLOUR_TABLE: tuple[Colour, ...] = DEFAULT_COLOURS + (
+    Colour("orange", (245, 130, 20)),
+    Colour("pink", (245, 140, 190)),
+    Colour("brown", (120, 70, 30)),
+    Colour("black", (25, 25, 25)),
+    Colour("white", (240, 240, 240)),
+    Colour("grey", (128, 128, 128)),
+    Colour("cyan", (40, 210, 220)),
+)
+
+# Natural stuff: (name, pattern, primary, secondary, period); colours are jittered per world.
+NATURAL_STUFF: tuple[StuffSpec, ...] = DEFAULT_STUFF[:6] + (
+    StuffSpec("snow", "grain", (240, 242, 248), (200, 210, 225), 0.02),
+    StuffSpec("dirt", "grain", (115, 80, 50), (80, 55, 35), 0.03),
+    StuffSpec("ocean", "waves", (20, 100, 130), (60, 160, 170), 0.1),
+    StuffSpec("fog", "clouds", (170, 175, 180), (220, 222, 225), 0.3),
+)
+
+COLOURED_PATTERNS = ("stripes", "dots")  # patterns named "<colour> <pattern>"
+UNSEEN_FRACTION = 0.2
+_SEED_SALT = 0x5EED_0F_3011D  # keeps make_world's stream apart from other users of small integer seeds
+
+
+def _jitter_rgb(rgb: RGB, rng: np.random.Generator, amount: float = 0.12) -> RGB:
+    values = np.clip(np.rint(np.asarray(rgb, dtype=np.float64) * rng.uniform(1 - amount, 1 + amount, 3)), 0, 255)
+    return (int(values[0]), int(values[1]), int(values[2]))
+
+
+def _pick(rng: np.random.Generator, items: tuple, lo: int, hi: int) -> list:
+    """``lo``..``hi`` distinct items in table order (table order keeps concept indices readable)."""
+    count = int(rng.integers(lo, hi + 1))
+    return [items[i] for i in sorted(rng.choice(len(items), size=count, replace=False))]
+
+
+def _draw_unseen(names: list[str], target: int, rng: np.random.Generator) -> tuple[str, ...]:
+    """Up to ``target`` multi-word names held out, greedily, so that each word stays in some seen name."""
+    candidates = [n for n in names if len(n.split()) > 1]
+    unseen: list[str] = []
+    for k in rng.permutation(len(candidates)):
+        if len(unseen) == target:
+            break
+        trial = unseen + [candidates[k]]
+        seen_words = {w for n in names if n not in trial for w in n.split()}
+        if all(w in seen_words for n in trial for w in n.split()):
+            unseen = trial
+    return tuple(n for n in names if n in unseen)  # index order, like DEFAULT_UNSEEN's listing
+
+
+def make_world(seed: int) -> WorldConfig:
+    """The world of ``seed``: 0 is the default :class:`WorldConfig` (the README's); others are drawn from it.
+
+    A drawn world has 4-6 colours from :data:`COLOUR_TABLE`, 3-4 shapes, 4-6 natural stuff concepts with
+    jittered colours, 2-5 "<colour> stripes/dots" concepts in the world's own colours, and about 20% of all
+    concepts held out as unseen, each sharing its words with seen ones. Deterministic across machines: numpy's
+    PCG64 stream from ``[seed, salt]`` and integer/rounded values only.
+    """
+    if seed < 0:
+        raise ValueError(f"world seed must be >= 0, got {seed}")
+    if seed == 0:
+        return WorldConfig()
+    rng = np.random.default_rng([seed, _SEED_SALT])
+    colours = _pick(rng, COLOUR_TABLE, 4, 6)
+    shapes = _pick(rng, SHAPES, 3, 4)
+    natural = [
+        StuffSpec(s.name, s.pattern, _jitter_rgb(s.primary, rng), _jitter_rgb(s.secondary, rng), s.period)
+        for s in _pick(rng, NATURAL_STUFF, 4, 6)
+    ]
+    # Coloured patterns use the world's colours so a colour word means one hue everywhere; white/pale ones get a
+    # dark ground so the pattern stays visible.
+    pairs = [(c, p) for p in COLOURED_PATTERNS for c in colours]
+    coloured = []
+    for colour, pattern in _pick(rng, tuple(pairs), 2, 5):
+        ground = (40, 40, 45) if sum(colour.rgb) > 600 else _WHITE
+        period = round(float(rng.uniform(0.07, 0.12) if pattern == "stripes" else rng.uniform(0.08, 0.13)), 3)
+        coloured.append(StuffSpec(f"{colour.name} {pattern}", pattern, colour.rgb, ground, period))
+    draft = WorldConfig(
+        name=f"ovss-mini-v1-seed{seed}",
+        colours=tuple(colours),
+        shapes=tuple(shapes),
+        stuff=tuple(natural + coloured),
+        unseen=(),
+    )
+    names = list(draft.concept_names)
+    unseen = _draw_unseen(names, max(1, round(UNSEEN_FRACTION * len(names))), rng)
+    return WorldConfig(name=draft.name, colours=draft.colours, shapes=draft.shapes, stuff=draft.stuff, unseen=unseen)
