@@ -68,3 +68,16 @@ def test_zero_shot_report_has_single_concept_top1():
     assert set(report.per_concept_top1) == set(WORLD.concept_names)
     assert 0.0 <= report.top1_seen <= 1.0 and 0.0 <= report.top1_unseen <= 1.0
     assert all(v in {i / 8 for i in range(9)} for v in report.per_concept_top1.values())
+
+
+def test_shipped_metadata_records_the_default_recipe():
+    """`python -m patseg.mini.clip_pretrain --half --out-dir src/patseg/resources/mini_clip` regenerates it."""
+    import json
+
+    meta = json.loads((cp.SHIPPED_DIR / cp.META_FILE).read_text())
+    recipe = cp.RECIPE
+    assert (meta["steps"], meta["batch_size"], meta["lr"]) == (recipe.steps, recipe.batch_size, recipe.lr)
+    assert (meta["hard_negatives"], meta["object_crops"]) == (recipe.hard_negatives, recipe.object_crops)
+    zs = meta["zero_shot"]
+    assert {"map_seen", "map_unseen", "top_n_accuracy", "top1_seen", "top1_unseen"} <= set(zs)
+    assert set(zs["per_concept_top1"]) == set(WORLD.concept_names)
