@@ -164,8 +164,7 @@ def test_crop_boxes_stay_inside_and_frame_things(monkeypatch, object_crops):
 
 def test_shipped_mini_clip_matches_the_default_world(monkeypatch):
     """The committed mini CLIP must be regenerated when the world or the model config changes:
-    python -m patseg.mini.clip_pretrain --steps 1200 --batch-size 32 --lr 2e-3 --threads 1 --half \\
-        --out-dir src/patseg/resources/mini_clip"""
+    python -m patseg.mini.clip_pretrain --half --out-dir src/patseg/resources/mini_clip"""
     import json
 
     from patseg.mini import clip_pretrain

@@ -4,25 +4,33 @@ OVSS-mini needs a CLIP that, like a real one, has seen the *whole* world at imag
 included. We build open_clip's own CLIP class from the config ``patseg-mini-ViT`` (shipped in
 ``patseg/resources/clip``) and train it from scratch on random views of generated scenes with two losses:
 
-- symmetric InfoNCE between each view and its caption ("a photo of red circle, grass and brick wall.");
+- symmetric InfoNCE between each view and its caption ("a photo of red circle, grass and brick wall."); with
+  hard negatives (optional), each view also brings a caption wrong by one word ("... blue circle, grass and
+  brick wall.") into the image->text softmax, so colour and shape words must be read, not guessed from context;
 - a concept loss: softmax over the K concept prompts (random SAN "vild" template each), with the target spread
   evenly over the concepts visible in the view. It trains what SAN later does with CLIP: pick the best class
   name for a region by cosine similarity x logit scale.
 
-Views are square crops resized to CLIP's input: half of them random (35-100% of the scene area), half framing
-one thing, so the model learns regions and objects, not only whole scenes. A concept covering less than
-``MIN_FRACTION`` of a view is neither a positive nor a negative. The result is cached per world as
-``mini_clip.safetensors`` (an open_clip state dict, loadable with
+Views are square crops resized to CLIP's input: some random (35-100% of the scene area), the rest
+(``object_crops``, half by default) framing one thing, so the model learns regions and objects, not only whole
+scenes. A concept covering less than ``MIN_FRACTION`` of a view is neither a positive nor a negative. The result
+is cached per world as ``mini_clip.safetensors`` (an open_clip state dict, loadable with
 ``open_clip.create_model('patseg-mini-ViT', pretrained=path)``) beside ``mini_clip.json`` (metadata).
 
-Regenerate the default cache (about 1-2 minutes on 2 CPU cores)::
+:func:`evaluate_zero_shot` measures it two ways: retrieval mAP / top-n accuracy of the concepts in whole
+multi-concept scenes, and top-1 accuracy of naming one concept shown alone (:func:`single_concept_top1`), each
+split into seen and unseen concepts.
 
-    python -m patseg.mini.clip_pretrain            # --steps, --batch-size, --seed, --out-dir, --threads
+Regenerate the shipped copy with the :data:`RECIPE` defaults (about 15 minutes on one CPU thread)::
+
+    python -m patseg.mini.clip_pretrain --half --out-dir src/patseg/resources/mini_clip
+    # options: --steps, --batch-size, --lr, --[no-]hard-negatives, --object-crops, --seed, --threads
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -38,7 +46,7 @@ import torch.nn.functional as F
 from patseg import paths
 from patseg.atomic import atomic_save_safetensors, atomic_write_text
 from patseg.errors import CheckpointError, MissingFileError
-from patseg.mini.scenes import render_scene, scene_rng
+from patseg.mini.scenes import render_scene, scene_rng, shape_mask
 from patseg.mini.world import WorldConfig, make_caption, world_hash
 from patseg.resources import CLIP_CONFIG_DIR, RESOURCE_DIR, load_templates
 
@@ -47,7 +55,21 @@ WEIGHTS_FILE, META_FILE = "mini_clip.safetensors", "mini_clip.json"
 RENDER_SIZE = 128  # scenes are rendered at the OVSS-mini image size; CLIP sees them at half size (SAN's 0.5)
 MIN_FRACTION = 0.01  # a concept must cover 1% of a view to count as present in it
 CROP_AREA = (0.35, 1.0)  # scene-area fraction of a random crop
-OBJECT_CROPS = 0.5  # fraction of views framing one thing instead
+OBJECT_CROPS = 0.5  # fraction of views framing one thing instead (sample_views' default)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Pretraining settings of the shipped mini CLIP, the defaults of pretraining here and on the command line."""
+
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 2e-3
+    hard_negatives: bool = False  # tried: no gain at 1200 steps (see the commit that added it)
+    object_crops: float = OBJECT_CROPS
+
+
+RECIPE = Recipe()
 
 
 class ViewBatch(NamedTuple):
@@ -55,6 +77,7 @@ class ViewBatch(NamedTuple):
     captions: list[str]  # B captions naming the concepts present in each view
     targets: torch.Tensor  # (B, K) bool: concept covers >= MIN_FRACTION of the view
     valid: torch.Tensor  # (B, K) bool: concept is present or absent (not a sliver)
+    negatives: list[str] | None = None  # B hard-negative captions: one concept name changed by one word
 
 
 @dataclass
@@ -66,6 +89,12 @@ class ZeroShotReport:
     map_unseen: float
     top_n_accuracy: float  # mean over images of |top-n scored concepts ∩ present| / n, n = number present
     num_scenes: int
+    # Naming one concept: mean over concepts of the top-1 accuracy on images showing that concept alone (stuff:
+    # one texture filling the view, named among all concepts; things: one large thing on a texture, named among
+    # the things). Defaults keep reports from before this measure constructible.
+    top1_seen: float = float("nan")
+    top1_unseen: float = float("nan")
+    per_concept_top1: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def _register_config() -> None:
@@ -100,11 +129,14 @@ def _view_targets(label: np.ndarray, num_concepts: int) -> tuple[np.ndarray, np.
     return present, present | (fraction == 0)
 
 
-def _crop_box(label: np.ndarray, num_stuff: int, rng: np.random.Generator) -> tuple[int, int, int]:
-    """A random square crop (y0, x0, side): half the time framing one thing, as object photos frame objects."""
+def _crop_box(
+    label: np.ndarray, num_stuff: int, rng: np.random.Generator, object_crops: float | None = None
+) -> tuple[int, int, int]:
+    """A random square crop (y0, x0, side): a fraction ``object_crops`` (default OBJECT_CROPS) of them framing
+    one thing, as object photos frame objects."""
     size = label.shape[0]
     things = [c for c in np.unique(label) if c >= num_stuff]
-    if things and rng.random() < OBJECT_CROPS:
+    if things and rng.random() < (OBJECT_CROPS if object_crops is None else object_crops):
         ys, xs = np.nonzero(label == rng.choice(things))
         extent = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
         side = int(np.clip(extent * rng.uniform(1.3, 2.5), size // 4, size))
@@ -116,19 +148,61 @@ def _crop_box(label: np.ndarray, num_stuff: int, rng: np.random.Generator) -> tu
     return int(y0), int(x0), side
 
 
-def sample_views(world: WorldConfig, rng: np.random.Generator, model: open_clip.CLIP, batch_size: int) -> ViewBatch:
-    """Render ``batch_size`` fresh scenes and take one random square crop of each, resized to CLIP's input."""
+def _one_word_swaps(names: tuple[str, ...]) -> list[list[int]]:
+    """For each concept, the concepts whose names differ from it in exactly one word ("red circle" -> "blue
+    circle", "red stripes" -> "red dots"); a name with none (e.g. "brick wall") may swap for any other stuff."""
+    words = [n.split() for n in names]
+    swaps = []
+    for a in words:
+        swaps.append([j for j, b in enumerate(words) if len(b) == len(a) and sum(x != y for x, y in zip(a, b)) == 1])
+    return swaps
+
+
+def _hard_negative(
+    listed: list[int], present: np.ndarray, swaps: list[list[int]], num_stuff: int, rng: np.random.Generator
+) -> list[int]:
+    """``listed`` with one concept replaced by an absent one differing by a word (another colour, shape or
+    pattern) when possible, else by any absent concept of the same kind (stuff or thing)."""
+    slot = int(rng.integers(len(listed)))
+    concept = listed[slot]
+    options = [j for j in swaps[concept] if not present[j]]
+    if not options:
+        same_kind = np.arange(num_stuff) if concept < num_stuff else np.arange(num_stuff, len(present))
+        options = [int(j) for j in same_kind if not present[j]]
+    if not options:  # every concept of that kind is in the view; any absent concept still makes it false
+        options = [int(j) for j in np.flatnonzero(~present)]
+    swapped = list(listed)
+    swapped[slot] = int(options[int(rng.integers(len(options)))])
+    return swapped
+
+
+def sample_views(
+    world: WorldConfig,
+    rng: np.random.Generator,
+    model: open_clip.CLIP,
+    batch_size: int,
+    *,
+    hard_negatives: bool = False,
+    object_crops: float | None = None,
+) -> ViewBatch:
+    """Render ``batch_size`` fresh scenes and take one random square crop of each, resized to CLIP's input.
+
+    With ``hard_negatives``, each view also gets a caption that is wrong by one word (:func:`_hard_negative`)."""
     side = model.visual.image_size[0]
     names = world.concept_names
-    images, captions, targets, valid = [], [], [], []
+    swaps = _one_word_swaps(names) if hard_negatives else []
+    images, captions, targets, valid, negatives = [], [], [], [], []
     for _ in range(batch_size):
         scene = render_scene(world, rng, RENDER_SIZE)
-        y0, x0, crop = _crop_box(scene.label, world.num_stuff, rng)
+        y0, x0, crop = _crop_box(scene.label, world.num_stuff, rng, object_crops)
         pixels = torch.from_numpy(scene.image[y0 : y0 + crop, x0 : x0 + crop].transpose(2, 0, 1).copy())
         images.append(F.interpolate(pixels[None].float(), size=(side, side), mode="bilinear", antialias=True))
         present, known = _view_targets(scene.label[y0 : y0 + crop, x0 : x0 + crop], len(names))
         order = rng.permutation(np.flatnonzero(present))  # caption order is augmentation here
         captions.append(make_caption([names[i] for i in order], world.caption_prefix))
+        if hard_negatives:
+            wrong = _hard_negative([int(i) for i in order], present, swaps, world.num_stuff, rng)
+            negatives.append(make_caption([names[i] for i in wrong], world.caption_prefix))
         targets.append(present)
         valid.append(known)
     return ViewBatch(
@@ -136,14 +210,23 @@ def sample_views(world: WorldConfig, rng: np.random.Generator, model: open_clip.
         captions=captions,
         targets=torch.from_numpy(np.stack(targets)),
         valid=torch.from_numpy(np.stack(valid)),
+        negatives=negatives if hard_negatives else None,
     )
 
 
-def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE (CLIP Eq.): image_emb, text_emb (B, D) unit-norm, row i of each is a matching pair."""
+def clip_contrastive_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    negative_emb: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP Eq.): image_emb, text_emb (B, D) unit-norm, row i of each is a matching pair.
+
+    ``negative_emb`` (M, D), if given, adds captions that match no image to the image->text softmax only."""
     logits = logit_scale * image_emb @ text_emb.T
     labels = torch.arange(len(logits), device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    i2t = logits if negative_emb is None else torch.cat([logits, logit_scale * image_emb @ negative_emb.T], dim=1)
+    return 0.5 * (F.cross_entropy(i2t, labels) + F.cross_entropy(logits.T, labels))
 
 
 def concept_loss(
@@ -175,10 +258,12 @@ def _encode_texts(model: open_clip.CLIP, tokenizer: Tokenizer, texts: list[str])
 def _training_step(model: open_clip.CLIP, tokenizer: Tokenizer, batch: ViewBatch, prompts: list[str]) -> torch.Tensor:
     """Caption InfoNCE + concept loss of one batch; ``prompts`` holds one prompt per concept, in index order."""
     image_emb = model.encode_image(batch.images, normalize=True)
-    text_emb = _encode_texts(model, tokenizer, batch.captions + prompts)
-    captions, concepts = text_emb[: len(batch.captions)], text_emb[len(batch.captions) :]
+    negatives = batch.negatives or []
+    text_emb = _encode_texts(model, tokenizer, batch.captions + negatives + prompts)
+    b, m = len(batch.captions), len(negatives)
+    captions, wrong, concepts = text_emb[:b], text_emb[b : b + m], text_emb[b + m :]
     scale = model.logit_scale.exp()
-    return clip_contrastive_loss(image_emb, captions, scale) + concept_loss(
+    return clip_contrastive_loss(image_emb, captions, scale, wrong if m else None) + concept_loss(
         image_emb, concepts, scale, batch.targets, batch.valid
     )
 
@@ -200,9 +285,19 @@ def _lr_at(step: int, steps: int, peak: float) -> float:
 
 
 def train_mini_clip(
-    world: WorldConfig, *, steps: int, batch_size: int, seed: int, lr: float = 1e-3, log_every: int = 0
+    world: WorldConfig,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float = 1e-3,
+    log_every: int = 0,
+    hard_negatives: bool = False,
+    object_crops: float | None = None,
 ) -> tuple[open_clip.CLIP, float]:
-    """Train a fresh mini CLIP on ``steps`` batches of fresh views; returns (model, mean loss of the last 10%)."""
+    """Train a fresh mini CLIP on ``steps`` batches of fresh views; returns (model, mean loss of the last 10%).
+
+    ``hard_negatives`` and ``object_crops`` are passed to :func:`sample_views`."""
     torch.manual_seed(seed)
     rng = np.random.default_rng([seed, 0x0C11])
     model, tokenizer, templates = create_mini_clip(), mini_clip_tokenizer(), load_templates("san_vild")
@@ -212,7 +307,7 @@ def train_mini_clip(
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, steps, lr)
-        batch = sample_views(world, rng, model, batch_size)
+        batch = sample_views(world, rng, model, batch_size, hard_negatives=hard_negatives, object_crops=object_crops)
         prompts = [templates[rng.integers(len(templates))].format(n) for n in world.concept_names]
         loss = _training_step(model, tokenizer, batch, prompts)
         optimizer.zero_grad(set_to_none=True)
@@ -257,20 +352,75 @@ def evaluate_zero_shot(
     pixels = torch.from_numpy(np.stack([s.image for s in scenes]).transpose(0, 3, 1, 2).copy()).float()
     pixels = F.interpolate(pixels, size=(side, side), mode="bilinear", antialias=True)
     image_emb = model.encode_image(_normalise(pixels, model), normalize=True)
-    scores = (image_emb @ concept_text_embeddings(model, names).T).numpy()  # (N, K)
+    text_emb = concept_text_embeddings(model, names)
+    scores = (image_emb @ text_emb.T).numpy()  # (N, K)
     present, known = map(np.stack, zip(*[_view_targets(s.label, len(names)) for s in scenes]))
     ap = {n: _average_precision(scores[known[:, k], k], present[known[:, k], k]) for k, n in enumerate(names)}
     hits = []
     for row, pos, ok in zip(scores, present, known):
         ranked = np.argsort(-np.where(ok, row, -np.inf), kind="stable")  # slivers are neither right nor wrong
         hits.append(pos[ranked[: pos.sum()]].mean())
+    top1 = single_concept_top1(model, world, seed=seed, text_emb=text_emb)
     return ZeroShotReport(
         per_concept_ap=ap,
         map_seen=float(np.nanmean([ap[n] for n in world.seen_names])),
         map_unseen=float(np.nanmean([ap[n] for n in world.unseen_names])),
         top_n_accuracy=float(np.mean(hits)),
         num_scenes=num_scenes,
+        top1_seen=float(np.mean([top1[n] for n in world.seen_names])),
+        top1_unseen=float(np.mean([top1[n] for n in world.unseen_names])),
+        per_concept_top1=top1,
     )
+
+
+def single_concept_images(
+    world: WorldConfig, concept: int, count: int, seed: int, size: int = RENDER_SIZE
+) -> np.ndarray:
+    """(count, size, size, 3) uint8 images of ``concept`` alone: its texture filling the image, or (a thing) one
+    large instance of it, rotated at random, over a single random texture."""
+    plain = dataclasses.replace(world, stuff_per_scene=(1, 1), things_per_scene=(0, 0))
+    if concept < world.num_stuff:  # a world whose only stuff is this one renders it full-frame
+        plain = dataclasses.replace(plain, stuff=(world.stuff[concept],), unseen=())
+    images = []
+    for index in range(count):
+        rng = scene_rng(seed, f"single-{concept}", index)
+        image = render_scene(plain, rng, size).image.astype(np.float64)
+        if concept >= world.num_stuff:
+            colour, shape = divmod(concept - world.num_stuff, len(world.shapes))
+            cy, cx = size / 2 + rng.uniform(-0.08, 0.08, size=2) * size
+            mask = shape_mask(
+                world.shapes[shape], size, cy, cx, rng.uniform(0.3, 0.4) * size, rng.uniform(0, 2 * np.pi)
+            )
+            rgb = np.asarray(world.colours[colour].rgb, dtype=np.float64)
+            image[mask] = rgb * rng.uniform(1 - world.brightness_jitter, 1 + world.brightness_jitter)
+            image[mask] += rng.normal(0.0, world.noise_std, size=image[mask].shape)
+        images.append(np.clip(np.rint(image), 0, 255).astype(np.uint8))
+    return np.stack(images)
+
+
+@torch.no_grad()
+def single_concept_top1(
+    model: open_clip.CLIP,
+    world: WorldConfig,
+    *,
+    per_concept: int = 8,
+    seed: int = 0,
+    text_emb: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Per-concept top-1 accuracy of naming :func:`single_concept_images` (stuff among all concepts, a thing
+    among the things, since its background texture is rightly also there)."""
+    model.eval()
+    side, names = model.visual.image_size[0], world.concept_names
+    text_emb = concept_text_embeddings(model, names) if text_emb is None else text_emb
+    accuracy = {}
+    for k, name in enumerate(names):
+        pixels = torch.from_numpy(single_concept_images(world, k, per_concept, seed).transpose(0, 3, 1, 2).copy())
+        pixels = F.interpolate(pixels.float(), size=(side, side), mode="bilinear", antialias=True)
+        scores = model.encode_image(_normalise(pixels, model), normalize=True) @ text_emb.T
+        if k >= world.num_stuff:
+            scores[:, : world.num_stuff] = -torch.inf
+        accuracy[name] = float((scores.argmax(dim=1) == k).float().mean())
+    return accuracy
 
 
 SHIPPED_DIR = RESOURCE_DIR / "mini_clip"  # regenerate: see the README's OVSS-mini section
@@ -301,14 +451,16 @@ def _model_config() -> dict:
 def pretrain_mini_clip(
     world: WorldConfig,
     *,
-    steps: int = 600,
-    batch_size: int = 64,
+    steps: int = RECIPE.steps,
+    batch_size: int = RECIPE.batch_size,
     seed: int = 0,
-    lr: float = 1e-3,
+    lr: float = RECIPE.lr,
     out_dir: Path | None = None,
     eval_scenes: int = 256,
     log_every: int = 0,
     half: bool = False,
+    hard_negatives: bool = RECIPE.hard_negatives,
+    object_crops: float = RECIPE.object_crops,
 ) -> Path:
     """Train the mini CLIP on ``world``, evaluate it, and write weights + metadata into ``out_dir``.
 
@@ -319,7 +471,14 @@ def pretrain_mini_clip(
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model, final_loss = train_mini_clip(
-        world, steps=steps, batch_size=batch_size, seed=seed, lr=lr, log_every=log_every
+        world,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        lr=lr,
+        log_every=log_every,
+        hard_negatives=hard_negatives,
+        object_crops=object_crops,
     )
     train_seconds = time.perf_counter() - start
     report = evaluate_zero_shot(model, world, num_scenes=eval_scenes, seed=seed + 1)
@@ -337,6 +496,8 @@ def pretrain_mini_clip(
         "batch_size": batch_size,
         "seed": seed,
         "lr": lr,
+        "hard_negatives": hard_negatives,
+        "object_crops": object_crops,
         "final_loss": final_loss,
         "train_seconds": round(train_seconds, 1),
         "torch_threads": torch.get_num_threads(),
@@ -356,8 +517,8 @@ def read_metadata(weights: Path) -> dict:
 def load_or_pretrain_mini_clip(
     world: WorldConfig,
     *,
-    steps: int = 600,
-    batch_size: int = 64,
+    steps: int = RECIPE.steps,
+    batch_size: int = RECIPE.batch_size,
     seed: int = 0,
     cache_dir: Path | None = None,
     eval_scenes: int = 256,
@@ -386,26 +547,34 @@ def load_or_pretrain_mini_clip(
 
 
 def _summary(meta: dict) -> str:
-    zs = meta["zero_shot"]
+    zs, nan = meta["zero_shot"], float("nan")
     worst = sorted(zs["per_concept_ap"].items(), key=lambda kv: kv[1])[:5]
     return (
         f"trained {meta['steps']} steps x {meta['batch_size']} in {meta['train_seconds']} s "
         f"({meta['torch_threads']} threads), final loss {meta['final_loss']:.3f}\n"
         f"zero-shot mAP seen {zs['map_seen']:.3f}  unseen {zs['map_unseen']:.3f}  "
-        f"top-n accuracy {zs['top_n_accuracy']:.3f}\n"
+        f"top-n accuracy {zs['top_n_accuracy']:.3f}  "
+        f"single-concept top-1 seen {zs.get('top1_seen', nan):.3f}  unseen {zs.get('top1_unseen', nan):.3f}\n"
         f"lowest AP: " + ", ".join(f"{n} {ap:.2f}" for n, ap in worst)
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Pretrain the OVSS-mini CLIP on the default world and cache it.")
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=RECIPE.steps)
+    parser.add_argument("--batch-size", type=int, default=RECIPE.batch_size)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=RECIPE.lr)
+    parser.add_argument(
+        "--hard-negatives",
+        action=argparse.BooleanOptionalAction,
+        default=RECIPE.hard_negatives,
+        help="add one-word-wrong captions to the image->text softmax",
+    )
+    parser.add_argument("--object-crops", type=float, default=RECIPE.object_crops, help="share of thing-framing views")
     parser.add_argument("--out-dir", type=Path, default=None, help="default: $PATSEG_CACHE/mini_clip/<world-hash>")
     parser.add_argument("--eval-scenes", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--half", action="store_true", help="store float16 weights (the shipped copy)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -419,6 +588,8 @@ def main(argv: list[str] | None = None) -> None:
         eval_scenes=args.eval_scenes,
         log_every=max(1, args.steps // 20),
         half=args.half,
+        hard_negatives=args.hard_negatives,
+        object_crops=args.object_crops,
     )
     print(weights)
     print(_summary(read_metadata(weights)))
