@@ -32,7 +32,7 @@ from patseg.engine.train_config import (
     TrainConfig,
 )
 from patseg.engine.trainer import train
-from patseg.mini.clip_pretrain import MODEL_NAME, load_or_pretrain_mini_clip
+from patseg.mini.clip_pretrain import MODEL_NAME, RECIPE, load_or_pretrain_mini_clip
 from patseg.mini.evaluate import MiniClipEmbedder, evaluate_mini
 from patseg.mini.scenes import SyntheticSegmentation
 from patseg.mini.world import WorldConfig, world_hash
@@ -74,12 +74,12 @@ class MiniSettings:
     iters: int = 450  # the full run (5 seeds x 3 models) stays under 30 minutes on 2 cores
     batch_size: int = 8
     lr: float = 1e-3
-    clip_steps: int = 600
+    clip_steps: int = RECIPE.steps  # only when a world's mini CLIP is not cached yet; the cache keeps the first one
     threads: int | None = None  # torch intra-op threads; None keeps torch's default (the machine's cores)
 
 
 FULL = MiniSettings()
-QUICK = replace(FULL, seeds=(0,), iters=250, val_scenes=100, clip_steps=400)
+QUICK = replace(FULL, seeds=(0,), iters=250, val_scenes=100)
 
 
 class RandomTextEncoder(nn.Module):
