@@ -62,11 +62,11 @@ OBJECT_CROPS = 0.5  # fraction of views framing one thing instead (sample_views'
 class Recipe:
     """Pretraining settings of the shipped mini CLIP, the defaults of pretraining here and on the command line."""
 
-    steps: int = 1200
+    steps: int = 2400  # 1200 -> 2400 with object crops 0.5 -> 0.65: single-concept top-1 unseen 0.375 -> 0.482
     batch_size: int = 32
     lr: float = 2e-3
     hard_negatives: bool = False  # tried: no gain at 1200 steps (see the commit that added it)
-    object_crops: float = OBJECT_CROPS
+    object_crops: float = 0.65
 
 
 RECIPE = Recipe()
