@@ -25,15 +25,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(port: int) -> subprocess.Popen:
+def _start(port: int, stderr=subprocess.PIPE) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC), "GRADIO_ANALYTICS_ENABLED": "False"}
     cmd = [sys.executable, "-m", "patseg", "demo", "--port", str(port)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT back to its default in the child, whatever the test runner's own setting, so Python turns it into
+    # KeyboardInterrupt as in a terminal.
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
-def test_demo_serves_the_page_on_localhost_and_stops_on_ctrl_c():
+def test_demo_serves_the_page_on_localhost_and_stops_on_ctrl_c(tmp_path):
     port = _free_port()
-    proc = _start(port)
+    log = (tmp_path / "stderr.txt").open("w")  # a file, not a pipe nobody reads, so the child never blocks on it
+    proc = _start(port, stderr=log)
     try:
         line = proc.stdout.readline()  # printed once the server listens
         assert line.strip() == f"patseg demo: open http://127.0.0.1:{port} in a browser (Ctrl-C stops the server)"
@@ -44,10 +54,17 @@ def test_demo_serves_the_page_on_localhost_and_stops_on_ctrl_c():
         assert config["title"] == "patseg demo"
         assert "SAN-tiny and PAT-tiny" in json.dumps(config)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) in (0, 130)
+        try:
+            code = proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                "the demo did not stop within 90 s of SIGINT; stderr:\n" + (tmp_path / "stderr.txt").read_text()
+            )
+        assert code in (0, 130), (tmp_path / "stderr.txt").read_text()
     finally:
         proc.kill()
         proc.wait()
+        log.close()
 
 
 def test_a_taken_port_is_a_message():
