@@ -139,3 +139,16 @@ def test_mlp_token_and_map_forms_agree() -> None:
     assert tokens(-torch.ones(1, 5)).shape == (1, 3)
     with pytest.raises(ValueError):
         MLP(5, 7, 3, 0)
+
+
+def test_masks_alone_skip_the_bias_branch() -> None:
+    """``with_bias=False`` gives the same masks and no bias; the attention MLP is not run (no gradient reaches it)."""
+    dec = MaskDecoder(query_dim=6, pixel_dim=5, dim=4, num_layers=3, clip_heads=3)
+    queries, pixels = torch.randn(2, 3, 6), torch.randn(2, 5, 4, 4)
+    full = dec(queries, pixels)
+    alone = dec(queries, pixels, with_bias=False)
+    assert alone.attn_bias is None
+    torch.testing.assert_close(alone.masks, full.masks, rtol=0, atol=0)
+    alone.masks.sum().backward()
+    assert all(p.grad is None for p in dec.attn_mlp.parameters())
+    assert all(p.grad is not None for p in dec.pix_mlp.parameters())

@@ -48,10 +48,12 @@ class MLP(nn.Module):
         else:
             self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(ins, outs))
 
+    def hidden(self, x: Tensor) -> Tensor:
+        """The input of the last layer: every layer but the last, each followed by ReLU."""
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_dim) -> (..., out_dim), or (B, in_dim, H, W) -> (B, out_dim, H, W) when ``on_maps``."""
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
+        return self.layers[-1](self.hidden(x))

@@ -239,7 +239,8 @@ class PAT(SAN):
             return self.recognize(feats, queries, z, class_embeddings, decoder=self.mask_head)
         last = self.side_depth
         side_out = self.mask_decoder(side.queries[last], side.patches[last])
-        masks = self.mask_head(queries, z).masks
+        masks = self.mask_head(queries, z, with_bias=False).masks
+        assert side_out.attn_bias is not None  # asked for by default
         return SegPrediction(masks=masks, logits=self.recognize_bias(feats, side_out.attn_bias, class_embeddings))
 
     # ------------------------------------------------------------------ training

@@ -132,6 +132,7 @@ class SAN(nn.Module):
     ) -> SegPrediction:
         """Decode masks and attention biases from (queries, pixels), recognise the queries with CLIP."""
         out = (decoder or self.mask_decoder)(queries, pixels)
+        assert out.attn_bias is not None  # asked for by default
         return SegPrediction(masks=out.masks, logits=self.recognize_bias(feats, out.attn_bias, class_embeddings))
 
     def recognize_bias(self, feats: ClipFeatures, attn_bias: Tensor, class_embeddings: Tensor) -> Tensor:
