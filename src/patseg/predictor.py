@@ -135,13 +135,24 @@ class Segmenter:
         return probs, masks
 
     def _class_scores(
-        self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int], out_size: tuple[int, int]
+        self,
+        pred: SegPrediction,
+        padded: tuple[int, int],
+        valid: tuple[int, int],
+        out_size: tuple[int, int],
+        out: Tensor | None = None,
     ) -> Iterator[tuple[int, Tensor]]:
-        """Yield (first class index, (c, H, W) float32 scores at ``out_size``) chunk by chunk."""
+        """Yield (first class index, (c, H, W) float32 scores at ``out_size``) chunk by chunk; with ``out``, a
+        (C, H, W) float32 tensor, each chunk is written into its rows and the chunks yielded are views of it."""
         probs, masks = self._mask_logits(pred, padded, valid, out_size)
         masks = masks.sigmoid_().flatten(1)  # (Q, H*W)
+        rows = None if out is None else out.view(out.shape[0], -1)
         for start in range(0, probs.shape[1], self.class_chunk):
-            part = probs[:, start : start + self.class_chunk].t() @ masks  # (c, H*W)
+            weights = probs[:, start : start + self.class_chunk].t()  # (c, Q)
+            if rows is None:
+                part = weights @ masks  # (c, H*W)
+            else:  # written in place: no per-chunk copy into the result
+                part = torch.mm(weights, masks, out=rows[start : start + weights.shape[0]])
             yield start, part.view(-1, *out_size)
 
     # ------------------------------------------------------------------ public API
@@ -178,8 +189,10 @@ class Segmenter:
     def scores(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (C, H, W) float32 per-class scores of SAN's semantic inference."""
         pred, padded, valid = self._forward(image)
-        chunks = [part for _, part in self._class_scores(pred, padded, valid, image.shape[:2])]
-        return torch.cat(chunks).cpu().numpy().astype(np.float32)
+        scores = torch.empty(len(self.vocabulary), *image.shape[:2], device=self.device)
+        for _ in self._class_scores(pred, padded, valid, image.shape[:2], out=scores):
+            pass  # each chunk is written into ``scores`` as it is computed
+        return scores.cpu().numpy()
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) int64 label map (index into the vocabulary)."""
