@@ -7,6 +7,8 @@ native support the CPU emulates bfloat16 / float16 (slower, same rounding), so t
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -15,9 +17,11 @@ from torch.ao.nn.quantized import dynamic as nnqd
 
 import patseg.precision as precision
 from patseg.build import build_model
+from patseg.cli import build_parser, main
 from patseg.errors import UsageError
-from patseg.precision import autocast, check_precision, prepare_model
+from patseg.precision import PRECISIONS, autocast, check_precision, prepare_model
 from patseg.predictor import Segmenter
+from patseg.weights.files import save_weights
 
 CPU = torch.device("cpu")
 VOCABULARY = ["sky", "tree", "road", "car", "person", "building", "grass"]
@@ -182,3 +186,112 @@ def test_this_cpu_is_judged_by_its_own_flags():
     caps = torch.cpu.get_capabilities()
     assert precision.cpu_supports("bf16")[0] == bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
     assert precision.cpu_supports("fp16")[0] == bool(caps.get("amx_fp16"))
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+def test_the_option_parses_with_fp32_by_default():
+    parser = build_parser()
+    assert parser.parse_args(["eval", "--weights", "w"]).precision == "fp32"
+    assert parser.parse_args(["eval", "--weights", "w", "--precision", "int8"]).precision == "int8"
+    assert parser.parse_args(["demo", "--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--precision", "fp8"])
+    action = next(a for a in parser._subparsers._group_actions[0].choices["eval"]._actions if a.dest == "precision")
+    assert tuple(action.choices) == PRECISIONS
+
+
+@pytest.fixture
+def san_weights(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "san.safetensors"
+    save_weights(build_model("san_tiny"), path)
+    return path
+
+
+def test_eval_passes_the_precision_to_the_evaluation_and_records_it(san_weights, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_evaluate(model, names, **kwargs):
+        calls.append(kwargs["precision"])
+        return {"x": {"mIoU": 1.0, "mIoU_gt_or_pred": 1.0, "num_images": 1}}
+
+    monkeypatch.setattr("patseg.evaluation.loop.evaluate_datasets", fake_evaluate)
+    argv = ["eval", "--weights", str(san_weights), "--datasets", "x", "--precision", "int8", "--out", f"{tmp_path}/r"]
+    assert main(argv) == 0
+    assert calls == ["int8"]
+    assert json.loads((tmp_path / "r_seed0.json").read_text())["meta"]["precision"] == "int8"
+
+
+def test_eval_refuses_an_unsupported_precision_before_any_work(san_weights, monkeypatch, capsys):
+    monkeypatch.setattr(precision, "_cpu_capabilities", lambda: {})
+    monkeypatch.setattr("patseg.evaluation.loop.evaluate_datasets", lambda *a, **k: pytest.fail("evaluated"))
+    assert main(["eval", "--weights", str(san_weights), "--datasets", "x", "--precision", "bf16"]) == 2
+    assert "precision bf16 on the CPU is refused" in capsys.readouterr().err
+    argv = ["eval", "--weights", str(san_weights), "--precision", "int8", "--rfid", "--inception-weights", "i.pth"]
+    assert main(argv) == 2
+    assert "--rfid runs in fp32 only" in capsys.readouterr().err
+
+
+def test_evaluate_dataset_builds_its_segmenter_in_that_precision(monkeypatch):
+    from patseg.evaluation import loop
+
+    built = []
+
+    class Spy(Segmenter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    class Spec:
+        name, class_names = "fake", ("sky", "tree")
+
+    class Fake:
+        spec, ignore_label = Spec(), 255
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(3, 32, 48, dtype=torch.uint8), "label": torch.zeros(32, 48, dtype=torch.long)}
+
+    monkeypatch.setattr(loop, "Segmenter", Spy)
+    torch.manual_seed(0)
+    metrics = loop.evaluate_dataset(build_model("san_tiny"), Fake(), short_side=32, progress=False, precision="int8")
+    assert metrics["num_images"] == 1
+    assert [s.precision for s in built] == ["int8"] and _linear_count(built[0].model) == 0
+
+
+def _fake_serve(monkeypatch) -> dict:
+    served: dict = {}
+
+    class Blocks:
+        def block_thread(self):
+            pass
+
+        def close(self):
+            pass
+
+    def fake_serve(backend, title, host, port):
+        served["backend"] = backend
+        return Blocks()
+
+    monkeypatch.setattr("patseg.demo.app.serve", fake_serve)
+    return served
+
+
+def test_demo_passes_the_precision_to_its_segmenters(monkeypatch):
+    served = _fake_serve(monkeypatch)
+    assert main(["demo", "--preset", "san_tiny", "--short-side", "64", "--precision", "int8"]) == 0
+    backend = served["backend"]
+    segmenter = backend.segmenter("san_tiny", ("sky", "tree"))
+    assert segmenter.precision == "int8" and _linear_count(segmenter.model) == 0
+
+
+def test_demo_builtin_models_take_the_precision_and_refuse_what_the_cpu_lacks(monkeypatch, capsys):
+    served = _fake_serve(monkeypatch)
+    monkeypatch.setattr(precision, "_cpu_capabilities", lambda: {"avx512_bf16": True})
+    assert main(["demo", "--precision", "bf16"]) == 0
+    assert served["backend"].precision == "bf16" and served["backend"].world is not None
+    served.clear()
+    assert main(["demo", "--precision", "fp16"]) == 2
+    assert "no AMX-FP16" in capsys.readouterr().err and not served
