@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("patseg.models", "patseg.losses"),
     ("patseg.weights",),
     ("patseg.build", "patseg.convert"),
-    ("patseg.predictor",),
+    ("patseg.precision", "patseg.predictor"),
     ("patseg.data", "patseg.evaluation"),
     ("patseg.engine", "patseg.mini"),
     ("patseg.tokenizer", "patseg.visualize", "patseg.bench"),
@@ -42,6 +42,7 @@ SAME_LAYER_ORDER = (  # (lower, higher): the lower one never imports the higher 
     ("patseg.errors", "patseg.config"),
     ("patseg.losses", "patseg.models"),
     ("patseg.build", "patseg.convert"),
+    ("patseg.precision", "patseg.predictor"),
     ("patseg.data", "patseg.evaluation"),
     ("patseg.engine", "patseg.mini"),
 )

@@ -20,6 +20,7 @@ from torch import Tensor
 from patseg.errors import UsageError
 from patseg.models.san.model import SAN, SegOutput, SegPrediction
 from patseg.models.san.semantic_argmax import semantic_argmax
+from patseg.precision import DEFAULT_PRECISION, autocast, check_precision, prepare_model
 from patseg.resize import ceil_to_multiple, shortest_edge_size
 
 
@@ -81,6 +82,9 @@ class Segmenter:
             repeated name raises UsageError.
         short_side, max_long_side: test resize (SAN: 640 / 2560).
         class_chunk: classes scored at once by :meth:`scores`; bounds memory for large vocabularies.
+        precision: fp32 (default), bf16, fp16 or int8 for the image forward (:mod:`patseg.precision`); a mode the
+            device cannot run natively raises UsageError. The text embeddings and the post-processing stay float32.
+            ``self.model`` is the model whose forward runs: for int8 a quantized copy of ``model``.
     """
 
     def __init__(
@@ -92,13 +96,17 @@ class Segmenter:
         max_long_side: int = 2560,
         class_chunk: int = 64,
         device: str | torch.device | None = None,
+        precision: str = DEFAULT_PRECISION,
     ) -> None:
         self.vocabulary = check_vocabulary(vocabulary)
-        self.model = model.eval()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        check_precision(precision, self.device)
+        self.precision = precision
         self.short_side, self.max_long_side, self.class_chunk = short_side, max_long_side, class_chunk
-        with torch.inference_mode():
+        model.eval()
+        with torch.inference_mode():  # float32 whatever the precision: the embeddings are computed once
             self.class_embeddings = model.encode_vocabulary(self.vocabulary).to(self.device)
+        self.model = prepare_model(model, precision)
 
     # ------------------------------------------------------------------ steps
     def _prepare(self, image: np.ndarray) -> tuple[Tensor, tuple[int, int]]:
@@ -168,7 +176,7 @@ class Segmenter:
             if not isinstance(self.model, PAT):
                 raise ValueError(f"'{self.model.config.name}' is SAN: it has no reconstruction")
             kwargs["reconstruct"] = True
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device):
             out = self.model(x, self.class_embeddings, **kwargs)
         return Inference(out, (x.shape[-2], x.shape[-1]), valid, (image.shape[0], image.shape[1]))
 

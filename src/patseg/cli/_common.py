@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from patseg.precision import DEFAULT_PRECISION, PRECISIONS
+
 logger = logging.getLogger(__name__)
 
 SET_HELP = (
@@ -48,6 +50,20 @@ def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the output files of an earlier run (refused by default)"
     )
+
+
+PRECISION_HELP = (
+    "arithmetic of the image forward (default fp32): bf16 or fp16 run it under autocast (on CUDA; on a CPU only "
+    "with native support: AVX512-BF16/AMX-BF16 for bf16, AMX-FP16 for fp16), int8 quantizes the Linear layers "
+    "dynamically (CPU only). A mode the device cannot run natively is refused, never run in fp32 instead; text "
+    "embeddings and post-processing stay fp32"
+)
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    """``--precision {fp32,bf16,fp16,int8}``: checked against the device by :func:`patseg.precision.check_precision`
+    when the Segmenter is built (or earlier by the command)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help=PRECISION_HELP)
 
 
 def add_clip_weights_option(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ import os
 from patseg.cli._common import (
     DEVICE_HELP,
     add_clip_weights_option,
+    add_precision_option,
     add_set_option,
     build_from_args,
     device_name,
@@ -50,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-classes", type=positive_int, default=1000, help="longest vocabulary the page accepts (default 1000)"
     )
     p.add_argument("--device", type=device_name, default=None, help=DEVICE_HELP)
+    add_precision_option(p)
     p.set_defaults(func=run)
 
 
@@ -63,22 +65,30 @@ def run(args: argparse.Namespace) -> int:
             "`patseg demo` needs Gradio, which the demo extra installs: pip install 'patseg[demo]'"
         ) from None
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from a local demo
+    import torch
+
     from patseg.demo.app import serve
     from patseg.demo.backend import BUILTIN_TITLE, DemoBackend, builtin_backend
+    from patseg.precision import check_precision
 
     device = pick_device(args.device)
+    check_precision(args.precision, torch.device(device))  # before the models load
     if args.weights is None and args.preset is None:
         if args.clip_weights is not None or args.set:
             raise UsageError(
                 "--clip-weights and --set go with --weights or --preset (the built-in models need neither)"
             )
-        backend = builtin_backend(device, args.max_classes)
+        backend = builtin_backend(device, args.max_classes, args.precision)
         title = BUILTIN_TITLE
     else:
         model = build_from_args(args, args.weights, warn_untrained=True).to(device).eval()
         name = model.config.name
         backend = DemoBackend(
-            {name: model}, short_side=args.short_side, max_long_side=4 * args.short_side, max_classes=args.max_classes
+            {name: model},
+            short_side=args.short_side,
+            max_long_side=4 * args.short_side,
+            max_classes=args.max_classes,
+            precision=args.precision,
         )
         title = f"Model: {name}" + (f" from {os.path.basename(args.weights)}" if args.weights else " (random weights)")
     try:

@@ -9,6 +9,7 @@ from typing import Any
 from patseg.cli._common import (
     add_clip_weights_option,
     add_overwrite_option,
+    add_precision_option,
     add_set_option,
     model_overrides,
     positive_int,
@@ -55,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="accept sets whose image count differs from the official one (subsets); warns",
     )
     p.add_argument("--short-side", type=positive_int, default=640, help="test resize of the short side (default 640)")
+    add_precision_option(p)
     p.add_argument("--rfid", action="store_true", help="also compute the reconstruction FID (PAT models only)")
     p.add_argument(
         "--inception-weights",
@@ -97,6 +99,8 @@ def _check_options(args: argparse.Namespace) -> list[int]:
         raise UsageError("--rfid needs --inception-weights FILE (the FID Inception-v3 weights)")
     if args.inception_weights and not args.rfid:
         raise UsageError("--inception-weights is only used with --rfid")
+    if args.rfid and args.precision != "fp32":  # the FID network and PAT's reconstruction run in float32 only
+        raise UsageError(f"--rfid runs in fp32 only: drop --precision {args.precision}, or compute rFID separately")
     if args.rfid and not Path(args.inception_weights).is_file():  # found out before hours of evaluation
         raise MissingFileError(f"Inception weights file not found: {args.inception_weights}")
     return seeds
@@ -126,16 +130,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
     from patseg.atomic import atomic_write_json, atomic_write_text
     from patseg.build import build_model
     from patseg.cli._common import require_pat
     from patseg.evaluation.loop import evaluate_datasets, evaluate_rfid
     from patseg.evaluation.report import aggregate, format_markdown, table_json, write_results
+    from patseg.precision import check_precision
 
     seeds = _check_options(args)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     preset, overrides, clip, root = _settings(args)
     device, writes = _device()
+    check_precision(args.precision, torch.device(device))  # before any model is built
     records = []
     for seed, weights in zip(seeds, args.weights):
         model = build_model(preset, weights=weights, clip_weights=clip, overrides=overrides).to(device)
@@ -145,9 +153,15 @@ def _run(args: argparse.Namespace) -> int:
         record: dict[str, Any] = {
             "model": label,
             "seed": seed,
-            "meta": {"weights": str(weights), "limit": args.limit},
+            "meta": {"weights": str(weights), "limit": args.limit, "precision": args.precision},
             "datasets": evaluate_datasets(
-                model, names, root=root, limit=args.limit, allow_partial=args.allow_partial, short_side=args.short_side
+                model,
+                names,
+                root=root,
+                limit=args.limit,
+                allow_partial=args.allow_partial,
+                short_side=args.short_side,
+                precision=args.precision,
             ),
         }
         if args.rfid:

@@ -23,6 +23,7 @@ from patseg.mini.world import WorldConfig
 from patseg.models.pat.geometry import STAGES
 from patseg.models.pat.model import PAT, PatOutput
 from patseg.models.san.model import SAN
+from patseg.precision import check_precision
 from patseg.predictor import Inference, Segmenter, check_vocabulary
 from patseg.resources import load_class_names
 
@@ -170,6 +171,8 @@ class DemoBackend:
         short_side, max_long_side: the test resize; pictures larger than ``max_long_side`` are shrunk on arrival.
         world: the OVSS-mini world of the built-in models (scenes, default vocabulary, unseen marks), or None.
         cache_size: vocabularies whose text embeddings are kept.
+        precision: the Segmenters' precision (:mod:`patseg.precision`); refused here when the models' device cannot
+            run it.
     """
 
     def __init__(
@@ -181,9 +184,13 @@ class DemoBackend:
         world: WorldConfig | None = None,
         max_classes: int = MAX_CLASSES,
         cache_size: int = 8,
+        precision: str = "fp32",
     ) -> None:
         if not models:
             raise ValueError("the demo needs at least one model")
+        for model in models.values():  # refused at start-up, not on the first request
+            check_precision(precision, next(model.parameters()).device)
+        self.precision = precision
         self.models, self.world = models, world
         self.short_side, self.max_long_side, self.max_classes = short_side, max_long_side, max_classes
         self._segmenters: OrderedDict[tuple[str, tuple[str, ...]], Segmenter] = OrderedDict()
@@ -211,7 +218,11 @@ class DemoBackend:
             self._segmenters.move_to_end(key)
             return self._segmenters[key]
         segmenter = Segmenter(
-            self.models[name], vocabulary, short_side=self.short_side, max_long_side=self.max_long_side
+            self.models[name],
+            vocabulary,
+            short_side=self.short_side,
+            max_long_side=self.max_long_side,
+            precision=self.precision,
         )
         self._segmenters[key] = segmenter
         while len(self._segmenters) > self._cache_size * len(self.models):
@@ -280,12 +291,17 @@ class DemoBackend:
         return HeatMap(class_name, heat_colours(score, top), top)
 
 
-def builtin_backend(device: str = "cpu", max_classes: int = MAX_CLASSES) -> DemoBackend:
-    """The shipped SAN-tiny and PAT-tiny on their world, at the resolution they were trained at."""
+def builtin_backend(device: str = "cpu", max_classes: int = MAX_CLASSES, precision: str = "fp32") -> DemoBackend:
+    """The shipped SAN-tiny and PAT-tiny on their world, at the resolution they were trained at, in ``precision``."""
     from patseg.demo.shipped import load_shipped
     from patseg.mini.benchmark import FULL
 
     side = FULL.image_size
     return DemoBackend(
-        load_shipped(device), short_side=side, max_long_side=4 * side, world=WorldConfig(), max_classes=max_classes
+        load_shipped(device),
+        short_side=side,
+        max_long_side=4 * side,
+        world=WorldConfig(),
+        max_classes=max_classes,
+        precision=precision,
     )

@@ -35,6 +35,7 @@ def evaluate_dataset(
     limit: int | None = None,
     progress: bool = True,
     class_names: Sequence[str] | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Metrics of ``model`` on ``dataset`` (every rank evaluates its shard; the result is the same on all ranks).
 
@@ -42,10 +43,11 @@ def evaluate_dataset(
         dataset: a :class:`SemSegDataset` without transform (images are resized by the Segmenter).
         limit: evaluate only the first ``limit`` images (smoke tests); the count is reported as ``num_images``.
         class_names: vocabulary override; default the dataset's own names.
+        precision: the Segmenter's precision (:mod:`patseg.precision`); refused when the device cannot run it.
     """
     names = list(class_names or dataset.spec.class_names)
     was_training = model.training
-    segmenter = Segmenter(model, names, short_side=short_side, max_long_side=max_long_side)
+    segmenter = Segmenter(model, names, short_side=short_side, max_long_side=max_long_side, precision=precision)
     evaluator = SemSegEvaluator(len(names), dataset.ignore_label, class_names=names)
     info = D.detect()
     count = len(dataset) if limit is None else min(limit, len(dataset))
@@ -71,13 +73,16 @@ def evaluate_datasets(
     allow_partial: bool = False,
     progress: bool = True,
     short_side: int = 640,
+    precision: str = "fp32",
 ) -> dict:
-    """{dataset name: metrics} for several benchmarks (validation splits)."""
+    """{dataset name: metrics} for several benchmarks (validation splits), the forward in ``precision``."""
     results = {}
     for name in names:
         dataset = build_dataset(name, "val", root=root, allow_partial=allow_partial or limit is not None)
         with torch.inference_mode():
-            results[name] = evaluate_dataset(model, dataset, limit=limit, progress=progress, short_side=short_side)
+            results[name] = evaluate_dataset(
+                model, dataset, limit=limit, progress=progress, short_side=short_side, precision=precision
+            )
     return results
 
 
