@@ -62,7 +62,7 @@ def test_flop_counter_sees_clip_attention(pat_tiny, mode):
 def test_stage_breakdown_accounts_for_every_flop(pat_tiny):
     seg = bench.make_segmenter(pat_tiny, 30, (128, 128))
     image = bench.random_image(128, 128)
-    result = bench.stage_breakdown(seg, image, CPU, warmup=0, repeats=1)
+    result = bench.stage_breakdown(seg, image, CPU, bench.matmul_probe(CPU, size=128), warmup=0, repeats=1)
     assert set(result.stages) == {
         "preprocess",
         "clip_taps",
@@ -80,6 +80,55 @@ def test_stage_breakdown_accounts_for_every_flop(pat_tiny):
     parts = sum(m.gflops for m in result.stages.values())
     assert parts == pytest.approx(result.end_to_end.gflops, rel=1e-6)  # nothing runs outside the named parts
     assert result.stages["side_vit"].gflops > 0 and result.stages["pyramid_semantic"].gflops > 0
+    # every part is rated against the probe timed in the same rounds: rate = GFLOPs / s, fraction = rate / probe's
+    probe_rate = result.probe.gflops / (result.probe.median_ms / 1e3)
+    assert result.probe.gflops == pytest.approx(2 * 128**3 / 1e9) and result.probe.of_probe == pytest.approx(1.0)
+    for m in (*result.stages.values(), result.end_to_end, result.scores):
+        assert m.gflops_per_s == pytest.approx(m.gflops / (m.median_ms / 1e3))
+        assert m.of_probe == pytest.approx(m.gflops_per_s / probe_rate)
+    assert result.scores.gflops > result.end_to_end.gflops  # scores maps every class; predict bounds the argmax
+
+
+def test_probe_runs_in_the_precision_measured():
+    fn, flops = bench.matmul_probe(CPU, "fp32", size=64)
+    assert flops == 2 * 64**3 and fn().dtype == torch.float32 and fn().shape == (64, 64)
+    fn, _ = bench.matmul_probe(CPU, "bf16", size=64)
+    assert fn().dtype == torch.bfloat16
+    fn, _ = bench.matmul_probe(CPU, "int8", size=64)
+    assert fn().dtype == torch.float32  # a dynamically quantized Linear: int8 weights, float output
+
+
+def test_rate_against_the_probe_is_flops_over_time():
+    probe = bench.Measurement(median_ms=10.0, runs_ms=[10.0], gflops=2.0)  # 200 GFLOP/s
+    part = bench.rate_against(bench.Measurement(median_ms=20.0, runs_ms=[20.0], gflops=3.0), probe)
+    assert part.gflops_per_s == pytest.approx(150.0) and part.of_probe == pytest.approx(0.75)
+    unrated = bench.rate_against(bench.Measurement(median_ms=20.0, runs_ms=[20.0]), probe)
+    assert unrated.gflops_per_s is None and unrated.of_probe is None
+
+
+def test_targets_read_the_probe_fraction_pat_over_san_and_area_growth():
+    plan = bench.BenchPlan(san="s", pat="p", size=(10, 10), sizes=((10, 10), (20, 20)))
+
+    def m(ms: float, gflops: float, of_probe: float = 0.5) -> dict:
+        return {"median_ms": ms, "gflops": gflops, "gflops_per_s": gflops / ms * 1e3, "of_probe": of_probe}
+
+    models = {
+        "s": {"end_to_end": m(100, 10, 0.9), "scores": m(120, 12, 0.8), "glue_ratio": 1.0},
+        "p": {"end_to_end": m(200, 20), "scores": m(220, 22), "glue_ratio": 1.1},
+    }
+    # PAT's own part (PAT - SAN): 50 ms at 10x10, 250 ms at 20x20 (4x the pixels): 1.25 per pixel
+    sizes = [
+        {"preset": "s", "size": [10, 10], "predict": m(100, 10)},
+        {"preset": "p", "size": [10, 10], "predict": m(150, 20)},
+        {"preset": "s", "size": [20, 20], "predict": m(400, 40)},
+        {"preset": "p", "size": [20, 20], "predict": m(650, 80)},
+    ]
+    targets = {t["target"]: t for t in bench.check_targets({"models": models, "sizes": sizes}, plan)}
+    assert targets["s predict / matmul probe"]["passed"] and targets["s predict / matmul probe"]["kind"] == "at least"
+    assert not targets["s scores / matmul probe"]["passed"]
+    assert targets["p / s predict time"]["value"] == pytest.approx(1.5) and targets["p / s predict time"]["passed"]
+    growth = targets["p - s time per pixel 20x20 / 10x10"]
+    assert growth["value"] == pytest.approx(1.25) and not growth["passed"]
 
 
 def test_recorder_restores_the_methods(pat_tiny):
@@ -158,13 +207,15 @@ def test_peak_memory_sees_a_large_allocation():
 def test_markdown_report_has_every_section():
     from patseg.cli.bench import format_markdown
 
-    m = {"median_ms": 10.0, "runs_ms": [10.0], "peak_mb": 1.0, "gflops": 2.0}
+    m = {"median_ms": 10.0, "runs_ms": [10.0], "peak_mb": 1.0, "gflops": 2.0, "gflops_per_s": 200.0, "of_probe": 0.5}
     case = {"preset": "pat_tiny", "size": [64, 64], "classes": 20, "predict": m, "forward": m}
+    model = {"end_to_end": m, "scores": m, "stages": {"side_vit": m}, "stage_sum_ms": 10.0, "glue_ratio": 1.0}
     report = {
         "environment": bench.environment(CPU),
-        "plan": {"size": [64, 64], "classes": 20},
+        "plan": {"size": [64, 64], "classes": 20, "probe_size": 2048},
+        "probe": {**m, "of_probe": 1.0},
         "clip_image_encoder": m,
-        "models": {"pat_tiny": {"end_to_end": m, "stages": {"side_vit": m}, "stage_sum_ms": 10.0, "glue_ratio": 1.0}},
+        "models": {"pat_tiny": model},
         "sizes": [case],
         "memory_case": case,
         "vocabulary": [case],
@@ -190,10 +241,12 @@ def test_markdown_report_has_every_section():
                 "labels_agree": 1.0,
             }
         ],
-        "targets": [{"target": "t", "value": 1.2, "limit": 1.1, "passed": False, "note": ""}],
+        "targets": [{"target": "t", "value": 1.2, "limit": 1.1, "kind": "at most", "passed": False, "note": ""}],
     }
     text = format_markdown(report)
     for heading in (
+        "Matrix-product probe",
+        "200 (50%)",
         "Per-part breakdown",
         "Image sizes",
         "Vocabulary sizes",

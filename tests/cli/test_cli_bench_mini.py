@@ -41,6 +41,8 @@ def test_bench_passes_overrides_and_records_the_command(tmp_path, monkeypatch, c
                 "cpu",
                 "--sections",
                 "train",
+                "--precision",
+                "int8",
                 "--set",
                 "pat.vmf=false",
                 "loss.vq_weight=1e-4",
@@ -53,11 +55,12 @@ def test_bench_passes_overrides_and_records_the_command(tmp_path, monkeypatch, c
         == 0
     )
     assert seen["overrides"] == {"pat.vmf": False, "loss.vq_weight": 1e-4}
-    assert seen["plan"].pat == "pat_tiny" and seen["sections"] == ["train"]
+    assert seen["plan"].pat == "pat_tiny" and seen["sections"] == ["train"] and seen["plan"].precision == "int8"
     captured = capsys.readouterr()
     assert "patseg: measured" in captured.err  # the suite's progress goes to the log
     report = json.loads(out.read_text())
-    command = "patseg bench --quick --device cpu --sections train --set pat.vmf=false loss.vq_weight=1e-4"
+    command = "patseg bench --quick --device cpu --precision int8 --sections train"
+    command += " --set pat.vmf=false loss.vq_weight=1e-4"
     assert report["command"] == command
     assert (tmp_path / "bench.md").read_text() == format_markdown(report)
     assert f"Command: `{command}`" in captured.out

@@ -6,6 +6,9 @@
   and attention); the fused CPU attention kernels it has no formula for are given one here
   (:func:`_register_attention_formulas`, run on import).
 - Peak memory is the CUDA allocator peak, or on CPU the growth of the resident set (Linux ``VmHWM``).
+- The limit a part is compared with is :func:`matmul_probe`, a plain matrix product in the same process, threads
+  and precision, timed in the same rounds as the parts (:func:`measure_with_probe`); each part's achieved GFLOP/s
+  and its fraction of the probe's are filled in (:func:`rate_against`).
 """
 
 from __future__ import annotations
@@ -118,12 +121,15 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
 @dataclass
 class Measurement:
     """median_ms: median of ``runs_ms``; peak_mb: memory above the level before the call (None: not measured);
-    gflops: FLOPs of one call / 1e9 (None: not counted)."""
+    gflops: FLOPs of one call / 1e9 (None: not counted); gflops_per_s: achieved rate, gflops / median time;
+    of_probe: that rate over the matrix-product probe's, measured in the same rounds (None: not compared)."""
 
     median_ms: float
     runs_ms: list[float]
     peak_mb: float | None = None
     gflops: float | None = None
+    gflops_per_s: float | None = None
+    of_probe: float | None = None
 
 
 def time_runs(fn: Callable[[], Any], device: torch.device, *, warmup: int, repeats: int) -> list[float]:
@@ -172,13 +178,64 @@ def measure_all(
     }
 
 
+PROBE = "matmul_probe"
+
+
+def matmul_probe(device: torch.device, mode: str = "fp32", size: int = 2048) -> tuple[Callable[[], Any], float]:
+    """The machine's arithmetic limit as a callable and its FLOPs: one (size x size) @ (size x size) product in the
+    precision the models run in (fp32; bf16 / fp16 tensors for those autocast modes; int8: a dynamically quantized
+    Linear, the op int8 inference runs). 2048 is large enough to run at the BLAS kernel's peak on CPU and GPU."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device)
+    b = torch.randn(size, size, generator=gen).to(device)
+    if mode == "int8":
+        from patseg.precision import prepare_model
+
+        linear = prepare_model(torch.nn.Sequential(torch.nn.Linear(size, size, bias=False)), "int8")
+        return (lambda: linear(a)), 2.0 * size**3
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode, torch.float32)
+    a, b = a.to(dtype), b.to(dtype)
+    return (lambda: a @ b), 2.0 * size**3
+
+
+def rate_against(m: Measurement, probe: Measurement) -> Measurement:
+    """``m`` with its achieved GFLOP/s and its fraction of the probe's rate filled in."""
+    if m.gflops is None or probe.gflops is None or m.median_ms <= 0:
+        return m
+    rate = m.gflops / (m.median_ms / 1e3)
+    probe_rate = probe.gflops / (probe.median_ms / 1e3)
+    m.gflops_per_s, m.of_probe = rate, rate / probe_rate
+    return m
+
+
+def measure_with_probe(
+    fns: dict[str, Callable[[], Any]],
+    device: torch.device,
+    probe: tuple[Callable[[], Any], float],
+    **kwargs: Any,
+) -> tuple[dict[str, Measurement], Measurement]:
+    """:func:`measure_all` with the matrix-product probe run in every round too: load that comes and goes hits
+    the probe and the parts alike. Returns the parts, each rated against the probe, and the probe itself."""
+    probe_fn, probe_flops = probe
+    results = measure_all({PROBE: probe_fn, **fns}, device, **{**kwargs, "flops": False, "memory": False})
+    probe_m = results.pop(PROBE)
+    probe_m.gflops = probe_flops / 1e9
+    if kwargs.get("flops", True) or kwargs.get("memory", True):  # the extra calls, for the parts only
+        for name, fn in fns.items():
+            if kwargs.get("memory", True):
+                results[name].peak_mb = peak_memory_mb(fn, device)
+            if kwargs.get("flops", True):
+                results[name].gflops = count_flops(fn) / 1e9
+    return {k: rate_against(v, probe_m) for k, v in results.items()}, rate_against(probe_m, probe_m)
+
+
 def measure(fn: Callable[[], Any], device: torch.device, **kwargs: Any) -> Measurement:
     """Median time of one callable (see :func:`measure_all`)."""
     return measure_all({"fn": fn}, device, **kwargs)["fn"]
 
 
-def precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; plain float32 on CPU (CPU bf16 matmuls are slower than float32 on most hosts)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def precision(device: torch.device, mode: str = "fp32") -> contextlib.AbstractContextManager:
+    """The autocast context of an inference precision (see :mod:`patseg.precision`); fp32 and int8 need none."""
+    from patseg.precision import autocast
+
+    return autocast(mode, device)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from patseg.bench.measure import Measurement, measure_all, precision
+from patseg.bench.measure import Measurement, measure_with_probe, precision, rate_against
 from patseg.predictor import Segmenter
 
 
@@ -112,13 +112,17 @@ def stage_targets(seg: Segmenter) -> dict[str, list[tuple[object, str]]]:
 
 @dataclass
 class Breakdown:
-    """end_to_end: ``Segmenter.predict``; stages: each part alone, nested parts subtracted from their parent;
-    glue_ratio: end-to-end time / sum of the stage times (1.0 = the parts are all there is)."""
+    """end_to_end: ``Segmenter.predict``; scores: ``Segmenter.scores`` (every class's map); stages: each part alone,
+    nested parts subtracted from their parent; glue_ratio: end-to-end time / sum of the stage times (1.0 = the parts
+    are all there is); probe: the matrix-product probe timed in the same rounds, against which every entry is
+    rated."""
 
     end_to_end: Measurement
+    scores: Measurement
     stages: dict[str, Measurement]
     stage_sum_ms: float
     glue_ratio: float
+    probe: Measurement
     nesting: dict[str, str] = field(default_factory=dict)
 
 
@@ -128,44 +132,61 @@ def _gflops(m: Measurement) -> float:
     return m.gflops
 
 
-def stage_breakdown(seg: Segmenter, image: np.ndarray, device: torch.device, *, warmup: int, repeats: int) -> Breakdown:
-    """End-to-end ``predict`` and every stage replayed alone (exclusive times, memory and FLOPs)."""
+def stage_breakdown(
+    seg: Segmenter,
+    image: np.ndarray,
+    device: torch.device,
+    probe: tuple[Callable[[], Any], float],
+    *,
+    warmup: int,
+    repeats: int,
+    mode: str = "fp32",
+) -> Breakdown:
+    """End-to-end ``predict`` and ``scores`` and every stage replayed alone (exclusive times, memory and FLOPs),
+    rated against ``probe`` (see :func:`patseg.bench.measure.matmul_probe`), in precision ``mode``."""
 
     def predict() -> None:
-        with precision(device):
+        with precision(device, mode):
             seg.predict(image)
 
+    def scores() -> None:
+        with precision(device, mode):
+            seg.scores(image)
+
     recorder = StageRecorder(stage_targets(seg))
-    with recorder, precision(device):
+    with recorder, precision(device, mode):
         seg.predict(image)
 
     def replay(stage: str) -> Callable[[], None]:
         run = recorder.replay(stage)
 
         def timed() -> None:
-            with torch.inference_mode(), precision(device):
+            with torch.inference_mode(), precision(device, mode):
                 run()
 
         return timed
 
-    fns = {"end_to_end": predict, **{stage: replay(stage) for stage in recorder.stages()}}
-    inclusive = measure_all(fns, device, warmup=warmup, repeats=repeats)
-    end_to_end = inclusive.pop("end_to_end")
+    fns = {"end_to_end": predict, "scores": scores, **{stage: replay(stage) for stage in recorder.stages()}}
+    inclusive, probe_m = measure_with_probe(fns, device, probe, warmup=warmup, repeats=repeats)
+    end_to_end, scores_m = inclusive.pop("end_to_end"), inclusive.pop("scores")
     nesting = {s: p for s in inclusive if (p := recorder.parent(s)) is not None}
     stages = {}
     for stage, m in inclusive.items():
         children = [inclusive[c] for c, p in nesting.items() if p == stage]
-        stages[stage] = Measurement(
+        exclusive = Measurement(
             median_ms=m.median_ms - sum(c.median_ms for c in children),
             runs_ms=m.runs_ms,
             peak_mb=m.peak_mb,
             gflops=_gflops(m) - sum(_gflops(c) for c in children),
         )
+        stages[stage] = rate_against(exclusive, probe_m)
     total = sum(m.median_ms for m in stages.values())
     return Breakdown(
         end_to_end=end_to_end,
+        scores=scores_m,
         stages=stages,
         stage_sum_ms=total,
         glue_ratio=end_to_end.median_ms / total,
+        probe=probe_m,
         nesting=nesting,
     )

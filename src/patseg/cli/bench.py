@@ -11,6 +11,7 @@ from typing import Any
 from patseg.cli._common import (
     DEVICE_HELP,
     add_overwrite_option,
+    add_precision_option,
     add_set_option,
     device_name,
     int_at_least,
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "under torch.compile against eager)",
     )
     p.add_argument("--device", type=device_name, default=None, help=DEVICE_HELP)
+    add_precision_option(p)
     p.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--warmup", type=int_at_least(0), default=None, help="untimed runs before timing (default 1)")
     p.add_argument(
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         plan.warmup = args.warmup
     if args.repeats is not None:
         plan.repeats = args.repeats
+    plan.precision = args.precision
     report = run_suite(plan, device, sections=args.sections, overrides=model_overrides(args), log=logger.info)
     report["command"] = command_line(args, device)
     table = format_markdown(report)
@@ -92,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
 def command_line(args: argparse.Namespace, device: Any) -> str:
     """The ``patseg bench`` command that reproduces this run (output files left out)."""
     parts = ["patseg", "bench"] + (["--quick"] if args.quick else []) + ["--device", str(device)]
+    if args.precision != "fp32":
+        parts += ["--precision", args.precision]
     if list(args.sections) != list(SECTIONS):
         parts += ["--sections", *args.sections]
     for flag in ("threads", "warmup", "repeats"):
@@ -115,6 +120,13 @@ def _mb(value: Any) -> str:
     return "n/a" if value is None else f"{value:.0f}"
 
 
+def _rate(m: dict[str, Any] | None) -> str:
+    """Achieved GFLOP/s and, in brackets, its percentage of the matrix-product probe."""
+    if not m or m.get("gflops_per_s") is None:
+        return ""
+    return f"{m['gflops_per_s']:.0f} ({100 * m['of_probe']:.0f}%)"
+
+
 def _case_rows(cases: list[dict[str, Any]]) -> list[list[Any]]:
     return [
         [
@@ -124,6 +136,8 @@ def _case_rows(cases: list[dict[str, Any]]) -> list[list[Any]]:
             f"{c['forward']['median_ms']:.0f}",
             f"{c['predict']['median_ms']:.0f}",
             f"{c['predict']['gflops']:.3g}",
+            _rate(c["forward"]),
+            _rate(c["predict"]),
             _mb(c["predict"]["peak_mb"]),
         ]
         for c in cases
@@ -143,26 +157,37 @@ def format_markdown(report: dict[str, Any]) -> str:
     ]
     if "command" in report:
         lines += [f"Command: `{report['command']}`", ""]
+    probe = report.get("probe")
+    if probe:
+        side = report["plan"]["probe_size"]
+        lines += [
+            f"Matrix-product probe ({side}x{side} @ {side}x{side}, {env['precision']}, same process and threads): "
+            f"{probe['gflops_per_s']:.0f} GFLOP/s. Each section times the probe in its own rounds, and every "
+            "GFLOP/s below is given with its percentage of that section's probe.",
+            "",
+        ]
     models = report.get("models")
     if models:
         names = list(models)
         stages = list(dict.fromkeys(s for m in models.values() for s in m["stages"]))
-        header = ["part"] + [f"{n} ms" for n in names] + [f"{n} GFLOPs" for n in names]
+        header = ["part"] + [f"{n} {what}" for what in ("ms", "GFLOPs", "GFLOP/s (% probe)") for n in names]
         rows = []
-        for s in stages:
-            cells = [models[n]["stages"].get(s) for n in names]
-            rows.append(
-                [s]
+
+        def row(label: str, cells: list[dict[str, Any] | None]) -> list[Any]:
+            return (
+                [label]
                 + [f"{c['median_ms']:.0f}" if c else "" for c in cells]
                 + [f"{c['gflops']:.3g}" if c else "" for c in cells]
+                + [_rate(c) for c in cells]
             )
-        rows.append(["**sum of parts**"] + [f"{models[n]['stage_sum_ms']:.0f}" for n in names] + [""] * len(names))
-        rows.append(
-            ["**end to end**"]
-            + [f"{models[n]['end_to_end']['median_ms']:.0f}" for n in names]
-            + [f"{models[n]['end_to_end']['gflops']:.3g}" for n in names]
-        )
-        rows.append(["peak memory MB"] + [_mb(models[n]["end_to_end"]["peak_mb"]) for n in names] + [""] * len(names))
+
+        for s in stages:
+            rows.append(row(s, [models[n]["stages"].get(s) for n in names]))
+        blank = [""] * (2 * len(names))
+        rows.append(["**sum of parts**"] + [f"{models[n]['stage_sum_ms']:.0f}" for n in names] + blank)
+        rows.append(row("**predict, end to end**", [models[n]["end_to_end"] for n in names]))
+        rows.append(row("scores, end to end", [models[n]["scores"] for n in names]))
+        rows.append(["peak memory MB"] + [_mb(models[n]["end_to_end"]["peak_mb"]) for n in names] + blank)
         clip = report["clip_image_encoder"]
         size = report["plan"]["size"]
         lines += [
@@ -174,7 +199,8 @@ def format_markdown(report: dict[str, Any]) -> str:
             "",
         ]
         lines += _table(header, rows)
-    case_header = ["preset", "image", "classes", "forward ms", "predict ms", "predict GFLOPs", "peak MB"]
+    case_header = ["preset", "image", "classes", "forward ms", "predict ms", "predict GFLOPs"]
+    case_header += ["forward GFLOP/s (% probe)", "predict GFLOP/s (% probe)", "peak MB"]
     if report.get("sizes"):
         lines += ["Image sizes:", ""] + _table(case_header, _case_rows(report["sizes"] + [report["memory_case"]]))
     if report.get("vocabulary"):
@@ -220,8 +246,9 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines += _table(["preset", "crop", "ms", "GFLOPs", "peak MB"], rows)
     if report.get("targets"):
         rows = [
-            [t["target"], t["value"], t["limit"], "yes" if t["passed"] else "**no**", t["note"]]
+            [t["target"], t["value"], f"{t['kind']} {t['limit']}", "yes" if t["passed"] else "**no**", t["note"]]
             for t in report["targets"]
         ]
-        lines += ["Targets (docs/performance.md):", ""] + _table(["target", "value", "limit", "met", "note"], rows)
+        lines += ["Targets (docs/performance.md):", ""]
+        lines += _table(["target", "value", "limit", "met", "note"], rows)
     return "\n".join(lines)

@@ -54,6 +54,12 @@ class MLP(nn.Module):
             x = F.relu(layer(x))
         return x
 
+    def last_affine(self) -> tuple[Tensor, Tensor]:
+        """The last layer as an (out_dim, hidden) weight matrix and its (out_dim,) bias."""
+        last = self.layers[-1]
+        assert isinstance(last, (nn.Linear, nn.Conv2d)) and last.bias is not None  # built with bias=True
+        return last.weight.flatten(1), last.bias
+
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_dim) -> (..., out_dim), or (B, in_dim, H, W) -> (B, out_dim, H, W) when ``on_maps``."""
         return self.layers[-1](self.hidden(x))

@@ -42,11 +42,9 @@ def query_map_product(queries: Tensor, mlp: MLP, pixels: Tensor, groups: int, sc
     """
     hidden = mlp.hidden(pixels)  # (B, Dh, h, w)
     b, dh, h, w = hidden.shape
-    last = mlp.layers[-1]
-    weight = last.weight.view(groups, -1, dh)  # (g, D, Dh): output channels are ordered (group, c), c fastest
-    assert last.bias is not None  # MLP layers are built with bias=True
-    qw = torch.einsum("bqc,gcd->bgqd", queries, weight)  # (B, g, Q, Dh)
-    qb = torch.einsum("bqc,gc->bgq", queries, last.bias.view(groups, -1))  # (B, g, Q)
+    weight, bias = mlp.last_affine()  # output channels are ordered (group, c), c fastest
+    qw = torch.einsum("bqc,gcd->bgqd", queries, weight.view(groups, -1, dh))  # (B, g, Q, Dh)
+    qb = torch.einsum("bqc,gc->bgq", queries, bias.view(groups, -1))  # (B, g, Q)
     if scale is not None:
         qw, qb = qw * scale, qb * scale
     # One (g * Q, Dh) x (Dh, h * w) product per image; the bias enters as its own term.
