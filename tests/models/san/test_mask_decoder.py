@@ -152,3 +152,17 @@ def test_masks_alone_skip_the_bias_branch() -> None:
     alone.masks.sum().backward()
     assert all(p.grad is None for p in dec.attn_mlp.parameters())
     assert all(p.grad is not None for p in dec.pix_mlp.parameters())
+
+
+@pytest.mark.parametrize("grid", [(2, 2), (5, 7)])
+def test_both_product_orders_match_the_loop_reference(grid) -> None:
+    """Maps with fewer pixels than queries are embedded first, larger ones fold the last layer: both are exact."""
+    dec = MaskDecoder(query_dim=6, pixel_dim=5, dim=4, num_layers=3, clip_heads=2).double()
+    with torch.no_grad():
+        dec.bias_scaling.weight.fill_(0.6)
+        dec.bias_scaling.bias.fill_(0.2)
+    queries, pixels = torch.randn(1, 9, 6).double(), torch.randn(1, 5, *grid).double()
+    out = dec(queries, pixels)
+    ref_masks, ref_bias = naive_decoder(dec, queries, pixels)
+    torch.testing.assert_close(out.masks, ref_masks, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.attn_bias, ref_bias, rtol=1e-10, atol=1e-10)

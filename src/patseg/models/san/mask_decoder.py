@@ -42,6 +42,10 @@ def query_map_product(queries: Tensor, mlp: MLP, pixels: Tensor, groups: int, sc
     """
     hidden = mlp.hidden(pixels)  # (B, Dh, h, w)
     b, dh, h, w = hidden.shape
+    if h * w <= queries.shape[1]:  # folding costs Q x D x Dh per group: below Q pixels embedding them is cheaper
+        keys = mlp.layers[-1](hidden).view(b, groups, -1, h, w)
+        out = torch.einsum("bqc,bgchw->bgqhw", queries, keys)
+        return out if scale is None else out * scale
     weight, bias = mlp.last_affine()  # output channels are ordered (group, c), c fastest
     qw = torch.einsum("bqc,gcd->bgqd", queries, weight.view(groups, -1, dh))  # (B, g, Q, Dh)
     qb = torch.einsum("bqc,gc->bgq", queries, bias.view(groups, -1))  # (B, g, Q)

@@ -1,0 +1,188 @@
+"""What each inference speed change bought: the former and the current implementation of a part, side by side.
+
+    python benchmarks/speed_changes.py --threads 2                      # ViT-B/16 shapes at 640x640
+    python benchmarks/speed_changes.py --threads 1 --out /tmp/changes   # elsewhere
+
+Every part is measured on the inputs the full-size presets give it at 640x640 (random weights), the two
+implementations and the matrix-product probe timed in the same rounds (``patseg.bench.measure_with_probe``), so
+the ratio of their medians is one run's and load that comes and goes hits all of them alike. The outputs of the
+two are compared: the largest absolute difference, and for label maps whether they are equal.
+
+- ``mask decoder (SAN, 40x40)`` and ``decoded mask head (PAT, 160x160)``: SAN's MLP mask decoder computing the
+  pixel and attention embeddings and then their products with the queries (former), against the MLPs' last layer
+  folded into the queries (``patseg.models.san.mask_decoder.query_map_product``).
+- ``Segmenter.scores (150 classes)``: every class chunk copied into a list, concatenated, then copied by numpy
+  (former), against the chunks written into one array in place and handed to numpy without a copy.
+
+Results go to ``OUT.json`` and ``OUT.md`` (default ``benchmarks/results/speed-changes``), written atomically; an
+existing result is not replaced without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from patseg.atomic import atomic_write_json, atomic_write_text
+from patseg.bench import as_dict, environment, make_segmenter, matmul_probe, measure_with_probe, random_image
+from patseg.build import build_model
+from patseg.models.san.mask_decoder import MaskDecoder, MaskDecoderOutput
+from patseg.predictor import Segmenter
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CPU = torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------------- former code
+def former_mask_decoder(dec: MaskDecoder, queries: torch.Tensor, pixels: torch.Tensor) -> MaskDecoderOutput:
+    """The mask decoder as it was: full MLP embeddings, then einsums with the queries, then the bias's affine map."""
+    q = dec.query_mlp(queries)
+    p = dec.pix_mlp(pixels)
+    b, c, h, w = p.shape
+    masks = torch.einsum("bqc,bchw->bqhw", q, p)
+    keys = dec.attn_mlp(pixels).reshape(b, dec.clip_heads, c, h, w)
+    bias = torch.einsum("bqc,bnchw->bnqhw", q, keys)
+    bias = dec.bias_scaling(bias.unsqueeze(-1)).squeeze(-1)
+    return MaskDecoderOutput(masks=masks, attn_bias=bias)
+
+
+def former_scores(seg: Segmenter, image: np.ndarray) -> np.ndarray:
+    """Segmenter.scores as it was: chunks gathered in a list, concatenated, converted with a copy."""
+    pred, padded, valid = seg._forward(image)
+    chunks = [part for _, part in seg._class_scores(pred, padded, valid, image.shape[:2])]
+    return torch.cat(chunks).cpu().numpy().astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- cases
+def decoder_inputs(model: Any, decoder: MaskDecoder, grid: int, pixel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    queries = torch.randn(1, model.side.num_queries, model.side.width, generator=gen)
+    return queries, torch.randn(1, pixel_dim, grid, grid, generator=gen)
+
+
+def compare_decoder(decoder: MaskDecoder, queries: torch.Tensor, pixels: torch.Tensor) -> Callable[[], float]:
+    def difference() -> float:
+        with torch.inference_mode():
+            old, new = former_mask_decoder(decoder, queries, pixels), decoder(queries, pixels)
+        assert new.attn_bias is not None and old.attn_bias is not None
+        return max((old.masks - new.masks).abs().max().item(), (old.attn_bias - new.attn_bias).abs().max().item())
+
+    return difference
+
+
+def cases(size: int, classes: int) -> list[dict[str, Any]]:
+    """(name, former, current, difference) of every changed part at the full-size presets' shapes."""
+    torch.manual_seed(0)
+    san, pat = build_model("san_vitb16").eval(), build_model("pat_vitb16_clip").eval()
+    out = []
+    for name, model, decoder, grid, dim in (
+        ("mask decoder (SAN, side grid)", san, san.mask_decoder, size // 16, san.side.width),
+        ("decoded mask head (PAT, H/4)", pat, pat.mask_head, size // 4, pat.config.pat.pixel_dim),
+    ):
+        queries, pixels = decoder_inputs(model, decoder, grid, dim)
+
+        def former(d: MaskDecoder = decoder, q: torch.Tensor = queries, p: torch.Tensor = pixels) -> None:
+            with torch.inference_mode():
+                former_mask_decoder(d, q, p)
+
+        def current(d: MaskDecoder = decoder, q: torch.Tensor = queries, p: torch.Tensor = pixels) -> None:
+            with torch.inference_mode():
+                d(q, p)
+
+        out.append({"name": f"{name}, {grid}x{grid}", "former": former, "current": current})
+        out[-1]["difference"] = compare_decoder(decoder, queries, pixels)
+    seg = make_segmenter(san, classes, (size, size))
+    image = random_image(size, size)
+    out.append(
+        {
+            "name": f"Segmenter.scores (SAN, {size}x{size}, {classes} classes)",
+            "former": lambda: former_scores(seg, image),
+            "current": lambda: seg.scores(image),
+            "difference": lambda: float(np.abs(former_scores(seg, image) - seg.scores(image)).max()),
+        }
+    )
+    return out
+
+
+def measure_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
+    probe = matmul_probe(CPU)
+    rows = []
+    for case in cases(args.size, args.classes):
+        print(f"{case['name']} ...", flush=True)
+        timed, probe_m = measure_with_probe(
+            {"former": case["former"], "current": case["current"]}, CPU, probe, warmup=1, repeats=args.repeats
+        )
+        former, current = timed["former"], timed["current"]
+        rows.append(
+            {
+                "part": case["name"],
+                "former": as_dict(former),
+                "current": as_dict(current),
+                "speedup": former.median_ms / current.median_ms,
+                "gflops_saved": (former.gflops or 0.0) - (current.gflops or 0.0),
+                "max_abs_difference": case["difference"](),
+                "probe_gflops_per_s": probe_m.gflops_per_s,
+            }
+        )
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [
+        f"Measured on {env['device_name']} ({env['threads']} threads, fp32), torch {env['torch']}, random weights.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| part | former ms | current ms | speed-up | former GFLOPs | current GFLOPs | current GFLOP/s (% probe) "
+        "| max abs difference |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["parts"]:
+        f, c = r["former"], r["current"]
+        lines.append(
+            f"| {r['part']} | {f['median_ms']:.1f} | {c['median_ms']:.1f} | {r['speedup']:.2f}x | {f['gflops']:.3g} "
+            f"| {c['gflops']:.3g} | {c['gflops_per_s']:.0f} ({100 * c['of_probe']:.0f}%) "
+            f"| {r['max_abs_difference']:.2g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--size", type=int, default=640, help="image side (default 640)")
+    parser.add_argument("--classes", type=int, default=150, help="vocabulary size for scores (default 150)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; medians are reported (default 5)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "speed-changes", help="output path without suffix")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    args = parser.parse_args(argv)
+    out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
+    existing = [str(p) for p in (out_json, out_md) if p.exists()]
+    if existing and not args.overwrite:
+        print(f"refusing to replace {', '.join(existing)}: pass --overwrite", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    given = sys.argv[1:] if argv is None else argv
+    report = {
+        "command": ("python benchmarks/speed_changes.py " + " ".join(shlex.quote(a) for a in given)).strip(),
+        "environment": environment(CPU),
+        "parts": measure_cases(args),
+    }
+    text = markdown(report)
+    print(text)
+    atomic_write_json(out_json, report)
+    atomic_write_text(out_md, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
