@@ -34,8 +34,11 @@ class MaskDecoderOutput(NamedTuple):
     attn_bias: Tensor | None
 
 
-def query_map_product(queries: Tensor, mlp: MLP, pixels: Tensor, groups: int, scale: Tensor | None = None) -> Tensor:
-    """sum_c queries[b, q, c] * mlp(pixels)[b, g * D + c, y, x] for every group g, times ``scale`` if given.
+def query_map_product(
+    queries: Tensor, mlp: MLP, pixels: Tensor, groups: int, affine: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """sum_c queries[b, q, c] * mlp(pixels)[b, g * D + c, y, x] for every group g, then ``scale * x + shift`` when
+    ``affine`` = (scale, shift) (0-d tensors) is given.
 
     The MLP's last layer (weight (groups * D, Dh), bias (groups * D)) is folded into the queries, so the map is only
     run through the hidden layers. queries (B, Q, D), pixels (B, C, h, w) -> (B, groups, Q, h, w).
@@ -45,12 +48,12 @@ def query_map_product(queries: Tensor, mlp: MLP, pixels: Tensor, groups: int, sc
     if h * w <= queries.shape[1]:  # folding costs Q x D x Dh per group: below Q pixels embedding them is cheaper
         keys = mlp.layers[-1](hidden).view(b, groups, -1, h, w)
         out = torch.einsum("bqc,bgchw->bgqhw", queries, keys)
-        return out if scale is None else out * scale
+        return out if affine is None else out * affine[0] + affine[1]
     weight, bias = mlp.last_affine()  # output channels are ordered (group, c), c fastest
     qw = torch.einsum("bqc,gcd->bgqd", queries, weight.view(groups, -1, dh))  # (B, g, Q, Dh)
     qb = torch.einsum("bqc,gc->bgq", queries, bias.view(groups, -1))  # (B, g, Q)
-    if scale is not None:
-        qw, qb = qw * scale, qb * scale
+    if affine is not None:  # folded too: no pass over the (B, g, Q, h, w) result
+        qw, qb = qw * affine[0], qb * affine[0] + affine[1]
     # One (g * Q, Dh) x (Dh, h * w) product per image; the bias enters as its own term.
     out = torch.baddbmm(qb.reshape(b, -1, 1), qw.reshape(b, -1, dh), hidden.flatten(2))
     return out.view(b, groups, -1, h, w)
@@ -96,8 +99,8 @@ class MaskDecoder(nn.Module):
         if not with_bias:
             return MaskDecoderOutput(masks=masks, attn_bias=None)
         if isinstance(self.bias_scaling, nn.Linear):  # w * x + b0 with w folded into the product
-            scale, shift = self.bias_scaling.weight.view(()), self.bias_scaling.bias.view(())
-            bias = query_map_product(q, self.attn_mlp, pixels, self.clip_heads, scale) + shift
+            affine = self.bias_scaling.weight.view(()), self.bias_scaling.bias.view(())
+            bias = query_map_product(q, self.attn_mlp, pixels, self.clip_heads, affine)
         else:
             bias = query_map_product(q, self.attn_mlp, pixels, self.clip_heads)
         return MaskDecoderOutput(masks=masks, attn_bias=bias)
