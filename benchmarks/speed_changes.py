@@ -13,6 +13,8 @@ two are compared: the largest absolute difference, and for label maps whether th
   folded into the queries (``patseg.models.san.mask_decoder.query_map_product``).
 - ``Segmenter.scores (150 classes)``: every class chunk copied into a list, concatenated, then copied by numpy
   (former), against the chunks written into one array in place and handed to numpy without a copy.
+- ``forward, 1x1 convolutions``: the whole model forward with ``Conv1x1`` running every 1x1 convolution as
+  ``nn.Conv2d`` does (former), against its matrix product on channels-last maps (``patseg.models.layers.common``).
 
 Results go to ``OUT.json`` and ``OUT.md`` (default ``benchmarks/results/speed-changes``), written atomically; an
 existing result is not replaced without ``--overwrite``.
@@ -21,9 +23,10 @@ existing result is not replaced without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ import torch
 from patseg.atomic import atomic_write_json, atomic_write_text
 from patseg.bench import as_dict, environment, make_segmenter, matmul_probe, measure_with_probe, random_image
 from patseg.build import build_model
+from patseg.models.layers.common import Conv1x1
 from patseg.models.san.mask_decoder import MaskDecoder, MaskDecoderOutput
 from patseg.predictor import Segmenter
 
@@ -58,6 +62,36 @@ def former_scores(seg: Segmenter, image: np.ndarray) -> np.ndarray:
     pred, padded, valid = seg._forward(image)
     chunks = [part for _, part in seg._class_scores(pred, padded, valid, image.shape[:2])]
     return torch.cat(chunks).cpu().numpy().astype(np.float32)
+
+
+@contextlib.contextmanager
+def plain_convolutions() -> Iterator[None]:
+    """Conv1x1 as it was: nn.Conv2d's forward whatever the input's layout."""
+    fast = Conv1x1.forward
+    Conv1x1.forward = torch.nn.Conv2d.forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Conv1x1.forward = fast  # type: ignore[method-assign]
+
+
+def forward_case(name: str, seg: Segmenter, image: np.ndarray) -> dict[str, Any]:
+    x, _ = seg._prepare(image)
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return seg.model(x, seg.class_embeddings).main.masks
+
+    def former() -> torch.Tensor:
+        with plain_convolutions():
+            return run()
+
+    return {
+        "name": name,
+        "former": former,
+        "current": run,
+        "difference": lambda: (former() - run()).abs().max().item(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- cases
@@ -108,6 +142,9 @@ def cases(size: int, classes: int) -> list[dict[str, Any]]:
             "difference": lambda: float(np.abs(former_scores(seg, image) - seg.scores(image)).max()),
         }
     )
+    for name, model in (("SAN", san), ("PAT", pat)):
+        seg = make_segmenter(model, classes, (size, size))
+        out.append(forward_case(f"{name} forward, 1x1 convolutions ({size}x{size})", seg, image))
     return out
 
 

@@ -166,3 +166,21 @@ def test_both_product_orders_match_the_loop_reference(grid) -> None:
     ref_masks, ref_bias = naive_decoder(dec, queries, pixels)
     torch.testing.assert_close(out.masks, ref_masks, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(out.attn_bias, ref_bias, rtol=1e-10, atol=1e-10)
+
+
+def test_conv1x1_on_a_channels_last_map_equals_the_convolution() -> None:
+    """A token sequence viewed as a map takes the matrix-product path; values and gradients are the convolution's."""
+    from patseg.models.layers.common import Conv1x1
+
+    conv = Conv1x1(6, 4).double()
+    tokens = torch.randn(2, 15, 6, dtype=torch.float64, requires_grad=True)
+    as_map = tokens.transpose(1, 2).reshape(2, 6, 3, 5)  # channels-last in memory, not contiguous
+    assert as_map.is_contiguous(memory_format=torch.channels_last) and not as_map.is_contiguous()
+    out = conv(as_map)
+    ref = torch.nn.functional.conv2d(as_map.contiguous(), conv.weight, conv.bias)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last)  # the layout is kept for the next 1x1 layer
+    (grad,) = torch.autograd.grad(out.square().sum(), tokens)
+    (ref_grad,) = torch.autograd.grad(ref.square().sum(), tokens)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
+    assert conv.state_dict().keys() == {"weight", "bias"} and conv.weight.shape == (4, 6, 1, 1)

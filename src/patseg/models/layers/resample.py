@@ -14,6 +14,7 @@ from fractions import Fraction
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from patseg.models.layers.common import Conv1x1
 from patseg.models.layers.dysample import DySample
 
 
@@ -52,7 +53,7 @@ class PixelStem(nn.Module):
                 nn.GELU(),
             ]
             in_ch = width
-        layers.append(nn.Conv2d(in_ch, out_channels, kernel_size=1))
+        layers.append(Conv1x1(in_ch, out_channels))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, image: Tensor) -> Tensor:

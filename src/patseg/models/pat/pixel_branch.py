@@ -11,6 +11,7 @@ from typing import Optional, Sequence, cast
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from patseg.models.layers.common import Conv1x1
 from patseg.models.layers.resample import PixelStem
 from patseg.models.pat.geometry import STAGES, PyramidGrids
 from patseg.models.pat.pyramid_stage import PixelStageOutput, PyramidStage
@@ -48,7 +49,7 @@ class PixelBranch(nn.Module):
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.tap_indices = tuple(tap_indices)
-        self.latent_pre_quant = nn.Conv2d(side_width, code_dim, 1)
+        self.latent_pre_quant = Conv1x1(side_width, code_dim)
         self.latent_quantizer = VMFQuantizer(num_codes=latent_codes, code_dim=code_dim, vmf=vmf, commitment=commitment)
 
     @property

@@ -16,7 +16,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from patseg.models.layers.common import LayerNorm2d
+from patseg.models.layers.common import Conv1x1, LayerNorm2d
 from patseg.models.layers.resample import ConvDown, Resample
 from patseg.models.layers.transformer import QueryCrossAttention
 from patseg.models.pat.hsattn import hs_attention
@@ -82,9 +82,9 @@ class PyramidStage(nn.Module):
         self.down = (
             ConvDown(pixel_dim, factor=round(1 / down_factor)) if pixel_residual and down_factor is not None else None
         )
-        self.proj = nn.Sequential(LayerNorm2d(clip_width), nn.Conv2d(clip_width, pixel_dim, 1))
+        self.proj = nn.Sequential(LayerNorm2d(clip_width), Conv1x1(clip_width, pixel_dim))
         self.resample = Resample(pixel_dim, factor=tap_factor, groups=groups)
-        self.pre_quant = nn.Conv2d(pixel_dim, code_dim, 1)
+        self.pre_quant = Conv1x1(pixel_dim, code_dim)
         self.quantizer = VMFQuantizer(num_codes=num_codes, code_dim=code_dim, vmf=vmf, commitment=commitment)
         # semantic branch; K = V: the side tokens in the 32-d codebook space
         self.kv = nn.Linear(side_width, code_dim) if token_mixer else None

@@ -21,6 +21,7 @@ from typing import Literal, Optional, Sequence
 
 from torch import Tensor, nn
 
+from patseg.models.layers.common import Conv1x1
 from patseg.models.layers.resample import Resample
 from patseg.models.layers.spade import SPADE, SPADEResBlock
 from patseg.models.layers.transformer import QueryCrossAttention, TokenLayer, TransformerLayer
@@ -107,7 +108,7 @@ class SharedDecoder(nn.Module):
         super().__init__()
         self.names = [name for name, _ in stages]
         self.reading = reading
-        self.post_quant = nn.Conv2d(code_dim, dim, 1)  # PostQuant of the latent codes, D -> C_dec
+        self.post_quant = Conv1x1(code_dim, dim)  # PostQuant of the latent codes, D -> C_dec
         self.stages = nn.ModuleList(
             DecoderStage(
                 dim=dim,

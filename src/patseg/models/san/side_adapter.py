@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from patseg.models.layers.common import LayerNorm2d
+from patseg.models.layers.common import Conv1x1, LayerNorm2d
 
 StageHook = Callable[[int, Tensor, Tensor, tuple[int, int]], Tensor]
 """hook(stage, queries (B, Q, C), patch_tokens (B, L, C), grid (h, w)) -> new queries (B, Q, C)."""
@@ -60,7 +60,7 @@ class FusionLayer(nn.Module):
     def __init__(self, clip_width: int, width: int) -> None:
         super().__init__()
         self.norm = LayerNorm2d(clip_width, eps=1e-6)
-        self.proj = nn.Conv2d(clip_width, width, kernel_size=1)
+        self.proj = Conv1x1(clip_width, width)
         # detectron2's c2_xavier_fill, as SAN's fusion layer uses
         nn.init.kaiming_uniform_(self.proj.weight, a=1)
         assert self.proj.bias is not None  # built with bias=True
