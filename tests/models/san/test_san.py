@@ -131,3 +131,13 @@ def test_gradients_reach_every_trainable_parameter(san: SAN) -> None:
             assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
         else:
             assert p.grad is None, name
+
+
+@pytest.mark.parametrize("shape, grid", [((7, 16, 24), (4, 3)), ((5, 9, 10), (4, 3)), ((3, 8, 8), (8, 8))])
+def test_max_pool_to_equals_adaptive_max_pooling(shape, grid) -> None:
+    """Divisible grids take the rows-then-columns path, the others the pooling kernel: the maxima are the same."""
+    from patseg.models.san.model import max_pool_to
+
+    maps = torch.randn(*shape)
+    expected = torch.nn.functional.adaptive_max_pool2d(maps, grid)
+    assert torch.equal(max_pool_to(maps, grid), expected)
