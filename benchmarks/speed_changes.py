@@ -13,6 +13,8 @@ two are compared: the largest absolute difference, and for label maps whether th
   folded into the queries (``patseg.models.san.mask_decoder.query_map_product``).
 - ``Segmenter.scores (150 classes)``: every class chunk copied into a list, concatenated, then copied by numpy
   (former), against the chunks written into one array in place and handed to numpy without a copy.
+- ``attention-bias pooling``: the CLIP attention bias max-pooled from the decoder's grid to the CLIP grid with
+  ``adaptive_max_pool2d`` (former) against rows then columns (``patseg.models.san.model.max_pool_to``).
 - ``forward, 1x1 convolutions``: the whole model forward with ``Conv1x1`` running every 1x1 convolution as
   ``nn.Conv2d`` does (former), against its matrix product on channels-last maps (``patseg.models.layers.common``).
 
@@ -38,6 +40,7 @@ from patseg.bench import as_dict, environment, make_segmenter, matmul_probe, mea
 from patseg.build import build_model
 from patseg.models.layers.common import Conv1x1
 from patseg.models.san.mask_decoder import MaskDecoder, MaskDecoderOutput
+from patseg.models.san.model import max_pool_to
 from patseg.predictor import Segmenter
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -132,6 +135,18 @@ def cases(size: int, classes: int) -> list[dict[str, Any]]:
 
         out.append({"name": f"{name}, {grid}x{grid}", "former": former, "current": current})
         out[-1]["difference"] = compare_decoder(decoder, queries, pixels)
+        bias = torch.randn(model.clip.num_heads * model.side.num_queries, grid, grid)
+        clip_grid = (size // 32, size // 32)  # SAN's CLIP input is the image at half size, 16-pixel patches
+        out.append(
+            {
+                "name": f"attention-bias pooling ({name.split(' (')[1][:3]}, {grid}x{grid} to {clip_grid[0]})",
+                "former": lambda b=bias, g=clip_grid: torch.nn.functional.adaptive_max_pool2d(b, g),
+                "current": lambda b=bias, g=clip_grid: max_pool_to(b, g),
+                "difference": lambda b=bias, g=clip_grid: (
+                    (torch.nn.functional.adaptive_max_pool2d(b, g) - max_pool_to(b, g)).abs().max().item()
+                ),
+            }
+        )
     seg = make_segmenter(san, classes, (size, size))
     image = random_image(size, size)
     out.append(
