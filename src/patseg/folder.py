@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -68,8 +68,9 @@ class ImageFiles(Dataset[Decoded]):
             return Decoded(index, error=str(exc))
 
 
-def _as_is(item: Decoded) -> Decoded:
-    """The DataLoader's collate function: records pass unchanged (its default would turn them into tensors)."""
+def _as_is(item: Any) -> Any:
+    """The DataLoader's collate function: with ``batch_size=None`` it gets one record, passed on unchanged (the
+    default would convert it). Typed ``Any`` because DataLoader's stubs expect a list."""
     return item
 
 
