@@ -152,6 +152,7 @@ def write_outputs(out: Path, stem: str, source: Path, image: np.ndarray, labels:
         meta_json,
         {"image": str(source), "classes": names, "height": int(labels.shape[0]), "width": int(labels.shape[1])},
     )
+    logger.debug("wrote %s", stem)  # one line per image: shows which process wrote what under torchrun
 
 
 def segment_files(

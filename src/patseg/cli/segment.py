@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from patseg.distributed import all_gather_json, detect, init_distributed
+    from patseg.distributed import all_gather_json, barrier, detect, init_distributed
     from patseg.errors import UsageError
     from patseg.folder import output_paths, refuse_replacing_on_all_ranks, segment_files, shard
     from patseg.images import expand_inputs, output_names
@@ -149,5 +149,8 @@ def _run(args: argparse.Namespace) -> int:
     failed = [name for part in all_gather_json(failed, group_device) for name in part]
     if info.is_main:
         done = len(files) - len(failed)
-        print(f"segmented {done} of {len(files)} images into {out}" + (f"; {len(failed)} failed" if failed else ""))
+        summary = f"segmented {done} of {len(files)} images into {out}" + (f"; {len(failed)} failed" if failed else "")
+        print(summary, flush=True)
+    # torchrun stops every process as soon as one exits with an error: none leaves before the summary is out.
+    barrier()
     return 1 if failed else 0
