@@ -18,7 +18,8 @@ lines as they arrive. ``steady`` is the rate from the later of the first round (
 process) and the first quarter of the images to the last image, which leaves out the start (imports, the model
 build, the vocabulary); ``end to end`` divides the images by the whole command's wall time. A warm-up run on one
 image comes first, so the text embeddings are cached (in a temporary ``PATSEG_CACHE``) and the files are in the page
-cache for every mode.
+cache for every mode. The modes take turns ``--repeats`` times and the fastest run of each is reported (all are
+in the JSON): on a shared machine the fastest run is the least disturbed one.
 
 Results go to ``OUT.json`` (every number, the machine, its load average before and after each run) and ``OUT.md``,
 written atomically; an existing result is not replaced without ``--overwrite``. On a machine shared with other
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="--batch-size of the batched and torchrun modes (4)")
     p.add_argument("--workers", type=int, default=2, help="--workers of the batched mode (2)")
     p.add_argument("--ddp-workers", type=int, default=1, help="--workers of each torchrun process (1)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each mode, taking turns; the fastest counts (2)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take (900)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes OUT.json and OUT.md")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier result")
@@ -153,14 +155,22 @@ def run_preset(preset: str, work: Path, args: argparse.Namespace, log: Any) -> d
     (warm / "photo.jpg").write_bytes((folder / "photo0000.jpg").read_bytes())
     timed_run(command("sequential", warm, weights, work / f"{preset}-warm-out", short_side, args), 2, work, 1, 900)
     result: dict[str, Any] = {"images": count, "short_side": short_side, "sizes": sizes, "modes": {}}
-    for mode in MODES:
-        threads = 1 if mode == "torchrun" else 2
-        first_round = {"sequential": 1, "batched": args.batch_size, "torchrun": 2 * args.batch_size}[mode]
-        cmd = command(mode, folder, weights, work / f"{preset}-{mode}", short_side, args)
-        rec = timed_run(cmd, threads, work, first_round, args.timeout)
-        rec["command"] = " ".join(cmd[cmd.index("segment") :])
-        result["modes"][mode] = rec
-        log(f"{preset} {mode}: steady {rec['steady_img_s']} img/s, end to end {rec['end_to_end_img_s']} img/s")
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    for repeat in range(args.repeats):  # the modes take turns, so a burst of load from elsewhere hits one run each
+        for mode in MODES:
+            threads = 1 if mode == "torchrun" else 2
+            first_round = {"sequential": 1, "batched": args.batch_size, "torchrun": 2 * args.batch_size}[mode]
+            cmd = command(mode, folder, weights, work / f"{preset}-{mode}-{repeat}", short_side, args)
+            rec = timed_run(cmd, threads, work, first_round, args.timeout)
+            runs[mode].append(rec)
+            log(f"{preset} {mode}: steady {rec['steady_img_s']} img/s, end to end {rec['end_to_end_img_s']} img/s")
+    for mode, recs in runs.items():  # the least disturbed run: the fastest
+        best = dict(max(recs, key=lambda r: r["steady_img_s"] or 0.0))
+        shown = command(mode, Path("PHOTOS"), Path(f"{preset}.safetensors"), Path("OUT"), short_side, args)
+        best["command"] = " ".join(["python", *shown[1:]])
+        best["all_steady_img_s"] = [r["steady_img_s"] for r in recs]
+        best["all_end_to_end_img_s"] = [r["end_to_end_img_s"] for r in recs]
+        result["modes"][mode] = best
     base = result["modes"]["sequential"]
     for rec in result["modes"].values():
         for key in ("steady_img_s", "end_to_end_img_s"):
@@ -189,7 +199,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"{report['settings']['workers']}`; `torchrun`: 2 processes x 1 thread, `--batch-size "
         f"{report['settings']['batch_size']} --workers {report['settings']['ddp_workers']}` each. Steady: images/s "
         "from the later of every process's first batch and a quarter of the images to the last; end to end: "
-        "images / wall time of the whole command (start included).",
+        "images / wall time of the whole command (start included). Each mode ran "
+        f"{report['settings']['repeats']} times, taking turns; the table shows the fastest run (all runs in the JSON).",
         "",
         "| preset | images | short side | mode | steady img/s | x | end to end img/s | x | wall s | load before |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
