@@ -112,7 +112,8 @@ def timed_run(cmd: list[str], threads: int, cache: Path, first_round: int, timeo
     load_before = os.getloadavg()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    arrivals, tail = [], []
+    arrivals: list[float] = []
+    tail: list[str] = []
     assert proc.stderr is not None
     for line in proc.stderr:  # text mode: tqdm's carriage returns end lines too
         if ": wrote " in line:
