@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("patseg.precision", "patseg.predictor"),
     ("patseg.data", "patseg.evaluation"),
     ("patseg.engine", "patseg.mini"),
-    ("patseg.tokenizer", "patseg.visualize", "patseg.bench"),
+    ("patseg.tokenizer", "patseg.visualize", "patseg.bench", "patseg.folder"),
     ("patseg.reproduce", "patseg.demo"),
     ("patseg.cli", "patseg.__main__"),
 )

@@ -137,3 +137,9 @@ class InfiniteSampler(Sampler[int]):
                 epoch, order = this_epoch, self._epoch_order(this_epoch)
             yield int(order[offset])
             position += self.world_size
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing in single-process runs)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -214,3 +214,39 @@ class Segmenter:
         bounds so that only the classes that can win a block are scored there (memory bounded for any C)."""
         probs, masks = self._mask_logits(pred, padded, valid, out_size)
         return semantic_argmax(probs, masks)
+
+    # ------------------------------------------------------------------ many images
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The padded (H', W') model input of an image of ``height`` x ``width`` pixels: images with equal input
+        sizes can share one forward pass (:meth:`predict_batch`)."""
+        size = shortest_edge_size(height, width, self.short_side, self.max_long_side)
+        return ceil_to_multiple(size[0]), ceil_to_multiple(size[1])
+
+    def _prepare_batch(self, images: Sequence[np.ndarray]) -> tuple[Tensor, list[tuple[int, int]]]:
+        """B (H_i, W_i, 3) uint8 RGB images of one input size -> (B, 3, H', W') padded input and each valid size.
+
+        Each image is resized and padded alone (as :meth:`predict` does), so only the forward pass is shared."""
+        if not images:
+            raise ValueError("predict_batch needs at least one image")
+        prepared = [self._prepare(image) for image in images]
+        sizes = {tuple(x.shape[-2:]) for x, _ in prepared}
+        if len(sizes) > 1:
+            raise ValueError(f"the images of one batch must have one padded input size, got {sorted(sizes)}")
+        return torch.cat([x for x, _ in prepared]), [valid for _, valid in prepared]
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """B (H_i, W_i, 3) uint8 RGB images with one :meth:`input_size` -> B (H_i, W_i) int64 label maps.
+
+        One forward pass on the stacked (B, 3, H', W') input; each image's slice of the prediction (logits
+        (1, Q, C + 1), masks (1, Q, h, w)) is post-processed alone, so the labels are :meth:`predict`'s up to
+        floating-point rounding. Images of different input sizes raise ValueError."""
+        x, valids = self._prepare_batch(images)
+        with torch.inference_mode():
+            pred = self.model(x, self.class_embeddings).main
+        padded = (x.shape[-2], x.shape[-1])
+        labels = []
+        for i, (image, valid) in enumerate(zip(images, valids)):
+            one = SegPrediction(masks=pred.masks[i : i + 1], logits=pred.logits[i : i + 1])
+            label_map = self.postprocess(one, padded, valid, (image.shape[0], image.shape[1]))
+            labels.append(label_map.cpu().numpy().astype(np.int64))
+        return labels

@@ -13,6 +13,7 @@ from patseg.cli._common import (
     add_set_option,
     build_from_args,
     device_name,
+    int_at_least,
     pick_device,
     positive_int,
 )
@@ -29,11 +30,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(class index per pixel; 16-bit when there are more than 256 classes), NAME_overlay.png "
         "(colours and a legend) and NAME.json (the class names). NAME is the file name without its suffix; "
         "inputs that share it keep their suffix (img_bmp, img_tif) and, if still equal, get a number "
-        "(img_jpg_2). Class names are used verbatim; blank or repeated names are refused.",
+        "(img_jpg_2). Class names are used verbatim; blank or repeated names are refused. An unreadable file is "
+        "named in a warning and skipped (exit code 1); the others are still written.",
         epilog="examples:\n"
         "  patseg segment photo.jpg --vocab 'sky,tree,road' --preset san_vitb16 \\\n"
         "      --clip-weights ViT-B-16.bin --out seg/\n"
-        "  patseg segment photos/ --dataset ade20k_150 --weights san_vitb16.safetensors --out seg/",
+        "  patseg segment photos/ --dataset ade20k_150 --weights san_vitb16.safetensors --out seg/\n"
+        "  torchrun --standalone --nproc_per_node=2 -m patseg segment photos/ --dataset ade20k_150 \\\n"
+        "      --weights san_vitb16.safetensors --out seg/\n"
+        "\n"
+        "many images: --workers processes decode the next images while the model runs, and images whose resized,\n"
+        "padded input has the same size go through the model --batch-size at a time (the labels are those of one\n"
+        "image at a time, up to floating-point rounding). Under torchrun every process segments its share of the\n"
+        "files (on GPU LOCAL_RANK when CUDA is available, unless --device is given) and writes only that share's\n"
+        "outputs; one process prints the summary, counting all of them.",
     )
     p.add_argument("images", nargs="+", help="image files or folders of images")
     vocab = p.add_mutually_exclusive_group(required=True)
@@ -47,6 +57,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--short-side", type=positive_int, default=640, help="test resize of the short side (default 640)")
     p.add_argument("--device", type=device_name, default=None, help=DEVICE_HELP)
+    p.add_argument(
+        "--workers",
+        type=int_at_least(0),
+        default=2,
+        help="processes that decode images ahead of the model (default 2; 0: decode in this process)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=4,
+        help="images of one input size segmented in one forward pass (default 4; 1: one at a time)",
+    )
     add_overwrite_option(p)
     p.set_defaults(func=run)
 
@@ -76,45 +98,59 @@ def load_vocabulary(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from patseg.distributed import cleanup, detect
 
-    from patseg.atomic import atomic_path, atomic_write_json
-    from patseg.errors import ImageReadError, UsageError
-    from patseg.images import expand_inputs, label_image, output_names, overlay_with_legend, read_rgb
-    from patseg.paths import check_writable, refuse_replacing
+    joins = detect().enabled  # launched by torchrun: _run joins the process group, left again at the end
+    try:
+        return _run(args)
+    finally:
+        if joins:
+            cleanup()
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from patseg.distributed import all_gather_json, barrier, detect, init_distributed
+    from patseg.errors import UsageError
+    from patseg.folder import output_paths, refuse_replacing_on_all_ranks, segment_files, shard
+    from patseg.images import expand_inputs, output_names
+    from patseg.paths import check_writable
     from patseg.predictor import Segmenter
 
     check_writable(args.out, is_dir=True)
-    device = pick_device(args.device)
+    info = detect()
+    if info.enabled:  # collectives run on the rank's own device (nccl needs CUDA tensors); the model may sit elsewhere
+        info, group_device = init_distributed()
+        device = pick_device(args.device) if args.device is not None else str(group_device)
+    else:
+        group_device, device = torch.device("cpu"), pick_device(args.device)
     names = load_vocabulary(args)
     files = expand_inputs(args.images)
     if not files:
         raise UsageError("no images found in the given paths")
-    stems = output_names(files)
-    targets = [Path(args.out) / f"{stem}{end}" for stem in stems for end in ("_labels.png", "_overlay.png", ".json")]
-    refuse_replacing(targets, overwrite=args.overwrite)
+    stems = output_names(files)  # from the whole list on every rank: the names do not depend on the shares
+    out = Path(args.out)
+    targets = [path for stem in stems for path in output_paths(out, stem)]
+    refuse_replacing_on_all_ranks(targets, overwrite=args.overwrite, device=group_device)
     model = build_from_args(args, args.weights, warn_untrained=True).to(device).eval()
     segmenter = Segmenter(model, names, short_side=args.short_side)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    failed = []
-    named = list(zip(files, stems))
-    for path, stem in tqdm(named, desc="segment", unit="img", disable=len(files) < 2):
-        try:
-            image = read_rgb(path)
-        except ImageReadError as exc:  # one unreadable file does not stop the others; the exit code says so
-            logger.warning("skipped %s", exc)
-            failed.append(str(path))
-            continue
-        labels = segmenter.predict(image)
-        with atomic_path(out / f"{stem}_labels.png") as tmp:
-            label_image(labels).save(tmp, format="PNG")
-        with atomic_path(out / f"{stem}_overlay.png") as tmp:
-            overlay_with_legend(image, labels, names).save(tmp, format="PNG")
-        atomic_write_json(
-            out / f"{stem}.json",
-            {"image": str(path), "classes": names, "height": int(labels.shape[0]), "width": int(labels.shape[1])},
-        )
-    done = len(files) - len(failed)
-    print(f"segmented {done} of {len(files)} images into {out}" + (f"; {len(failed)} failed" if failed else ""))
+    mine = shard(range(len(files)), info.rank, info.world_size)
+    failed = segment_files(
+        segmenter,
+        [files[i] for i in mine],
+        [stems[i] for i in mine],
+        out,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        progress=info.is_main and len(files) >= 2,
+    )
+    failed = [name for part in all_gather_json(failed, group_device) for name in part]
+    if info.is_main:
+        done = len(files) - len(failed)
+        summary = f"segmented {done} of {len(files)} images into {out}" + (f"; {len(failed)} failed" if failed else "")
+        print(summary, flush=True)
+    # torchrun stops every process as soon as one exits with an error: none leaves before the summary is out.
+    barrier()
     return 1 if failed else 0
