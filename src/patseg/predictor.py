@@ -241,7 +241,7 @@ class Segmenter:
         (1, Q, C + 1), masks (1, Q, h, w)) is post-processed alone, so the labels are :meth:`predict`'s up to
         floating-point rounding. Images of different input sizes raise ValueError."""
         x, valids = self._prepare_batch(images)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision, self.device):
             pred = self.model(x, self.class_embeddings).main
         padded = (x.shape[-2], x.shape[-1])
         labels = []

@@ -10,6 +10,7 @@ from patseg.cli._common import (
     DEVICE_HELP,
     add_clip_weights_option,
     add_overwrite_option,
+    add_precision_option,
     add_set_option,
     build_from_args,
     device_name,
@@ -57,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--short-side", type=positive_int, default=640, help="test resize of the short side (default 640)")
     p.add_argument("--device", type=device_name, default=None, help=DEVICE_HELP)
+    add_precision_option(p)
     p.add_argument(
         "--workers",
         type=int_at_least(0),
@@ -116,6 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     from patseg.folder import output_paths, refuse_replacing_on_all_ranks, segment_files, shard
     from patseg.images import expand_inputs, output_names
     from patseg.paths import check_writable
+    from patseg.precision import check_precision
     from patseg.predictor import Segmenter
 
     check_writable(args.out, is_dir=True)
@@ -125,6 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         device = pick_device(args.device) if args.device is not None else str(group_device)
     else:
         group_device, device = torch.device("cpu"), pick_device(args.device)
+    check_precision(args.precision, torch.device(device))  # before any model is built
     names = load_vocabulary(args)
     files = expand_inputs(args.images)
     if not files:
@@ -134,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
     targets = [path for stem in stems for path in output_paths(out, stem)]
     refuse_replacing_on_all_ranks(targets, overwrite=args.overwrite, device=group_device)
     model = build_from_args(args, args.weights, warn_untrained=True).to(device).eval()
-    segmenter = Segmenter(model, names, short_side=args.short_side)
+    segmenter = Segmenter(model, names, short_side=args.short_side, precision=args.precision)
     out.mkdir(parents=True, exist_ok=True)
     mine = shard(range(len(files)), info.rank, info.world_size)
     failed = segment_files(
