@@ -14,7 +14,8 @@ For every mode :func:`patseg.precision.check_precision` accepts on the CPU, and 
 
 it reports milliseconds per image (``Segmenter.infer`` + ``labels``, i.e. ``predict``, after one warm-up call per
 mode): the best and the median of the timed calls, the speed-up over fp32 (of the best times: on a machine shared
-with other jobs the fastest call is the least disturbed one), the label agreement with fp32 (percent of pixels with the
+with other jobs the fastest call is the least disturbed one), the same for the forward alone (``infer``; the
+float32 post-processing is the same in every mode), the label agreement with fp32 (percent of pixels with the
 same label, over all images) and the largest and mean absolute difference of the per-class scores
 (``Segmenter.scores``) against fp32. The modes run interleaved, round by round, so that a change of machine load
 hits them alike; the load average before and after each model is recorded. Building each Segmenter (text
@@ -166,6 +167,7 @@ def compare_modes(
         segmenters[mode] = make_segmenter(model, names, mode, modes[mode]["status"] == "forced", **segmenter_kwargs)
         setup[mode] = time.perf_counter() - start
     times: dict[str, list[float]] = {m: [] for m in runnable}
+    forward: dict[str, list[float]] = {m: [] for m in runnable}  # the infer part alone: what the mode changes
     labels: dict[str, list[Any]] = {m: [] for m in runnable}
     scores: dict[str, list[Any]] = {m: [] for m in runnable}
     for mode in runnable:  # warm-up: first-call costs (kernels, quantized weight packing) stay out of the timings
@@ -177,8 +179,10 @@ def compare_modes(
             for image in images:
                 start = time.perf_counter()
                 inference = seg.infer(image)
+                middle = time.perf_counter()
                 label = seg.labels(inference)
                 times[mode].append(time.perf_counter() - start)
+                forward[mode].append(middle - start)
                 if r == 0:
                     labels[mode].append(label)
                     scores[mode].append(scores_of(seg, inference))
@@ -190,7 +194,7 @@ def compare_modes(
         "load_average": {"before": [round(v, 2) for v in load_before], "after": [round(v, 2) for v in os.getloadavg()]},
         "modes": {},
     }
-    fp32_ms = 1e3 * min(times["fp32"])
+    fp32_ms, fp32_forward_ms = 1e3 * min(times["fp32"]), 1e3 * min(forward["fp32"])
     for mode in modes:
         if mode not in runnable:
             result["modes"][mode] = dict(modes[mode])
@@ -205,6 +209,8 @@ def compare_modes(
             "ms_median": 1e3 * statistics.median(times[mode]),
             "ms_all": [1e3 * t for t in times[mode]],
             "speedup": fp32_ms / ms,
+            "forward_ms": 1e3 * min(forward[mode]),
+            "forward_speedup": fp32_forward_ms / (1e3 * min(forward[mode])),
             "setup_s": setup[mode],
             "label_agreement_pct": 100.0 * same / total,
             "max_abs_score_diff": float(max(d.max() for d in diffs)),
@@ -269,10 +275,11 @@ def full_runs(args: argparse.Namespace, modes: dict[str, dict[str, Any]], log: C
 # ---------------------------------------------------------------------------------------------------- report
 def _row(name: str, mode: str, rec: dict[str, Any]) -> str:
     if rec["status"] == "refused":
-        return f"| {name} | {mode} | refused | | | | | | |"
+        return f"| {name} | {mode} | refused | | | | | | | | |"
     state = " (forced)" if rec["status"] == "forced" else ""
     return (
         f"| {name} | {mode}{state} | {rec['ms_per_image']:,.0f} | {rec['ms_median']:,.0f} | {rec['speedup']:.2f}x | "
+        f"{rec['forward_ms']:,.0f} | {rec['forward_speedup']:.2f}x | "
         f"{rec['label_agreement_pct']:.2f} | {rec['max_abs_score_diff']:.3g} | {rec['mean_abs_score_diff']:.2g} | "
         f"{rec['setup_s']:.1f} |"
     )
@@ -290,7 +297,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         "CPU flags: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["cpu_flags"].items()) + ".",
         "",
         "ms/image: `Segmenter.predict` (forward + post-processing), best and median of the timed calls after a "
-        "warm-up; speed-up: fp32's best over the mode's best. "
+        "warm-up; speed-up: fp32's best over the mode's best. Forward: `Segmenter.infer` alone (the part the mode "
+        "changes; post-processing is float32 in every mode). "
         "Agreement: pixels whose label equals fp32's. Score diff: `Segmenter.scores` against fp32 (max, mean). "
         "Setup: building the Segmenter (text embeddings; int8's quantized copy).",
         "",
@@ -311,9 +319,9 @@ def format_markdown(report: dict[str, Any]) -> str:
             )
         lines += [
             "",
-            "| model | precision | ms/image (best) | ms/image (median) | speed-up | agreement (%) | max score diff "
-            "| mean score diff | setup (s) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| model | precision | ms/image (best) | ms/image (median) | speed-up | forward ms (best) "
+            "| forward speed-up | agreement (%) | max score diff | mean score diff | setup (s) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [_row(name, mode, rec) for name, run in runs.items() for mode, rec in run["modes"].items()]
         lines.append("")
