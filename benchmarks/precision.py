@@ -17,7 +17,7 @@ mode): the best and the median of the timed calls, the speed-up over fp32 (of th
 with other jobs the fastest call is the least disturbed one), the same for the forward alone (``infer``; the
 float32 post-processing is the same in every mode), the label agreement with fp32 (percent of pixels with the
 same label, over all images) and the largest and mean absolute difference of the per-class scores
-(``Segmenter.scores``) against fp32. The modes run interleaved, round by round, so that a change of machine load
+(``Segmenter.scores``) against fp32. The modes run interleaved, image by image, so that a change of machine load
 hits them alike; the load average before and after each model is recorded. Building each Segmenter (text
 embeddings, int8's quantized copy) is timed apart as ``setup_s``.
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", type=int, default=8, help="OVSS-mini evaluation scenes for the tiny models (8)")
     p.add_argument("--rounds", type=int, default=3, help="timed passes over the scenes, tiny models (3)")
     p.add_argument("--images", type=int, default=2, help="images for the full-size presets (2)")
-    p.add_argument("--full-rounds", type=int, default=2, help="timed passes over them (2)")
+    p.add_argument("--full-rounds", type=int, default=4, help="timed passes over them (4)")
     p.add_argument("--size", type=int, default=640, help="side of the full-size presets' square images (640)")
     p.add_argument("--classes", type=int, default=150, help="vocabulary of the full-size presets (150)")
     p.add_argument("--presets", nargs="*", default=list(FULL_PRESETS), help="full-size presets (both ViT-B/16)")
@@ -174,9 +174,9 @@ def compare_modes(
         segmenters[mode].labels(segmenters[mode].infer(images[0]))
     load_before = os.getloadavg()
     for r in range(rounds):
-        for mode in runnable:
-            seg = segmenters[mode]
-            for image in images:
+        for image in images:  # mode by mode on each image: a burst of load from other jobs hits every mode alike
+            for mode in runnable:
+                seg = segmenters[mode]
                 start = time.perf_counter()
                 inference = seg.infer(image)
                 middle = time.perf_counter()
