@@ -4,8 +4,8 @@
   16-bit type, the rest in float32). Allowed on CUDA (bf16 where the GPU supports it) and on CPUs that compute the
   type natively: bfloat16 with AVX512-BF16 or AMX-BF16 (x86) or the BF16 extension (ARM64); float16 only with
   AMX-FP16. PyTorch's own test (``torch.ops.mkldnn._is_mkldnn_fp16_supported``) also accepts AVX512-FP16, but on
-  such a CPU (Sapphire Rapids, no AMX-FP16) float16 Linear layers measured slower than float32 and the whole
-  forward no faster, so fp16 is refused there: it would cost accuracy and buy nothing.
+  such a CPU (Sapphire Rapids, no AMX-FP16) float16 Linear layers measured slower than float32 and whole-model
+  timings gave no consistent gain, so fp16 is refused there rather than run for no benefit.
 - ``int8``: a copy of the model whose ``nn.Linear`` layers are dynamically quantized (int8 weights, activations
   quantized per call) with ``torch.ao.quantization.quantize_dynamic``; convolutions and attention products stay
   float32. CPU only: PyTorch's quantized kernels are CPU kernels.
