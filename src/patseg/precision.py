@@ -3,8 +3,9 @@
 - ``bf16`` / ``fp16``: the image forward runs under ``torch.autocast`` (matrix products and convolutions in the
   16-bit type, the rest in float32). Allowed on CUDA (bf16 where the GPU supports it) and on CPUs that compute the
   type natively: bfloat16 with AVX512-BF16 or AMX-BF16 (x86) or the BF16 extension (ARM64); float16 only with
-  AMX-FP16. Without AMX-FP16, float16 matrix products on an x86 CPU do not run natively: on an AVX512-FP16
-  Sapphire Rapids they measured slower than float32, so the mode is refused there rather than run slowly.
+  AMX-FP16. PyTorch's own test (``torch.ops.mkldnn._is_mkldnn_fp16_supported``) also accepts AVX512-FP16, but on
+  such a CPU (Sapphire Rapids, no AMX-FP16) float16 Linear layers measured slower than float32 and whole-model
+  timings gave no consistent gain, so fp16 is refused there rather than run for no benefit.
 - ``int8``: a copy of the model whose ``nn.Linear`` layers are dynamically quantized (int8 weights, activations
   quantized per call) with ``torch.ao.quantization.quantize_dynamic``; convolutions and attention products stay
   float32. CPU only: PyTorch's quantized kernels are CPU kernels.
@@ -55,8 +56,8 @@ def cpu_supports(mode: str) -> tuple[bool, str]:
         if caps.get("amx_fp16"):
             return True, ""
         return False, (
-            "this CPU has no AMX-FP16, so float16 matrix products do not run natively (they measure slower than "
-            "fp32 even with AVX512-FP16); use bf16 where the CPU has it"
+            "this CPU has no AMX-FP16, and without it float16 matrix products measure slower than fp32 (AVX512-FP16 "
+            "alone does not speed them up); use bf16 where the CPU has it"
         )
     if mode == "int8":
         if torch.backends.quantized.engine == "none":
