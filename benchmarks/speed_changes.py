@@ -147,14 +147,14 @@ def cases(size: int, classes: int) -> list[dict[str, Any]]:
                 ),
             }
         )
-    seg = make_segmenter(san, classes, (size, size))
+    san_seg = make_segmenter(san, classes, (size, size))
     image = random_image(size, size)
     out.append(
         {
             "name": f"Segmenter.scores (SAN, {size}x{size}, {classes} classes)",
-            "former": lambda: former_scores(seg, image),
-            "current": lambda: seg.scores(image),
-            "difference": lambda: float(np.abs(former_scores(seg, image) - seg.scores(image)).max()),
+            "former": lambda: former_scores(san_seg, image),
+            "current": lambda: san_seg.scores(image),
+            "difference": lambda: float(np.abs(former_scores(san_seg, image) - san_seg.scores(image)).max()),
         }
     )
     for name, model in (("SAN", san), ("PAT", pat)):

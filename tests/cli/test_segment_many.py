@@ -117,3 +117,29 @@ def test_two_processes_write_each_output_once(tmp_path, capsys):
     assert again.returncode != 0 and "already exist from an earlier run" in again.stderr, again.stderr[-3000:]
     assert str(SRC / "patseg") not in again.stderr, again.stderr[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nothing replaced
+
+
+def test_precision_is_used_for_every_batch_and_refused_where_unsupported(tmp_path, monkeypatch, capsys):
+    """--precision int8 quantizes the model the batches run through; a mode the CPU lacks stops before any work."""
+    import torch
+
+    from patseg import precision
+
+    src = _folder(tmp_path / "in")
+    seen = []
+    original = Segmenter.predict_batch
+
+    def spy(self, images):
+        seen.append(
+            (self.precision, any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in self.model.modules()))
+        )
+        return original(self, images)
+
+    monkeypatch.setattr(Segmenter, "predict_batch", spy)
+    assert _segment(src, tmp_path / "int8", "--precision", "int8", "--workers", "0") == 0
+    assert seen and all(seen_one == ("int8", True) for seen_one in seen)
+    assert len(list((tmp_path / "int8").glob("*_labels.png"))) == len(SIZES)
+
+    monkeypatch.setattr(precision, "_cpu_capabilities", lambda: {})  # a CPU without bfloat16 arithmetic
+    assert _segment(src, tmp_path / "bf16", "--precision", "bf16") == 2
+    assert "bfloat16" in capsys.readouterr().err and not (tmp_path / "bf16").exists()

@@ -184,3 +184,28 @@ def test_conv1x1_on_a_channels_last_map_equals_the_convolution() -> None:
     (ref_grad,) = torch.autograd.grad(ref.square().sum(), tokens)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
     assert conv.state_dict().keys() == {"weight", "bias"} and conv.weight.shape == (4, 6, 1, 1)
+
+
+def test_gradients_equal_those_of_the_unfolded_decoder() -> None:
+    """Training sees the same gradients as with the bias map applied after the products (SAN's form)."""
+    dec = MaskDecoder(query_dim=6, pixel_dim=5, dim=4, num_layers=3, clip_heads=2).double()
+    with torch.no_grad():
+        dec.bias_scaling.weight.fill_(0.8)
+        dec.bias_scaling.bias.fill_(-0.1)
+    queries, pixels = torch.randn(1, 3, 6).double(), torch.randn(1, 5, 4, 4).double()
+
+    def unfolded() -> torch.Tensor:
+        q = dec.query_mlp(queries)
+        p, a = dec.pix_mlp(pixels), dec.attn_mlp(pixels).view(1, 2, 4, 4, 4)
+        bias = dec.bias_scaling(torch.einsum("bqc,bnchw->bnqhw", q, a).unsqueeze(-1)).squeeze(-1)
+        return torch.einsum("bqc,bchw->bqhw", q, p).square().sum() + bias.sin().sum()
+
+    def folded() -> torch.Tensor:
+        out = dec(queries, pixels)
+        return out.masks.square().sum() + out.attn_bias.sin().sum()
+
+    params = list(dec.parameters())
+    expected = torch.autograd.grad(unfolded(), params)
+    for got, want in zip(torch.autograd.grad(folded(), params), expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert expected[-1].abs().item() > 0  # bias_scaling's offset gets a gradient

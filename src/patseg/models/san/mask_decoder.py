@@ -98,9 +98,9 @@ class MaskDecoder(nn.Module):
         masks = query_map_product(q, self.pix_mlp, pixels, 1)[:, 0]
         if not with_bias:
             return MaskDecoderOutput(masks=masks, attn_bias=None)
-        if isinstance(self.bias_scaling, nn.Linear):  # w * x + b0 with w folded into the product
-            affine = self.bias_scaling.weight.view(()), self.bias_scaling.bias.view(())
-            bias = query_map_product(q, self.attn_mlp, pixels, self.clip_heads, affine)
-        else:
-            bias = query_map_product(q, self.attn_mlp, pixels, self.clip_heads)
+        # The bias's elementwise affine map w * x + b0 (or the identity), folded into the product: read off at
+        # x = 0 and x = 1, so that any form of the module works (a dynamically quantized Linear has no weight tensor).
+        ends = self.bias_scaling(q.new_tensor([[0.0], [1.0]]))[:, 0]
+        affine = ends[1] - ends[0], ends[0]
+        bias = query_map_product(q, self.attn_mlp, pixels, self.clip_heads, affine)
         return MaskDecoderOutput(masks=masks, attn_bias=bias)
