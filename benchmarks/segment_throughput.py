@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from provenance import git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -216,11 +217,6 @@ def format_markdown(report: dict[str, Any]) -> str:
     lines += ["", "Sizes (H x W: count): " + "; ".join(f"{p}: {r['sizes']}" for p, r in report["presets"].items())]
     lines += ["", f"Load average (1/5/15 min) at the start: {' / '.join(map(str, report['load_start']))}."]
     return "\n".join(lines) + "\n"
-
-
-def git_commit() -> str | None:
-    done = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
-    return done.stdout.strip() or None
 
 
 def main(argv: list[str] | None = None) -> int:

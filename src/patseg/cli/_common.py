@@ -66,6 +66,19 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help=PRECISION_HELP)
 
 
+def in_process_group(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command's body; when torchrun launched this process (RANK set) the body joins the process group, and
+    the group is left here afterwards, whatever the body's outcome."""
+    from patseg.distributed import cleanup, detect
+
+    joins = detect().enabled
+    try:
+        return body(args)
+    finally:
+        if joins:
+            cleanup()
+
+
 def add_clip_weights_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clip-weights",

@@ -11,6 +11,7 @@ from patseg.cli._common import (
     add_overwrite_option,
     add_precision_option,
     add_set_option,
+    in_process_group,
     model_overrides,
     positive_int,
 )
@@ -119,14 +120,7 @@ def _device() -> tuple[Any, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patseg.distributed import cleanup, detect
-
-    joins = detect().enabled  # launched by torchrun: _device joins the process group, left again at the end
-    try:
-        return _run(args)
-    finally:
-        if joins:
-            cleanup()
+    return in_process_group(_run, args)  # under torchrun, _run joins the process group
 
 
 def _run(args: argparse.Namespace) -> int:

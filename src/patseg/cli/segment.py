@@ -14,6 +14,7 @@ from patseg.cli._common import (
     add_set_option,
     build_from_args,
     device_name,
+    in_process_group,
     int_at_least,
     pick_device,
     positive_int,
@@ -100,14 +101,7 @@ def load_vocabulary(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patseg.distributed import cleanup, detect
-
-    joins = detect().enabled  # launched by torchrun: _run joins the process group, left again at the end
-    try:
-        return _run(args)
-    finally:
-        if joins:
-            cleanup()
+    return in_process_group(_run, args)  # under torchrun, _run joins the process group
 
 
 def _run(args: argparse.Namespace) -> int:
