@@ -59,7 +59,7 @@ from typing import Any
 
 from provenance import git_commit
 
-from patseg.bench.measure import proc_status_kb
+from patseg.bench.measure import cpu_name, proc_status_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "decoder_readings"
@@ -520,18 +520,13 @@ def run_combo(args: argparse.Namespace, combo: str, tasks: list[str], log: Calla
 
 
 def machine_info(threads: int) -> dict[str, Any]:
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ]
     mem = {
         line.split(":")[0]: int(line.split()[1]) // 1024
         for line in Path("/proc/meminfo").read_text().splitlines()
         if line.split(":")[0] in ("MemTotal", "MemAvailable")
     }
     return {
-        "cpu": names[0] if names else platform.processor(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "memory_total_mb": mem.get("MemTotal"),

@@ -71,15 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 def machine_info(threads: int) -> dict[str, Any]:
     import torch
 
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ]
+    from patseg.bench.measure import cpu_name
+
     caps = torch.cpu.get_capabilities()
     flags = ("avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16", "amx_int8", "avx512_vnni")
     return {
-        "cpu": names[0] if names else platform.processor(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "torch": torch.__version__,

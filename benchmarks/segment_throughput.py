@@ -181,9 +181,10 @@ def run_preset(preset: str, work: Path, args: argparse.Namespace, log: Any) -> d
 
 
 def machine_info() -> dict[str, Any]:
-    names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+    from patseg.bench.measure import cpu_name
+
     return {
-        "cpu": names[0] if names else platform.processor(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),

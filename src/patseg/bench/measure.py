@@ -82,6 +82,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows where that file is missing."""
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def proc_status_kb(field_name: str) -> int:
     """A kB field of ``/proc/self/status`` (VmRSS, VmHWM, VmSize)."""
     for line in Path("/proc/self/status").read_text().splitlines():

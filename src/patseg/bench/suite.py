@@ -12,7 +12,6 @@ import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Optional, cast
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from patseg.bench.measure import (
     Measurement,
+    cpu_name,
     cpu_peak_supported,
     matmul_probe,
     measure,
@@ -151,12 +151,7 @@ def environment(device: torch.device, mode: str = "fp32") -> dict[str, Any]:
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     else:
-        model_names = [
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ]
-        env["device_name"] = model_names[0] if model_names else platform.processor()
+        env["device_name"] = cpu_name()
     return env
 
 
