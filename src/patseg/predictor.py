@@ -19,7 +19,7 @@ from torch import Tensor
 
 from patseg.errors import UsageError
 from patseg.models.san.model import SAN, SegOutput, SegPrediction
-from patseg.models.san.semantic_argmax import semantic_argmax
+from patseg.models.san.semantic_argmax import output_masks, semantic_argmax, upsample_masks
 from patseg.precision import DEFAULT_PRECISION, autocast, check_precision, prepare_model
 from patseg.resize import ceil_to_multiple, shortest_edge_size
 
@@ -136,11 +136,7 @@ class Segmenter:
     ) -> tuple[Tensor, Tensor]:
         """(Q, C) class probabilities and (Q, H, W) mask logits at ``out_size`` (upsampled, cropped, resized)."""
         probs = pred.logits[0].float().softmax(-1)[:, :-1]
-        masks = F.interpolate(pred.masks.float(), size=padded, mode="bilinear", align_corners=False)
-        masks = masks[0, :, : valid[0], : valid[1]]
-        if tuple(valid) != tuple(out_size):
-            masks = F.interpolate(masks[None], size=out_size, mode="bilinear", align_corners=False)[0]
-        return probs, masks
+        return probs, upsample_masks(pred.masks[0].float(), padded, valid, out_size)
 
     def _class_scores(
         self,
@@ -211,9 +207,10 @@ class Segmenter:
         self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int], out_size: tuple[int, int]
     ) -> Tensor:
         """Label map (H, W) at ``out_size`` from one prediction: the argmax of :meth:`scores`, found with per-block
-        bounds so that only the classes that can win a block are scored there (memory bounded for any C)."""
-        probs, masks = self._mask_logits(pred, padded, valid, out_size)
-        return semantic_argmax(probs, masks)
+        bounds so that only the classes that can win a block are scored there, and only there are the mask logits
+        upsampled (memory bounded for any C and image size; see :mod:`patseg.models.san.semantic_argmax`)."""
+        probs = pred.logits[0].float().softmax(-1)[:, :-1]
+        return semantic_argmax(probs, output_masks(pred.masks[0].float(), padded, valid, out_size))
 
     # ------------------------------------------------------------------ many images
     def input_size(self, height: int, width: int) -> tuple[int, int]:

@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from patseg.models.san.semantic_argmax import _block_extrema, _candidates, semantic_argmax
+from patseg.models.san.semantic_argmax import (
+    FullMasks,
+    ResizedMasks,
+    _candidates,
+    _critical,
+    output_masks,
+    resize_matrix,
+    semantic_argmax,
+    upsample_masks,
+)
 
 
 def dense_labels(probs: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,8 +91,8 @@ def test_ties_go_to_the_lower_class() -> None:
 def test_block_bounds_hold_for_every_pixel() -> None:
     """lower_c <= score_c(x) <= upper_c for every pixel of every block, and the winner is always a candidate."""
     probs, logits = noise_case(7, (20, 28), seed=4)
-    padded, lo, hi = _block_extrema(logits, 4)
-    assert padded.shape == (30, 20, 28)
+    lo, hi = FullMasks(logits).block_bounds(4)
+    assert lo.shape == hi.shape == (30, 35)
     scores = torch.einsum("qc,qhw->chw", probs.double(), logits.double().sigmoid())
     blocks = scores.view(7, 5, 4, 7, 4).permute(0, 1, 3, 2, 4).reshape(7, 35, 16)
     upper = probs.double().t() @ hi.double().sigmoid()
@@ -97,7 +106,81 @@ def test_block_bounds_hold_for_every_pixel() -> None:
 def test_pruning_leaves_few_candidates_on_region_masks() -> None:
     """The point of the bounds: on region-like masks most 8x8 blocks keep one class out of 847."""
     probs, logits = region_case(847, (96, 96), seed=5)
-    _, lo, hi = _block_extrema(logits, 8)
+    lo, hi = FullMasks(logits).block_bounds(8)
     counts = _candidates(probs, lo, hi).sum(1)
     assert counts.min() >= 1
     assert (counts == 1).float().mean() > 0.6 and counts.float().mean() < 3
+
+
+# ---------------------------------------------------------------------------------------------------- lazy masks
+# (grid, padded, valid, output) chains as Segmenter meets them: SAN's 16x, PAT's 4x, a crop, a downsampling to a
+# small original image and an upsampling to a large one.
+CHAINS = [
+    ((10, 12), (160, 192), (160, 192), (160, 192)),
+    ((40, 40), (160, 160), (160, 160), (160, 160)),
+    ((12, 17), (192, 272), (180, 250), (97, 131)),
+    ((12, 17), (192, 272), (180, 250), (400, 555)),
+]
+
+
+def lazy_masks(grid_logits: torch.Tensor, padded, valid, out) -> ResizedMasks:
+    steps = [(("linear", p), ("crop", v), ("linear", o)) for p, v, o in zip(padded, valid, out)]
+    rows, cols = (resize_matrix(n, *chain) for n, chain in zip(grid_logits.shape[1:], steps))
+    return ResizedMasks(grid_logits, rows, cols)
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_resize_matrices_are_the_interpolation_chain(chain) -> None:
+    grid, padded, valid, out = chain
+    logits = torch.randn(3, *grid, generator=torch.Generator().manual_seed(0)) * 4
+    lazy = lazy_masks(logits, padded, valid, out)
+    dense = torch.einsum("hi,qij,wj->qhw", lazy.rows.double(), logits.double(), lazy.cols.double())
+    assert lazy.shape == (3, *out)
+    torch.testing.assert_close(dense.float(), upsample_masks(logits, padded, valid, out), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+@pytest.mark.parametrize("block", [1, 3, 8])
+def test_lazy_block_bounds_are_the_block_extrema(chain, block: int) -> None:
+    """The bounds read at the critical rows and columns hold every block's minimum and maximum, tightly: exactly
+    where the scales are powers of two, within the float-rounding margin elsewhere."""
+    grid, padded, valid, out = chain
+    logits = torch.randn(5, *grid, generator=torch.Generator().manual_seed(1)) * 4
+    lo, hi = lazy_masks(logits, padded, valid, out).block_bounds(block)
+    ref_lo, ref_hi = FullMasks(upsample_masks(logits, padded, valid, out)).block_bounds(block)
+    rounding = 4e-6  # float32 products against float32 interpolation, on logits up to about 16
+    assert torch.all(lo <= ref_lo + rounding) and torch.all(hi >= ref_hi - rounding)
+    slack = rounding if valid == out else 1e-3
+    assert torch.all(lo >= ref_lo - slack) and torch.all(hi <= ref_hi + slack)
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_lazy_block_values_are_the_upsampled_blocks(chain) -> None:
+    grid, padded, valid, out = chain
+    logits = torch.randn(4, *grid, generator=torch.Generator().manual_seed(2)) * 4
+    full = FullMasks(upsample_masks(logits, padded, valid, out))
+    n_blocks = -(-out[0] // 8) * -(-out[1] // 8)
+    index = torch.tensor([0, 1, n_blocks // 2, n_blocks - 2, n_blocks - 1])  # edge blocks repeat the last row/column
+    got = lazy_masks(logits, padded, valid, out).block_values(index, 8)
+    torch.testing.assert_close(got, full.block_values(index, 8), rtol=0, atol=2e-6)
+
+
+def test_only_critical_rows_are_read() -> None:
+    """16x upsampling is linear within each 8-pixel block (2 rows of 8 needed); 4x bends inside blocks (6 of 8)."""
+    assert _critical(resize_matrix(40, ("linear", 640)), 8)[0].shape == (80, 2)
+    assert _critical(resize_matrix(160, ("linear", 640)), 8)[0].shape == (80, 6)
+    logits = torch.zeros(2, 40, 40)
+    assert output_masks(logits, (640, 640), (640, 640), (640, 640)).critical_share(8) == 1 / 16
+    assert isinstance(output_masks(torch.zeros(2, 160, 160), (640, 640), (640, 640), (640, 640)), torch.Tensor)
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+@pytest.mark.parametrize("case", [region_case, noise_case])
+def test_lazy_labels_equal_dense_argmax(chain, case) -> None:
+    grid, padded, valid, out = chain
+    probs, logits = case(30, grid, seed=3)
+    ref, gap = dense_labels(probs, upsample_masks(logits, padded, valid, out))
+    got = semantic_argmax(probs, lazy_masks(logits, padded, valid, out))
+    decided = gap > 1e-5
+    assert decided.float().mean() > 0.99 and got.shape == out
+    assert torch.equal(got[decided], ref[decided])

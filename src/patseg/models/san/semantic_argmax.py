@@ -10,9 +10,18 @@ block of pixels has per-class bounds
 so a class whose upper bound is below the best lower bound can never win anywhere in the block. Blocks left with a
 single candidate take its label directly; the rest are scored exactly, but only on their few candidate classes. The
 result is the dense argmax (ties go to the lower class index in both), at a cost that barely grows with C.
+
+The masks come either at the output size (:class:`FullMasks`) or, as the model predicts them, on their coarse grid
+with the bilinear resizes to the output written as one matrix per axis (:class:`ResizedMasks`): then the
+upsampled logits are never formed. A block's bounds come from the grid cells its pixels interpolate (bilinear
+weights are non-negative and sum to one, so every upsampled value lies between their minimum and maximum), and only
+the blocks left with several candidates are upsampled, a window of the grid at a time.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,20 +32,188 @@ from torch import Tensor
 _SLACK = 1e-5
 
 
-def _block_extrema(mask_logits: Tensor, block: int) -> tuple[Tensor, Tensor, Tensor]:
-    """(Q, H, W) -> the logits padded to whole blocks (Q, H', W') and per-block min and max, each (Q, nh * nw).
+class BlockMasks(Protocol):
+    """(Q, H, W) mask logits seen as blocks of ``block`` x ``block`` pixels (edge blocks repeat the last row and
+    column, which changes no block's extrema)."""
 
-    Edge padding repeats border pixels, so it changes no block's extrema."""
-    q, h, w = mask_logits.shape
-    ph, pw = -h % block, -w % block
-    padded = F.pad(mask_logits[None], (0, pw, 0, ph), mode="replicate")[0] if ph or pw else mask_logits
-    nh, nw = padded.shape[1] // block, padded.shape[2] // block
-    # Reduce over each block's rows first (an elementwise max of whole image rows, which vectorises), then over the
-    # block's columns on a ``block`` times smaller tensor: twice as fast as one strided 5-D reduction.
-    rows = padded.view(q, nh, block, padded.shape[2])
-    hi = rows.amax(2).view(q, nh, nw, block).amax(-1)
-    lo = rows.amin(2).view(q, nh, nw, block).amin(-1)
-    return padded, lo.flatten(1), hi.flatten(1)
+    shape: tuple[int, int, int]
+
+    def block_bounds(self, block: int) -> tuple[Tensor, Tensor]:
+        """Per-block lower and upper bounds of the logits, each (Q, nh * nw)."""
+        ...
+
+    def block_values(self, index: Tensor, block: int) -> Tensor:
+        """The logits of the (n,) blocks ``index`` (row-major block numbers) -> (n, Q, block * block)."""
+        ...
+
+
+def _block_extrema(values: Tensor, ky: int, kx: int) -> tuple[Tensor, Tensor]:
+    """(Q, nh * ky, nw * kx) -> the minimum and maximum of each ky x kx block, each (Q, nh * nw)."""
+    q, h, w = values.shape
+    # Reduce over each block's rows first (an elementwise max of whole rows, which vectorises), then over its
+    # columns on a ``ky`` times smaller tensor: several times faster than one strided 5-D reduction.
+    rows = values.view(q, h // ky, ky, w)
+    hi = rows.amax(2).view(q, h // ky, w // kx, kx).amax(-1)
+    lo = rows.amin(2).view(q, h // ky, w // kx, kx).amin(-1)
+    return lo.flatten(1), hi.flatten(1)
+
+
+@dataclass
+class FullMasks:
+    """Mask logits already at the output size: (Q, H, W)."""
+
+    logits: Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        q, h, w = self.logits.shape
+        return q, h, w
+
+    def _padded(self, block: int) -> Tensor:
+        h, w = self.shape[1:]
+        ph, pw = -h % block, -w % block
+        return F.pad(self.logits[None], (0, pw, 0, ph), mode="replicate")[0] if ph or pw else self.logits
+
+    def block_bounds(self, block: int) -> tuple[Tensor, Tensor]:
+        return _block_extrema(self._padded(block), block, block)
+
+    def block_values(self, index: Tensor, block: int) -> Tensor:
+        padded = self._padded(block)
+        q, nw = padded.shape[0], padded.shape[2] // block
+        blocks = padded.view(q, padded.shape[1] // block, block, nw, block)
+        return blocks[:, index // nw, :, index % nw, :].flatten(2)  # (n, Q, b * b): advanced indices lead
+
+
+def resize_matrix(size: int, *steps: tuple[str, int]) -> Tensor:
+    """(out, size) float32 matrix of a chain of 1-D resizes: ``("linear", n)`` resamples to n as
+    ``F.interpolate(mode="linear", align_corners=False)`` does, ``("crop", n)`` keeps the first n samples.
+
+    Bilinear resizing of a map is separable, so ``rows @ m @ cols.T`` with one such matrix per axis is the map
+    resized by the same chain in 2-D, equal up to float rounding: each step's weights are float32 interpolation's
+    own (read off by resampling unit impulses), and every output row has at most two non-zero weights per step."""
+    matrix = torch.eye(size)
+    for kind, n in steps:
+        if kind == "crop":
+            matrix = matrix[:n]
+        elif kind == "linear":
+            if n != matrix.shape[0]:  # resampling the rows of the chain so far composes this step with it
+                matrix = F.interpolate(matrix.t()[None], size=n, mode="linear", align_corners=False)[0].t()
+        else:
+            raise ValueError(f"unknown resize step {kind!r}: expected 'linear' or 'crop'")
+    return matrix.contiguous()
+
+
+def _blocks_of(n: int, block: int) -> Tensor:
+    """(nb, block) output indices of each block along one axis, the last block repeating the last index."""
+    nb = -(-n // block)
+    return torch.arange(nb * block).clamp(max=n - 1).view(nb, block)
+
+
+def _support(matrix: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """Per block of output rows of ``matrix`` (out, in): the first input index its weights touch and the window
+    length, (nb,) each."""
+    touched = matrix[_blocks_of(matrix.shape[0], block)].ne(0).any(1)  # (nb, in)
+    first = touched.int().argmax(1)
+    last = matrix.shape[1] - 1 - touched.flip(1).int().argmax(1)
+    return first, last - first + 1
+
+
+def _critical(matrix: Tensor, block: int, tol: float = 1e-5) -> tuple[Tensor, float]:
+    """The output rows of ``matrix`` (out, in) where a block's extrema can lie: (nb, k) indices per block (padded
+    by repeating one) and the largest second difference among the rows left out.
+
+    A bilinear resize is linear between the grid's sample positions, so along one axis the output values of a block
+    form straight runs: an extremum sits at the block's ends or where the run bends (a non-zero second difference
+    of the weights). Only those rows are needed, e.g. 2 of 8 when upsampling 16x."""
+    rows = _blocks_of(matrix.shape[0], block)
+    weights = matrix[rows].double()  # (nb, block, in)
+    keep = torch.ones(rows.shape, dtype=torch.bool)
+    dropped = 0.0
+    if block > 2:
+        bend = (weights[:, :-2] - 2 * weights[:, 1:-1] + weights[:, 2:]).abs().sum(-1)  # (nb, block - 2)
+        keep[:, 1:-1] = bend > tol
+        dropped = float(bend[~keep[:, 1:-1]].max()) if not bool(keep.all()) else 0.0
+    k = int(keep.sum(1).max())
+    order = torch.sort(keep.int(), dim=1, descending=True, stable=True).indices[:, :k]  # kept slots first
+    slots = torch.where(torch.arange(k) < keep.sum(1, keepdim=True), order, order[:, :1])
+    return rows.gather(1, slots), dropped
+
+
+class ResizedMasks:
+    """(Q, h, w) mask logits on the model's grid, seen at the output size through per-axis resize matrices:
+    the logits at the output are ``rows @ m_q @ cols.T`` with ``rows`` (H, h) and ``cols`` (W, w) (see
+    :func:`resize_matrix`). Only the blocks that need exact values are upsampled."""
+
+    def __init__(self, logits: Tensor, rows: Tensor, cols: Tensor) -> None:
+        if rows.shape[1] != logits.shape[1] or cols.shape[1] != logits.shape[2]:
+            raise ValueError(f"resize matrices {tuple(rows.shape)}, {tuple(cols.shape)} for logits {logits.shape}")
+        if rows.min() < 0 or cols.min() < 0:
+            raise ValueError("the block bounds need non-negative resize weights (bilinear without antialiasing)")
+        self.logits = logits
+        self.rows, self.cols = rows, cols
+        self.shape = (logits.shape[0], rows.shape[0], cols.shape[0])
+
+    def critical_share(self, block: int) -> float:
+        """The fraction of output pixels :meth:`block_bounds` evaluates (1/16 for a 16x upsampling)."""
+        (ys, _), (xs, _) = _critical(self.rows, block), _critical(self.cols, block)
+        return ys.numel() * xs.numel() / (self.shape[1] * self.shape[2])
+
+    def block_bounds(self, block: int) -> tuple[Tensor, Tensor]:
+        (ys, y_err), (xs, x_err) = _critical(self.rows, block), _critical(self.cols, block)
+        rows, cols = self.rows[ys.flatten()].to(self.logits), self.cols[xs.flatten()].to(self.logits)
+        values = torch.matmul(torch.matmul(rows, self.logits), cols.t())  # (Q, nh * ky, nw * kx)
+        lo, hi = _block_extrema(values, ys.shape[1], xs.shape[1])
+        # Rows dropped as linear up to float rounding could stray from their chord by this much at most.
+        margin = (y_err + x_err) * block * block / 8 * float(self.logits.abs().max())
+        return lo - margin, hi + margin
+
+    def _windows(self, matrix: Tensor, blocks: Tensor, block: int) -> tuple[Tensor, Tensor]:
+        """For (n,) block numbers along one axis: (n, block, k) weights of their output rows over a window of k
+        grid indices, and the (n, k) window indices (every window k long, within the grid, holding the support)."""
+        first, length = _support(matrix, block)
+        k = int(length.max())
+        start = first.clamp(max=matrix.shape[1] - k)[blocks]
+        window = start[:, None] + torch.arange(k)
+        out_rows = _blocks_of(matrix.shape[0], block)[blocks]
+        return matrix[out_rows[:, :, None], window[:, None, :]].to(self.logits), window.to(self.logits.device)
+
+    def block_values(self, index: Tensor, block: int) -> Tensor:
+        nw = -(-self.shape[2] // block)
+        index = index.cpu()
+        wy, ys = self._windows(self.rows, index // nw, block)  # (n, b, ky), (n, ky)
+        wx, xs = self._windows(self.cols, index % nw, block)  # (n, b, kx), (n, kx)
+        grid = self.logits[:, ys[:, :, None], xs[:, None, :]].permute(1, 0, 2, 3)  # (n, Q, ky, kx)
+        n, q, ky, kx = grid.shape
+        # The window upsampled as two batched products: rows (b x ky) then columns (kx x b).
+        by_rows = torch.bmm(wy, grid.transpose(1, 2).reshape(n, ky, q * kx))  # (n, b, Q * kx)
+        by_rows = by_rows.view(n, block, q, kx).transpose(1, 2).reshape(n, q * block, kx)
+        return torch.bmm(by_rows, wx.transpose(1, 2)).view(n, q, block * block)
+
+
+def upsample_masks(grid: Tensor, padded: tuple[int, int], valid: tuple[int, int], out: tuple[int, int]) -> Tensor:
+    """(Q, h, w) mask logits -> (Q, H, W) at the output size as SAN resizes them: upsampled to the padded input,
+    cropped to the image's valid part, resized to the original image size."""
+    masks = F.interpolate(grid[None], size=padded, mode="bilinear", align_corners=False)
+    masks = masks[0, :, : valid[0], : valid[1]]
+    if tuple(valid) != tuple(out):
+        masks = F.interpolate(masks[None], size=out, mode="bilinear", align_corners=False)[0]
+    return masks
+
+
+# Bounds from the critical grid pay when it is a small part of the image (1/16 for SAN's 16x upsampling); when most
+# rows are critical (PAT's 4x) one upsampling of the whole map is cheaper than the products that sample it.
+_CRITICAL_SHARE = 0.25
+
+
+def output_masks(
+    grid: Tensor, padded: tuple[int, int], valid: tuple[int, int], out: tuple[int, int], *, block: int = 8
+) -> Tensor | ResizedMasks:
+    """The (Q, h, w) mask logits at the output size for :func:`semantic_argmax`, as :func:`upsample_masks` makes
+    them: lazily (:class:`ResizedMasks`) where few rows and columns decide the block bounds, else upsampled."""
+    steps = [(("linear", p), ("crop", v), ("linear", o)) for p, v, o in zip(padded, valid, out)]
+    rows, cols = (resize_matrix(n, *chain) for n, chain in zip(grid.shape[1:], steps))
+    lazy = ResizedMasks(grid, rows, cols)
+    return lazy if lazy.critical_share(block) <= _CRITICAL_SHARE else upsample_masks(grid, padded, valid, out)
 
 
 def _candidates(probs: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -59,39 +236,39 @@ def _padded_indices(cand: Tensor, counts: Tensor, width: int) -> Tensor:
     return out
 
 
-def semantic_argmax(probs: Tensor, mask_logits: Tensor, *, block: int = 8, max_elements: int = 1 << 24) -> Tensor:
-    """(Q, C) class probabilities (no-object dropped), (Q, H, W) mask logits -> (H, W) int64 labels.
+def semantic_argmax(
+    probs: Tensor, mask_logits: Tensor | BlockMasks, *, block: int = 8, max_elements: int = 1 << 24
+) -> Tensor:
+    """(Q, C) class probabilities (no-object dropped), (Q, H, W) mask logits (a tensor, or :class:`ResizedMasks`)
+    -> (H, W) int64 labels.
 
     Equal to the argmax of the dense scores ``probs.T @ sigmoid(mask_logits)``; ``block`` is the side of the pixel
     blocks that share bounds and ``max_elements`` caps each batched score tensor, so memory stays bounded for any
     vocabulary and image size.
     """
-    q, h, w = mask_logits.shape
+    masks = FullMasks(mask_logits) if isinstance(mask_logits, Tensor) else mask_logits
+    q, h, w = masks.shape
     num_classes = probs.shape[1]
-    padded, lo, hi = _block_extrema(mask_logits, block)
-    nh, nw = padded.shape[1] // block, padded.shape[2] // block
-    cand = _candidates(probs, lo, hi)  # (N, C)
+    nh, nw = -(-h // block), -(-w // block)
+    cand = _candidates(probs, *masks.block_bounds(block))  # (N, C)
     counts = cand.sum(1)
     labels = cand.int().argmax(1).unsqueeze(1).expand(-1, block * block).clone()  # single-candidate blocks
-    blocks = padded.view(q, nh, block, nw, block)
     todo = (counts > 1).nonzero().squeeze(1)
     # Blocks grouped by candidate count rounded up to a power of two, so padding wastes at most half the work.
     width = (2 ** torch.ceil(torch.log2(counts[todo].float()))).long()
     for group_width in width.unique().tolist():
         members = todo[width == group_width]
         group_width = min(group_width, num_classes)
-        step = max(1, max_elements // (group_width * block * block))
+        step = max(1, max_elements // (max(group_width, q) * block * block))
         for chunk in members.split(step):
             classes = _padded_indices(cand[chunk], counts[chunk], group_width)
-            labels[chunk] = _score_blocks(probs, blocks, chunk, classes, nw)
+            labels[chunk] = _score_blocks(probs, masks.block_values(chunk, block), classes)
     out = labels.view(nh, nw, block, block).permute(0, 2, 1, 3).reshape(nh * block, nw * block)
     return out[:h, :w]
 
 
-def _score_blocks(probs: Tensor, blocks: Tensor, index: Tensor, classes: Tensor, nw: int) -> Tensor:
-    """Exact argmax over each block's (n, K) candidate classes -> (n, block * block) labels."""
-    masks = blocks[:, index // nw, :, index % nw, :]  # (n, Q, b, b): advanced indices lead
-    masks = masks.flatten(2).sigmoid()  # (n, Q, b * b)
+def _score_blocks(probs: Tensor, logits: Tensor, classes: Tensor) -> Tensor:
+    """Exact argmax over each block's (n, K) candidate classes, (n, Q, b * b) logits -> (n, b * b) labels."""
     weights = probs.t()[classes]  # (n, K, Q)
-    best = torch.bmm(weights, masks).argmax(1)  # (n, b * b): first maximum, the lower class on ties
+    best = torch.bmm(weights, logits.sigmoid()).argmax(1)  # (n, b * b): first maximum, the lower class on ties
     return classes.gather(1, best)
