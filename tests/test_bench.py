@@ -87,6 +87,13 @@ def test_stage_breakdown_accounts_for_every_flop(pat_tiny):
         assert m.gflops_per_s == pytest.approx(m.gflops / (m.median_ms / 1e3))
         assert m.of_probe == pytest.approx(m.gflops_per_s / probe_rate)
     assert result.scores.gflops > result.end_to_end.gflops  # scores maps every class; predict bounds the argmax
+    # predict's dense ops replayed alone: every FLOP of predict, every signature replayed, the top 8 kept
+    bound = result.kernel_bound
+    assert not bound.skipped and bound.gflops == pytest.approx(result.end_to_end.gflops, rel=1e-6)
+    assert len(bound.rows) == min(8, bound.signatures) and bound.calls >= bound.signatures > 8
+    assert bound.gflops_per_s == pytest.approx(bound.gflops / (bound.median_ms / 1e3)) and bound.of_probe is not None
+    assert result.over_kernel_bound == pytest.approx(result.end_to_end.median_ms / bound.median_ms)
+    assert bench.as_dict(result)["kernel_bound"]["rows"][0]["calls"] == bound.rows[0].calls  # JSON-ready
 
 
 def test_probe_runs_in_the_precision_measured():
@@ -113,7 +120,13 @@ def test_targets_read_the_probe_fraction_pat_over_san_and_area_growth():
         return {"median_ms": ms, "gflops": gflops, "gflops_per_s": gflops / ms * 1e3, "of_probe": of_probe}
 
     models = {
-        "s": {"end_to_end": m(100, 10, 0.9), "scores": m(120, 12, 0.8), "glue_ratio": 1.0},
+        "s": {
+            "end_to_end": m(100, 10, 0.9),
+            "scores": m(120, 12, 0.8),
+            "glue_ratio": 1.0,
+            "kernel_bound": m(80, 10, 1.125),  # the dense ops alone: 80 ms
+            "over_kernel_bound": 1.25,  # 100 ms / 80 ms
+        },
         "p": {"end_to_end": m(200, 20), "scores": m(220, 22), "glue_ratio": 1.1},
     }
     # PAT's own part (PAT - SAN): 50 ms at 10x10, 250 ms at 20x20 (4x the pixels): 1.25 per pixel
@@ -126,6 +139,14 @@ def test_targets_read_the_probe_fraction_pat_over_san_and_area_growth():
     targets = {t["target"]: t for t in bench.check_targets({"models": models, "sizes": sizes}, plan)}
     assert targets["s predict / matmul probe"]["passed"] and targets["s predict / matmul probe"]["kind"] == "at least"
     assert not targets["s scores / matmul probe"]["passed"]
+    bound, gap = targets["s predict kernel bound / matmul probe"], targets["s predict / kernel bound"]
+    assert bound["value"] == pytest.approx(1.125) and bound["kind"] == "at least" and bound["limit"] == 0.85
+    assert bound["passed"] and "125 GFLOP/s" in bound["note"]
+    assert gap["value"] == pytest.approx(1.25) and gap["kind"] == "at most" and gap["limit"] == 1.15
+    assert not gap["passed"]
+    names = list(targets)  # the kernel bound's entries stand next to predict's probe target
+    assert names.index("s predict kernel bound / matmul probe") == names.index("s predict / matmul probe") + 1
+    assert "p predict / kernel bound" not in targets  # SAN's only
     assert targets["p / s predict time"]["value"] == pytest.approx(1.5) and targets["p / s predict time"]["passed"]
     growth = targets["p - s time per pixel 20x20 / 10x10"]
     assert growth["value"] == pytest.approx(1.25) and not growth["passed"]
@@ -209,7 +230,12 @@ def test_markdown_report_has_every_section():
 
     m = {"median_ms": 10.0, "runs_ms": [10.0], "peak_mb": 1.0, "gflops": 2.0, "gflops_per_s": 200.0, "of_probe": 0.5}
     case = {"preset": "pat_tiny", "size": [64, 64], "classes": 20, "predict": m, "forward": m}
+    kernel_row = {"op": "aten.mm", "shapes": "1700x240, 240x720", "calls": 24, "per_call_ms": 0.25, "ms": 6.0}
+    kernel_row |= {"gflops": 1.5, "gflops_per_s": 250.0, "of_probe": 0.625}
+    bound = {**m, "median_ms": 8.0, "gflops_per_s": 250.0, "of_probe": 0.625, "signatures": 7, "calls": 40}
+    bound |= {"rows": [kernel_row], "skipped": [{"op": "aten.bad", "shapes": "4x5", "calls": 1, "error": "Boom: no"}]}
     model = {"end_to_end": m, "scores": m, "stages": {"side_vit": m}, "stage_sum_ms": 10.0, "glue_ratio": 1.0}
+    model |= {"kernel_bound": bound, "over_kernel_bound": 1.25}
     report = {
         "environment": bench.environment(CPU),
         "plan": {"size": [64, 64], "classes": 20, "probe_size": 2048},
@@ -257,3 +283,8 @@ def test_markdown_report_has_every_section():
     ):
         assert heading in text
     assert "**no**" in text
+    assert "| kernel bound (dense ops alone) | 8 | 2 | 250 (62%) |" in text
+    assert "| predict / kernel bound | 1.25 |" in text
+    assert "pat_tiny kernel bound: 8 ms over 7 op signatures (40 calls)" in text
+    assert "| aten.mm | 1700x240, 240x720 | 24 | 6.0 | 250 (62%) |" in text
+    assert "not replayed: aten.bad (4x5, 1 calls): Boom: no" in text

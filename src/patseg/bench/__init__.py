@@ -4,10 +4,12 @@ Everything is measured in one process, side by side, with warm-up runs and the m
 
 - :mod:`patseg.bench.measure`: timing, peak memory and FLOP counting of one callable or several side by side.
 - :mod:`patseg.bench.stages`: the per-stage breakdown of ``Segmenter.predict`` (record once, replay each part).
+- :mod:`patseg.bench.kernels`: the kernel bound, a call's dense ops (matmuls, convolutions, attention) replayed alone.
 - :mod:`patseg.bench.suite`: what ``patseg bench`` runs (:class:`BenchPlan`, :func:`run_suite`) and the targets
   it checks (:func:`check_targets`).
 """
 
+from patseg.bench.kernels import DenseOp, KernelBound, KernelRow, TensorSpec, kernel_bound, record_dense_ops
 from patseg.bench.measure import (
     Measurement,
     count_flops,
@@ -39,8 +41,12 @@ from patseg.bench.suite import (
 __all__ = [
     "BenchPlan",
     "Breakdown",
+    "DenseOp",
+    "KernelBound",
+    "KernelRow",
     "Measurement",
     "StageRecorder",
+    "TensorSpec",
     "as_dict",
     "cached_vocabulary",
     "check_targets",
@@ -48,6 +54,7 @@ __all__ = [
     "count_flops",
     "cpu_peak_supported",
     "environment",
+    "kernel_bound",
     "make_segmenter",
     "matmul_probe",
     "measure",
@@ -57,6 +64,7 @@ __all__ = [
     "precision",
     "random_image",
     "rate_against",
+    "record_dense_ops",
     "run_suite",
     "stage_breakdown",
     "stage_targets",

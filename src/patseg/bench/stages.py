@@ -3,7 +3,8 @@
 :class:`StageRecorder` runs one real ``Segmenter.predict`` with the model's stage methods wrapped, keeps every
 call's inputs, and :func:`stage_breakdown` then replays each stage alone on those inputs. A stage that runs inside
 another (PAT's semantic branch inside the side ViT) is subtracted from its parent, so the stage times add up to the
-work done; what the end-to-end time has beyond that sum is glue (reshapes, Python, small ops).
+work done; what the end-to-end time has beyond that sum is glue (reshapes, Python, small ops). The same ``predict``'s
+dense ops are also replayed one by one (:mod:`patseg.bench.kernels`): the time its kernels alone would take.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from patseg.bench.kernels import KernelBound, kernel_bound, record_dense_ops
 from patseg.bench.measure import Measurement, measure_with_probe, precision, rate_against
 from patseg.predictor import Segmenter
 
@@ -110,12 +112,16 @@ def stage_targets(seg: Segmenter) -> dict[str, list[tuple[object, str]]]:
     return t
 
 
+KERNEL_ROWS = 8  # op signatures of the kernel bound kept in a breakdown, most expensive first
+
+
 @dataclass
 class Breakdown:
     """end_to_end: ``Segmenter.predict``; scores: ``Segmenter.scores`` (every class's map); stages: each part alone,
     nested parts subtracted from their parent; glue_ratio: end-to-end time / sum of the stage times (1.0 = the parts
     are all there is); probe: the matrix-product probe timed in the same rounds, against which every entry is
-    rated."""
+    rated; kernel_bound: predict's dense ops replayed alone (see :mod:`patseg.bench.kernels`), rated against a probe
+    timed in its own rounds; over_kernel_bound: end-to-end time / kernel bound (1.0 = nothing but dense kernels)."""
 
     end_to_end: Measurement
     scores: Measurement
@@ -124,6 +130,8 @@ class Breakdown:
     glue_ratio: float
     probe: Measurement
     nesting: dict[str, str] = field(default_factory=dict)
+    kernel_bound: Optional[KernelBound] = None
+    over_kernel_bound: Optional[float] = None
 
 
 def _gflops(m: Measurement) -> float:
@@ -141,9 +149,11 @@ def stage_breakdown(
     warmup: int,
     repeats: int,
     mode: str = "fp32",
+    kernel_rows: Optional[int] = KERNEL_ROWS,
 ) -> Breakdown:
-    """End-to-end ``predict`` and ``scores`` and every stage replayed alone (exclusive times, memory and FLOPs),
-    rated against ``probe`` (see :func:`patseg.bench.measure.matmul_probe`), in precision ``mode``."""
+    """End-to-end ``predict`` and ``scores``, every stage replayed alone (exclusive times, memory and FLOPs) and
+    predict's kernel bound (the ``kernel_rows`` most expensive op signatures kept), rated against ``probe`` (see
+    :func:`patseg.bench.measure.matmul_probe`), in precision ``mode``."""
 
     def predict() -> None:
         with precision(device, mode):
@@ -181,6 +191,9 @@ def stage_breakdown(
         )
         stages[stage] = rate_against(exclusive, probe_m)
     total = sum(m.median_ms for m in stages.values())
+    bound = kernel_bound(
+        record_dense_ops(predict), device, warmup=warmup, repeats=repeats, probe=probe, top=kernel_rows
+    )
     return Breakdown(
         end_to_end=end_to_end,
         scores=scores_m,
@@ -189,4 +202,6 @@ def stage_breakdown(
         glue_ratio=end_to_end.median_ms / total,
         probe=probe_m,
         nesting=nesting,
+        kernel_bound=bound,
+        over_kernel_bound=end_to_end.median_ms / bound.median_ms if bound.median_ms > 0 else None,
     )

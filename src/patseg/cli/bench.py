@@ -144,6 +144,22 @@ def _case_rows(cases: list[dict[str, Any]]) -> list[list[Any]]:
     ]
 
 
+def _kernel_lines(name: str, bound: dict[str, Any] | None) -> list[str]:
+    """The kernel bound's most expensive op signatures, and any it could not replay."""
+    if not bound:
+        return []
+    lines = [
+        f"{name} kernel bound: {bound['median_ms']:.0f} ms over {bound['signatures']} op signatures "
+        f"({bound['calls']} calls), each replayed alone; the most expensive:",
+        "",
+    ]
+    rows = [[r["op"], r["shapes"], r["calls"], f"{r['ms']:.1f}", _rate(r)] for r in bound["rows"]]
+    lines += _table(["op", "shapes", "calls", "ms", "GFLOP/s (% probe)"], rows)
+    for s in bound["skipped"]:
+        lines.append(f"- not replayed: {s['op']} ({s['shapes']}, {s['calls']} calls): {s['error']}")
+    return lines + ([""] if bound["skipped"] else [])
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     """The report as markdown tables: environment, per-stage breakdown, sizes, vocabularies, training, targets."""
     env = report["environment"]
@@ -186,6 +202,11 @@ def format_markdown(report: dict[str, Any]) -> str:
         blank = [""] * (2 * len(names))
         rows.append(["**sum of parts**"] + [f"{models[n]['stage_sum_ms']:.0f}" for n in names] + blank)
         rows.append(row("**predict, end to end**", [models[n]["end_to_end"] for n in names]))
+        bounds = [models[n].get("kernel_bound") for n in names]
+        if any(bounds):
+            rows.append(row("kernel bound (dense ops alone)", bounds))
+            ratios = [models[n].get("over_kernel_bound") for n in names]
+            rows.append(["predict / kernel bound"] + [f"{r:.2f}" if r else "" for r in ratios] + blank)
         rows.append(row("scores, end to end", [models[n]["scores"] for n in names]))
         rows.append(["peak memory MB"] + [_mb(models[n]["end_to_end"]["peak_mb"]) for n in names] + blank)
         clip = report["clip_image_encoder"]
@@ -199,6 +220,8 @@ def format_markdown(report: dict[str, Any]) -> str:
             "",
         ]
         lines += _table(header, rows)
+        for n in names:
+            lines += _kernel_lines(n, models[n].get("kernel_bound"))
     case_header = ["preset", "image", "classes", "forward ms", "predict ms", "predict GFLOPs"]
     case_header += ["forward GFLOP/s (% probe)", "predict GFLOP/s (% probe)", "peak MB"]
     if report.get("sizes"):
