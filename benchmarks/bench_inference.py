@@ -37,6 +37,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--merge", metavar="DEVICE", default=None, help="merge the per-section full runs of DEVICE")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run")
     args = parser.parse_args()
     if args.merge:
         return merge(args.merge)
@@ -57,6 +58,7 @@ def main() -> int:
         str(RESULTS / f"{stem}.md"),
     ]
     argv += ["--quick"] if args.quick else []
+    argv += ["--overwrite"] if args.overwrite else []
     for flag in ("threads", "warmup", "repeats"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]

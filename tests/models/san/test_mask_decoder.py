@@ -168,22 +168,34 @@ def test_both_product_orders_match_the_loop_reference(grid) -> None:
     torch.testing.assert_close(out.attn_bias, ref_bias, rtol=1e-10, atol=1e-10)
 
 
-def test_conv1x1_on_a_channels_last_map_equals_the_convolution() -> None:
-    """A token sequence viewed as a map takes the matrix-product path; values and gradients are the convolution's."""
+def _strided_map(layout: str, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, 15, 6) tokens -> a (B, 6, 3, 5) map: contiguous, channels-last (tokens viewed as a map), or neither."""
+    as_map = tokens.transpose(1, 2).reshape(tokens.shape[0], 6, 3, 5)
+    if layout == "contiguous":
+        return as_map.contiguous()
+    return as_map if layout == "channels_last" else as_map.transpose(2, 3)  # a transposed map: a third layout
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "other"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1x1_equals_the_convolution_on_every_layout(layout: str, bias: bool) -> None:
+    """Contiguous and channels-last maps take the matrix-product paths; values and gradients are the convolution's,
+    and a channels-last map keeps its layout for the next 1x1 layer."""
     from patseg.models.layers.common import Conv1x1
 
-    conv = Conv1x1(6, 4).double()
+    conv = Conv1x1(6, 4, bias=bias).double()
     tokens = torch.randn(2, 15, 6, dtype=torch.float64, requires_grad=True)
-    as_map = tokens.transpose(1, 2).reshape(2, 6, 3, 5)  # channels-last in memory, not contiguous
-    assert as_map.is_contiguous(memory_format=torch.channels_last) and not as_map.is_contiguous()
-    out = conv(as_map)
-    ref = torch.nn.functional.conv2d(as_map.contiguous(), conv.weight, conv.bias)
+    x = _strided_map(layout, tokens)
+    out = conv(x)
+    ref = torch.nn.functional.conv2d(x.contiguous(), conv.weight, conv.bias)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    assert out.is_contiguous(memory_format=torch.channels_last)  # the layout is kept for the next 1x1 layer
-    (grad,) = torch.autograd.grad(out.square().sum(), tokens)
-    (ref_grad,) = torch.autograd.grad(ref.square().sum(), tokens)
+    if layout == "channels_last":
+        assert not x.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last)
+    (grad, wgrad) = torch.autograd.grad(out.square().sum(), (tokens, conv.weight))
+    (ref_grad, ref_wgrad) = torch.autograd.grad(ref.square().sum(), (tokens, conv.weight))
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
-    assert conv.state_dict().keys() == {"weight", "bias"} and conv.weight.shape == (4, 6, 1, 1)
+    torch.testing.assert_close(wgrad, ref_wgrad, rtol=1e-12, atol=1e-12)
+    assert conv.state_dict().keys() == ({"weight", "bias"} if bias else {"weight"}) and conv.weight.shape == (4, 6, 1, 1)
 
 
 def test_gradients_equal_those_of_the_unfolded_decoder() -> None:

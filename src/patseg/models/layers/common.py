@@ -37,7 +37,9 @@ class Conv1x1(nn.Conv2d):
     Maps made from token sequences ((B, H*W, C) viewed as (B, C, H, W), or LayerNorm2d's output) are channels-last
     in memory, and PyTorch's CPU convolution reorders such an input before it runs (2-3x slower for 256 channels at
     160x160). On them the product runs on the (B, H, W, C) view, which is contiguous, and the result keeps that
-    layout; other inputs go to the convolution. Both are the same sums.
+    layout. A contiguous (B, C, H, W) map is a (C, H*W) matrix per image, and the weight times it is again a plain
+    product: about 2x faster than oneDNN's 1x1 convolution on CPU (256 channels at 160x160). Other inputs go to the
+    convolution. All are the same sums.
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, bias: bool = True) -> None:
@@ -45,7 +47,14 @@ class Conv1x1(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> (B, C_out, H, W)."""
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if x.dim() != 4:
+            return super().forward(x)
+        if x.is_contiguous():
+            b, _, h, w = x.shape
+            weight, maps = self.weight.flatten(1).expand(b, -1, -1), x.flatten(2)
+            out = torch.bmm(weight, maps) if self.bias is None else torch.baddbmm(self.bias[:, None], weight, maps)
+            return out.view(b, -1, h, w)
+        if x.is_contiguous(memory_format=torch.channels_last):
             return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
         return super().forward(x)
 
