@@ -16,7 +16,14 @@ two are compared: the largest absolute difference, and for label maps whether th
 - ``attention-bias pooling``: the CLIP attention bias max-pooled from the decoder's grid to the CLIP grid with
   ``adaptive_max_pool2d`` (former) against rows then columns (``patseg.models.san.model.max_pool_to``).
 - ``forward, 1x1 convolutions``: the whole model forward with ``Conv1x1`` running every 1x1 convolution as
-  ``nn.Conv2d`` does (former), against its matrix product on channels-last maps (``patseg.models.layers.common``).
+  ``nn.Conv2d`` does (former), against its matrix products on channels-last and contiguous maps
+  (``patseg.models.layers.common``).
+- ``post-processing``: ``Segmenter.postprocess`` on a region-like prediction (``patseg.bench.postprocess``) with the
+  mask logits upsampled whole before the bounded argmax (former), against the lazy masks that read the block
+  bounds at the critical rows and columns only (``patseg.models.san.semantic_argmax.output_masks``), and the
+  ambiguous blocks' argmax taken along the last axis instead of a middle one; on region-like masks and on the
+  random-weight model's own (nearly flat, so many blocks stay ambiguous). For these label maps the difference
+  column is the share of pixels whose label differs.
 
 Results go to ``OUT.json`` and ``OUT.md`` (default ``benchmarks/results/speed-changes``), written atomically; an
 existing result is not replaced without ``--overwrite``.
@@ -37,11 +44,15 @@ import torch
 
 from patseg.atomic import atomic_write_json, atomic_write_text
 from patseg.bench import as_dict, environment, make_segmenter, matmul_probe, measure_with_probe, random_image
+from patseg.bench.postprocess import region_prediction
 from patseg.build import build_model
 from patseg.models.layers.common import Conv1x1
+from patseg.models.san import semantic_argmax as semantic_argmax_module
 from patseg.models.san.mask_decoder import MaskDecoder, MaskDecoderOutput
-from patseg.models.san.model import max_pool_to
+from patseg.models.san.model import SegPrediction, max_pool_to
+from patseg.models.san.semantic_argmax import semantic_argmax, upsample_masks
 from patseg.predictor import Segmenter
+from patseg.resize import shortest_edge_size
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CPU = torch.device("cpu")
@@ -65,6 +76,54 @@ def former_scores(seg: Segmenter, image: np.ndarray) -> np.ndarray:
     pred, padded, valid = seg._forward(image)
     chunks = [part for _, part in seg._class_scores(pred, padded, valid, image.shape[:2])]
     return torch.cat(chunks).cpu().numpy().astype(np.float32)
+
+
+def former_score_blocks(probs: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The exact scoring of ambiguous blocks as it was: scores (n, K, b * b), argmax along the middle axis."""
+    best = torch.bmm(probs.t()[classes], logits.sigmoid()).argmax(1)
+    return classes.gather(1, best)
+
+
+def former_postprocess(
+    pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int], out: tuple[int, int]
+) -> torch.Tensor:
+    """Segmenter.postprocess as it was: the mask logits upsampled whole, then the bounded argmax with the former
+    block scoring."""
+    probs = pred.logits[0].float().softmax(-1)[:, :-1]
+    current = semantic_argmax_module._score_blocks
+    semantic_argmax_module._score_blocks = former_score_blocks
+    try:
+        return semantic_argmax(probs, upsample_masks(pred.masks[0].float(), padded, valid, out))
+    finally:
+        semantic_argmax_module._score_blocks = current
+
+
+def postprocess_case(
+    seg: Segmenter, image_hw: tuple[int, int], pred: SegPrediction | None = None, classes: int = 150
+) -> dict[str, Any]:
+    """SAN's post-processing of ``pred`` (default: a region-like prediction on SAN's mask grid) for an image of
+    ``image_hw``."""
+    padded = seg.input_size(*image_hw)
+    valid = shortest_edge_size(*image_hw, seg.short_side, seg.max_long_side)
+    what = "random-weight model's masks"
+    if pred is None:
+        pred = region_prediction(seg.model.side.num_queries, classes, (padded[0] // 16, padded[1] // 16))
+        what = "region-like masks"
+    one: SegPrediction = pred
+
+    def former() -> torch.Tensor:
+        with torch.inference_mode():
+            return former_postprocess(one, padded, valid, image_hw)
+
+    def current() -> torch.Tensor:
+        return seg.postprocess(one, padded, valid, image_hw)
+
+    return {
+        "name": f"post-processing (SAN, {image_hw[0]}x{image_hw[1]} image, {classes} classes, {what})",
+        "former": former,
+        "current": current,
+        "difference": lambda: float((former() != current()).float().mean()),
+    }
 
 
 @contextlib.contextmanager
@@ -157,6 +216,9 @@ def cases(size: int, classes: int) -> list[dict[str, Any]]:
             "difference": lambda: float(np.abs(former_scores(san_seg, image) - san_seg.scores(image)).max()),
         }
     )
+    for image_hw in ((size, size), (size * 3 // 4, size)):
+        out.append(postprocess_case(san_seg, image_hw, classes=classes))
+    out.append(postprocess_case(san_seg, (size, size), san_seg.infer(image).output.main, classes))
     for name, model in (("SAN", san), ("PAT", pat)):
         seg = make_segmenter(model, classes, (size, size))
         out.append(forward_case(f"{name} forward, 1x1 convolutions ({size}x{size})", seg, image))

@@ -92,8 +92,20 @@ def test_stage_breakdown_accounts_for_every_flop(pat_tiny):
     assert not bound.skipped and bound.gflops == pytest.approx(result.end_to_end.gflops, rel=1e-6)
     assert len(bound.rows) == min(8, bound.signatures) and bound.calls >= bound.signatures > 8
     assert bound.gflops_per_s == pytest.approx(bound.gflops / (bound.median_ms / 1e3)) and bound.of_probe is not None
-    assert result.over_kernel_bound == pytest.approx(result.end_to_end.median_ms / bound.median_ms)
+    # each time in units of its own rounds' probe: with equal FLOPs, the ratio of the two fractions of the probe
+    assert result.over_kernel_bound == pytest.approx(bound.of_probe / result.end_to_end.of_probe, rel=1e-6)
     assert bench.as_dict(result)["kernel_bound"]["rows"][0]["calls"] == bound.rows[0].calls  # JSON-ready
+
+
+def test_probe_scaled_ratio_cancels_a_change_of_machine_speed():
+    from patseg.bench.measure import Measurement
+    from patseg.bench.stages import probe_scaled_ratio
+
+    probe_fast, probe_slow = Measurement(10.0, [10.0], gflops=1.0), Measurement(20.0, [20.0], gflops=1.0)
+    a = bench.rate_against(Measurement(300.0, [300.0], gflops=2.0), probe_slow)  # timed while the machine was slow
+    b = bench.rate_against(Measurement(100.0, [100.0], gflops=2.0), probe_fast)
+    assert probe_scaled_ratio(a, b) == pytest.approx(1.5)  # 300 / 100 raw; the machine was 2x slower for a
+    assert probe_scaled_ratio(Measurement(3.0, [3.0]), Measurement(2.0, [2.0])) == pytest.approx(1.5)  # no rates
 
 
 def test_probe_runs_in_the_precision_measured():

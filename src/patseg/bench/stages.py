@@ -121,7 +121,8 @@ class Breakdown:
     nested parts subtracted from their parent; glue_ratio: end-to-end time / sum of the stage times (1.0 = the parts
     are all there is); probe: the matrix-product probe timed in the same rounds, against which every entry is
     rated; kernel_bound: predict's dense ops replayed alone (see :mod:`patseg.bench.kernels`), rated against a probe
-    timed in its own rounds; over_kernel_bound: end-to-end time / kernel bound (1.0 = nothing but dense kernels)."""
+    timed in its own rounds; over_kernel_bound: end-to-end time / kernel bound (1.0 = nothing but dense kernels),
+    each time first scaled by the speed of the probe timed in its rounds (:func:`probe_scaled_ratio`)."""
 
     end_to_end: Measurement
     scores: Measurement
@@ -132,6 +133,19 @@ class Breakdown:
     nesting: dict[str, str] = field(default_factory=dict)
     kernel_bound: Optional[KernelBound] = None
     over_kernel_bound: Optional[float] = None
+
+
+def probe_scaled_ratio(a: Measurement, b: Measurement) -> Optional[float]:
+    """a's time over b's, each in units of the probe timed in its own rounds (time x the probe's GFLOP/s).
+
+    ``a`` and ``b`` were timed in different rounds, and on a shared machine the speed of the whole machine drifts
+    between them (the probe alone moved 1.5x between runs minutes apart); scaling each by its own probe cancels
+    that drift, as the rates against the probe do."""
+    if b.median_ms <= 0:
+        return None
+    if not (a.gflops_per_s and a.of_probe and b.gflops_per_s and b.of_probe):
+        return a.median_ms / b.median_ms  # no probe rates (no FLOPs): the plain ratio
+    return (a.median_ms * a.gflops_per_s / a.of_probe) / (b.median_ms * b.gflops_per_s / b.of_probe)
 
 
 def _gflops(m: Measurement) -> float:
@@ -203,5 +217,5 @@ def stage_breakdown(
         probe=probe_m,
         nesting=nesting,
         kernel_bound=bound,
-        over_kernel_bound=end_to_end.median_ms / bound.median_ms if bound.median_ms > 0 else None,
+        over_kernel_bound=probe_scaled_ratio(end_to_end, bound),
     )

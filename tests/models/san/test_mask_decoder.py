@@ -195,7 +195,8 @@ def test_conv1x1_equals_the_convolution_on_every_layout(layout: str, bias: bool)
     (ref_grad, ref_wgrad) = torch.autograd.grad(ref.square().sum(), (tokens, conv.weight))
     torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(wgrad, ref_wgrad, rtol=1e-12, atol=1e-12)
-    assert conv.state_dict().keys() == ({"weight", "bias"} if bias else {"weight"}) and conv.weight.shape == (4, 6, 1, 1)
+    assert conv.state_dict().keys() == ({"weight", "bias"} if bias else {"weight"})
+    assert conv.weight.shape == (4, 6, 1, 1)
 
 
 def test_gradients_equal_those_of_the_unfolded_decoder() -> None:
