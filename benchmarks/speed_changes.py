@@ -6,7 +6,7 @@
 Every part is measured on the inputs the full-size presets give it at 640x640 (random weights), the two
 implementations and the matrix-product probe timed in the same rounds (``patseg.bench.measure_with_probe``), so
 the ratio of their medians is one run's and load that comes and goes hits all of them alike. The outputs of the
-two are compared: the largest absolute difference, and for label maps whether they are equal.
+two are compared: the largest absolute difference, and for label maps the share of pixels whose label differs.
 
 - ``mask decoder (SAN, 40x40)`` and ``decoded mask head (PAT, 160x160)``: SAN's MLP mask decoder computing the
   pixel and attention embeddings and then their products with the queries (former), against the MLPs' last layer
@@ -25,6 +25,12 @@ two are compared: the largest absolute difference, and for label maps whether th
   random-weight model's own (nearly flat, so many blocks stay ambiguous). For these label maps the difference
   column is the share of pixels whose label differs.
 
+- ``predict, large blocks kept``: ``Segmenter.predict`` with glibc's default policy for large allocations (a fresh
+  mapping for each, zero-filled at first touch; mallopt's M_MMAP_MAX and M_TRIM_THRESHOLD at their defaults, the
+  dynamic threshold then fixed at 128 KiB) against ``patseg.allocator.keep_large_blocks`` (every allocation from the
+  heap, freed memory kept for reuse), switched before each call. The other rows run with the blocks kept, as the
+  ``patseg`` command does.
+
 Results go to ``OUT.json`` and ``OUT.md`` (default ``benchmarks/results/speed-changes``), written atomically; an
 existing result is not replaced without ``--overwrite``.
 """
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -42,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from patseg.allocator import keep_large_blocks
 from patseg.atomic import atomic_write_json, atomic_write_text
 from patseg.bench import as_dict, environment, make_segmenter, matmul_probe, measure_with_probe, random_image
 from patseg.bench.postprocess import region_prediction
@@ -123,6 +131,32 @@ def postprocess_case(
         "former": former,
         "current": current,
         "difference": lambda: float((former() != current()).float().mean()),
+    }
+
+
+_LIBC = ctypes.CDLL(None)
+
+
+def glibc_default_allocation() -> None:
+    """mallopt back to glibc's defaults: large blocks mapped fresh and returned when freed."""
+    _LIBC.mallopt(-4, 65536)  # M_MMAP_MAX
+    _LIBC.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+
+
+def allocator_case(name: str, seg: Segmenter, image: np.ndarray) -> dict[str, Any]:
+    def former() -> np.ndarray:
+        glibc_default_allocation()
+        return seg.predict(image)
+
+    def current() -> np.ndarray:
+        keep_large_blocks()
+        return seg.predict(image)
+
+    return {
+        "name": name,
+        "former": former,
+        "current": current,
+        "difference": lambda: float((former() != current()).mean()),
     }
 
 
@@ -222,10 +256,12 @@ def cases(size: int, classes: int) -> list[dict[str, Any]]:
     for name, model in (("SAN", san), ("PAT", pat)):
         seg = make_segmenter(model, classes, (size, size))
         out.append(forward_case(f"{name} forward, 1x1 convolutions ({size}x{size})", seg, image))
+        out.append(allocator_case(f"{name} predict, large blocks kept ({size}x{size})", seg, image))
     return out
 
 
 def measure_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
+    keep_large_blocks()
     probe = matmul_probe(CPU)
     rows = []
     for case in cases(args.size, args.classes):

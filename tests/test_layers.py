@@ -20,6 +20,7 @@ ROOT = Path(patseg.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "patseg.errors",
+        "patseg.allocator",
         "patseg.config",
         "patseg.atomic",
         "patseg.paths",

