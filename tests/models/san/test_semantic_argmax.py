@@ -169,9 +169,12 @@ def test_only_critical_rows_are_read() -> None:
     """16x upsampling is linear within each 8-pixel block (2 rows of 8 needed); 4x bends inside blocks (6 of 8)."""
     assert _critical(resize_matrix(40, ("linear", 640)), 8)[0].shape == (80, 2)
     assert _critical(resize_matrix(160, ("linear", 640)), 8)[0].shape == (80, 6)
-    logits = torch.zeros(2, 40, 40)
-    assert output_masks(logits, (640, 640), (640, 640), (640, 640)).critical_share(8) == 1 / 16
+    lazy = output_masks(torch.zeros(2, 40, 40), (640, 640), (640, 640), (640, 640))
+    assert isinstance(lazy, ResizedMasks) and lazy.critical_pixels(8) == 640 * 640 // 16
     assert isinstance(output_masks(torch.zeros(2, 160, 160), (640, 640), (640, 640), (640, 640)), torch.Tensor)
+    # a 480x640 photo: masks upsampled to the padded 640x864 input, cropped to 640x853, resized back to 480x640
+    photo = output_masks(torch.zeros(2, 40, 54), (640, 864), (640, 853), (480, 640))
+    assert isinstance(photo, ResizedMasks) and photo.critical_pixels(8) < (640 * 864 + 480 * 640) / 4
 
 
 @pytest.mark.parametrize("chain", CHAINS)

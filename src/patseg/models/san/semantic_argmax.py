@@ -153,10 +153,10 @@ class ResizedMasks:
         self.rows, self.cols = rows, cols
         self.shape = (logits.shape[0], rows.shape[0], cols.shape[0])
 
-    def critical_share(self, block: int) -> float:
-        """The fraction of output pixels :meth:`block_bounds` evaluates (1/16 for a 16x upsampling)."""
+    def critical_pixels(self, block: int) -> int:
+        """How many output pixels per mask :meth:`block_bounds` evaluates (1/16 of them for a 16x upsampling)."""
         (ys, _), (xs, _) = _critical(self.rows, block), _critical(self.cols, block)
-        return ys.numel() * xs.numel() / (self.shape[1] * self.shape[2])
+        return ys.numel() * xs.numel()
 
     def block_bounds(self, block: int) -> tuple[Tensor, Tensor]:
         (ys, y_err), (xs, x_err) = _critical(self.rows, block), _critical(self.cols, block)
@@ -200,8 +200,9 @@ def upsample_masks(grid: Tensor, padded: tuple[int, int], valid: tuple[int, int]
     return masks
 
 
-# Bounds from the critical grid pay when it is a small part of the image (1/16 for SAN's 16x upsampling); when most
-# rows are critical (PAT's 4x) one upsampling of the whole map is cheaper than the products that sample it.
+# Bounds from the critical grid pay when it is small against what upsampling writes (the padded map, and the output
+# when the image is resized back): 1/16 for SAN's 16x at 640x640, 1/9 for a 480x640 photo. When most rows are
+# critical (PAT's 4x, 9/16 at 640x640) one upsampling of the whole map is cheaper than the products that sample it.
 _CRITICAL_SHARE = 0.25
 
 
@@ -213,7 +214,10 @@ def output_masks(
     steps = [(("linear", p), ("crop", v), ("linear", o)) for p, v, o in zip(padded, valid, out)]
     rows, cols = (resize_matrix(n, *chain) for n, chain in zip(grid.shape[1:], steps))
     lazy = ResizedMasks(grid, rows, cols)
-    return lazy if lazy.critical_share(block) <= _CRITICAL_SHARE else upsample_masks(grid, padded, valid, out)
+    written = padded[0] * padded[1] + (out[0] * out[1] if tuple(valid) != tuple(out) else 0)
+    if lazy.critical_pixels(block) <= _CRITICAL_SHARE * written:
+        return lazy
+    return upsample_masks(grid, padded, valid, out)
 
 
 def _candidates(probs: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
