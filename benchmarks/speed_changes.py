@@ -25,14 +25,8 @@ two are compared: the largest absolute difference, and for label maps the share 
   random-weight model's own (nearly flat, so many blocks stay ambiguous). For these label maps the difference
   column is the share of pixels whose label differs.
 
-- ``predict, large blocks kept``: ``Segmenter.predict`` with glibc's default policy for large allocations (a fresh
-  mapping for each, zero-filled at first touch; mallopt's M_MMAP_MAX and M_TRIM_THRESHOLD at their defaults, the
-  dynamic threshold then fixed at 128 KiB) against ``patseg.allocator.keep_large_blocks`` (every allocation from the
-  heap, freed memory kept for reuse). These two are timed in rounds of their own after a warm-up call each (a call
-  right after the other policy's would pay for the memory that one gave back), and their speed-up is scaled by the
-  probe of each round set. Every other row interleaves former and current and runs with the blocks kept, as the
-  ``patseg`` command does; its speed-up is the ratio of the medians (the probe-scaled ratio, equal when the rounds are
-  shared).
+Every row runs with large blocks kept (``patseg.allocator.keep_large_blocks``), as the ``patseg`` command does;
+``benchmarks/allocator.py`` measures that policy itself, in fresh processes.
 
 Results go to ``OUT.json`` and ``OUT.md`` (default ``benchmarks/results/speed-changes``), written atomically; an
 existing result is not replaced without ``--overwrite``.
@@ -42,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -56,7 +49,6 @@ from patseg.allocator import keep_large_blocks
 from patseg.atomic import atomic_write_json, atomic_write_text
 from patseg.bench import as_dict, environment, make_segmenter, matmul_probe, measure_with_probe, random_image
 from patseg.bench.postprocess import region_prediction
-from patseg.bench.stages import probe_scaled_ratio
 from patseg.build import build_model
 from patseg.models.layers.common import Conv1x1
 from patseg.models.san import semantic_argmax as semantic_argmax_module
@@ -135,35 +127,6 @@ def postprocess_case(
         "former": former,
         "current": current,
         "difference": lambda: float((former() != current()).float().mean()),
-    }
-
-
-_LIBC = ctypes.CDLL(None)
-
-
-def glibc_default_allocation() -> None:
-    """mallopt back to glibc's defaults: large blocks mapped fresh and returned when freed."""
-    _LIBC.mallopt(-4, 65536)  # M_MMAP_MAX
-    _LIBC.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-
-
-def allocator_case(name: str, seg: Segmenter, image: np.ndarray) -> dict[str, Any]:
-    def former() -> np.ndarray:
-        glibc_default_allocation()
-        return seg.predict(image)
-
-    def current() -> np.ndarray:
-        keep_large_blocks()
-        return seg.predict(image)
-
-    # Not interleaved: a call right after the other policy's pays for the memory that policy gave back (or kept), so
-    # each policy is timed in its own rounds after a warm-up call, as a process running one of them would be.
-    return {
-        "name": name,
-        "former": former,
-        "current": current,
-        "difference": lambda: float((former() != current()).mean()),
-        "separate": True,
     }
 
 
@@ -263,7 +226,6 @@ def cases(size: int, classes: int) -> list[dict[str, Any]]:
     for name, model in (("SAN", san), ("PAT", pat)):
         seg = make_segmenter(model, classes, (size, size))
         out.append(forward_case(f"{name} forward, 1x1 convolutions ({size}x{size})", seg, image))
-        out.append(allocator_case(f"{name} predict, large blocks kept ({size}x{size})", seg, image))
     return out
 
 
@@ -273,21 +235,16 @@ def measure_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for case in cases(args.size, args.classes):
         print(f"{case['name']} ...", flush=True)
-        if case.get("separate"):  # each in its own rounds after a warm-up call, the ratio scaled by their probes
-            former, probe_m = measure_with_probe({"x": case["former"]}, CPU, probe, warmup=1, repeats=args.repeats)
-            current, probe_m = measure_with_probe({"x": case["current"]}, CPU, probe, warmup=1, repeats=args.repeats)
-            former, current = former["x"], current["x"]
-        else:
-            timed, probe_m = measure_with_probe(
-                {"former": case["former"], "current": case["current"]}, CPU, probe, warmup=1, repeats=args.repeats
-            )
-            former, current = timed["former"], timed["current"]
+        timed, probe_m = measure_with_probe(
+            {"former": case["former"], "current": case["current"]}, CPU, probe, warmup=1, repeats=args.repeats
+        )
+        former, current = timed["former"], timed["current"]
         rows.append(
             {
                 "part": case["name"],
                 "former": as_dict(former),
                 "current": as_dict(current),
-                "speedup": probe_scaled_ratio(former, current),
+                "speedup": former.median_ms / current.median_ms,
                 "gflops_saved": (former.gflops or 0.0) - (current.gflops or 0.0),
                 "max_abs_difference": case["difference"](),
                 "probe_gflops_per_s": probe_m.gflops_per_s,
