@@ -125,7 +125,7 @@ def main() -> int:
     from patseg.bench.measure import cpu_name
 
     report: dict[str, Any] = {
-        "command": "python benchmarks/allocator.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": ("python benchmarks/allocator.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip(),
         "machine": f"{cpu_name()} ({platform.machine()})",
         "torch": torch.__version__,
         "commit": git_commit(),

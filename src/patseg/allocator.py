@@ -3,9 +3,10 @@
 glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and returns it with
 ``munmap`` when freed, so each large tensor of every forward pass is new memory: the kernel zero-fills each page at
 its first touch. PAT's 640x640 forward makes dozens of such tensors (the (1200, 160 x 160) bias map alone is 123 MB):
-measured on the 2-core Xeon, filling a fresh 123 MB output took longer than the product written into it. With
+measured on the 2-core Xeon, a product into a fresh 123 MB output took 88 ms, into a reused one 59 ms. With
 :func:`keep_large_blocks` every allocation comes from the heap, and up to ``keep`` bytes of freed memory stay there
-for the next call: ``predict`` ran 1.10x (SAN) and 1.17x (PAT) faster at 640x640, same results.
+for the next call: PAT's ``predict`` at 640x640 ran 1.08x faster (fresh processes taking turns,
+``benchmarks/allocator.py``), SAN's 1.02x (within noise), with the same results and process peaks within 3%.
 
 The cost is memory: the process keeps what it freed (up to ``keep``) instead of returning it, so its resident size
 stays near its peak. The ``patseg`` command applies it to itself (an inference or training process is sized by its
