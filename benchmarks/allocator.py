@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provenance import git_commit
+from provenance import git_commit, refuses_to_replace
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "allocator"
@@ -113,9 +113,7 @@ def main() -> int:
         print(json.dumps(child(args.child, args.presets[0], args.size, args.calls, args.threads)))
         return 0
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-    existing = [str(path) for path in (out_json, out_md) if path.exists()]
-    if existing and not args.overwrite:
-        print(f"refusing to replace {', '.join(existing)}: pass --overwrite", file=sys.stderr)
+    if refuses_to_replace((out_json, out_md), args.overwrite):
         return 2
     import platform
 

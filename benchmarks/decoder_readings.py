@@ -57,7 +57,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provenance import git_commit
+from provenance import git_commit, refuses_to_replace
 
 from patseg.bench.measure import cpu_name, proc_status_kb
 
@@ -636,9 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         return run_one(args)
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-    existing = [str(p) for p in (out_json, out_md) if p.exists()]
-    if existing and not args.overwrite:
-        print(f"refusing to replace {', '.join(existing)}: pass --overwrite", file=sys.stderr)
+    if refuses_to_replace((out_json, out_md), args.overwrite):
         return 2
     has_field = decoder_field_exists()
     tasks = task_names(args.tasks, args.sizes)

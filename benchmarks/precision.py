@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from provenance import git_commit
+from provenance import git_commit, refuses_to_replace
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "precision"
@@ -334,9 +334,7 @@ def _rounded(obj: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-    existing = [str(p) for p in (out_json, out_md) if p.exists()]
-    if existing and not args.overwrite:
-        print(f"refusing to replace {', '.join(existing)}: pass --overwrite", file=sys.stderr)
+    if refuses_to_replace((out_json, out_md), args.overwrite):
         return 2
     import torch
 

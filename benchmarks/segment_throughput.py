@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from provenance import git_commit
+from provenance import git_commit, refuses_to_replace
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -226,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from patseg.atomic import atomic_write_json, atomic_write_text
 
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-    existing = [str(p) for p in (out_json, out_md) if p.exists()]
-    if existing and not args.overwrite:
-        print(f"refusing to replace {', '.join(existing)}: pass --overwrite", file=sys.stderr)
+    if refuses_to_replace((out_json, out_md), args.overwrite):
         return 2
     report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

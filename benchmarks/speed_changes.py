@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from provenance import refuses_to_replace
 
 from patseg.allocator import keep_large_blocks
 from patseg.atomic import atomic_write_json, atomic_write_text
@@ -284,9 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result")
     args = parser.parse_args(argv)
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
-    existing = [str(p) for p in (out_json, out_md) if p.exists()]
-    if existing and not args.overwrite:
-        print(f"refusing to replace {', '.join(existing)}: pass --overwrite", file=sys.stderr)
+    if refuses_to_replace((out_json, out_md), args.overwrite):
         return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
