@@ -476,3 +476,29 @@ def test_segmenter_returns_the_original_size(tiny_model):
     scores = seg.scores(image)
     assert scores.shape == (2, 100, 130) and np.all(scores >= 0)
     np.testing.assert_array_equal(seg.predict(image), scores.argmax(0))
+
+
+@pytest.mark.parametrize(
+    "shape, short_side, lazy",
+    [
+        ((100, 130), 320, True),  # upscaled for the model, scored at its own smaller size
+        ((640, 650), 640, True),  # no resize: upsampled, cropped
+        ((480, 640), 320, False),  # the image larger than the model's input: the second resize bends every block
+    ],
+)
+def test_predict_keeps_the_dense_labels_on_lazy_and_upsampled_masks(tiny_model, shape, short_side, lazy):
+    """SAN's 16x-upsampled masks take the lazy path (block bounds at the critical rows and columns) where few rows
+    are critical, else they are upsampled whole; either way the labels are the argmax of the dense scores."""
+    from patseg.models.san.semantic_argmax import ResizedMasks, output_masks
+
+    image = np.random.default_rng(2).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    seg = Segmenter(tiny_model, ["sky", "tree", "road", "grass", "wall"], short_side=short_side)
+    inference = seg.infer(image)
+    grid = inference.output.main.masks[0].float()
+    masks = output_masks(grid, inference.padded, inference.valid, inference.size)
+    assert isinstance(masks, ResizedMasks) == lazy
+    scores = seg.scores(image)
+    top2 = np.sort(scores, axis=0)[-2:]
+    decided = top2[1] - top2[0] > 1e-5  # float32 rounding may flip a near-tie
+    assert decided.mean() > 0.99
+    np.testing.assert_array_equal(seg.labels(inference)[decided], scores.argmax(0)[decided])
