@@ -22,7 +22,8 @@ two are compared: the largest absolute difference, and for label maps the share 
   mask logits upsampled whole before the bounded argmax (former), against the lazy masks that read the block
   bounds at the critical rows and columns only (``patseg.models.san.semantic_argmax.output_masks``), and the
   ambiguous blocks' argmax taken along the last axis instead of a middle one; on region-like masks and on the
-  random-weight model's own (nearly flat, so many blocks stay ambiguous). For these label maps the difference
+  random-weight model's own (nearly flat, so many blocks stay ambiguous); for PAT's H/4 masks, which are upsampled
+  whole, now in channels-last memory order. For these label maps the difference
   column is the share of pixels whose label differs.
 
 Every row runs with large blocks kept (``patseg.allocator.keep_large_blocks``), as the ``patseg`` command does;
@@ -104,15 +105,22 @@ def former_postprocess(
 
 
 def postprocess_case(
-    seg: Segmenter, image_hw: tuple[int, int], pred: SegPrediction | None = None, classes: int = 150
+    seg: Segmenter,
+    image_hw: tuple[int, int],
+    pred: SegPrediction | None = None,
+    classes: int = 150,
+    *,
+    name: str = "SAN",
+    stride: int = 16,
 ) -> dict[str, Any]:
-    """SAN's post-processing of ``pred`` (default: a region-like prediction on SAN's mask grid) for an image of
-    ``image_hw``."""
+    """The post-processing of ``pred`` (default: a region-like prediction on a mask grid of the padded input over
+    ``stride``: 16 for SAN, 4 for PAT's decoded head) for an image of ``image_hw``."""
     padded = seg.input_size(*image_hw)
     valid = shortest_edge_size(*image_hw, seg.short_side, seg.max_long_side)
     what = "random-weight model's masks"
     if pred is None:
-        pred = region_prediction(seg.model.side.num_queries, classes, (padded[0] // 16, padded[1] // 16))
+        grid = (padded[0] // stride, padded[1] // stride)
+        pred = region_prediction(seg.model.side.num_queries, classes, grid)
         what = "region-like masks"
     one: SegPrediction = pred
 
@@ -124,7 +132,7 @@ def postprocess_case(
         return seg.postprocess(one, padded, valid, image_hw)
 
     return {
-        "name": f"post-processing (SAN, {image_hw[0]}x{image_hw[1]} image, {classes} classes, {what})",
+        "name": f"post-processing ({name}, {image_hw[0]}x{image_hw[1]} image, {classes} classes, {what})",
         "former": former,
         "current": current,
         "difference": lambda: float((former() != current()).float().mean()),
@@ -224,6 +232,7 @@ def cases(size: int, classes: int) -> list[dict[str, Any]]:
     for image_hw in ((size, size), (size * 3 // 4, size)):
         out.append(postprocess_case(san_seg, image_hw, classes=classes))
     out.append(postprocess_case(san_seg, (size, size), san_seg.infer(image).output.main, classes))
+    out.append(postprocess_case(san_seg, (size, size), classes=classes, name="PAT", stride=4))
     for name, model in (("SAN", san), ("PAT", pat)):
         seg = make_segmenter(model, classes, (size, size))
         out.append(forward_case(f"{name} forward, 1x1 convolutions ({size}x{size})", seg, image))

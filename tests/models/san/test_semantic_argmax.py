@@ -187,3 +187,25 @@ def test_lazy_labels_equal_dense_argmax(chain, case) -> None:
     decided = gap > 1e-5
     assert decided.float().mean() > 0.99 and got.shape == out
     assert torch.equal(got[decided], ref[decided])
+
+
+@pytest.mark.parametrize("size", [(48, 64), (45, 67)])
+def test_channels_last_masks_give_the_same_bounds_values_and_labels(size) -> None:
+    """The same logits in (H, W, Q) memory order: identical bounds, block values and labels (maps that whole blocks
+    do not tile take the (Q, H, W) path)."""
+    probs, logits = region_case(20, size, seed=6)
+    last = logits.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    assert last.permute(1, 2, 0).is_contiguous() and torch.equal(last, logits)
+    for a, b in zip(FullMasks(last).block_bounds(8), FullMasks(logits).block_bounds(8)):
+        assert torch.equal(a, b)
+    index = torch.tensor([0, 3, 7, 20])
+    assert torch.equal(FullMasks(last).block_values(index, 8), FullMasks(logits).block_values(index, 8))
+    assert torch.equal(semantic_argmax(probs, last), semantic_argmax(probs, logits))
+
+
+def test_channels_last_upsampling_is_the_upsampling() -> None:
+    logits = torch.randn(6, 12, 17, generator=torch.Generator().manual_seed(7)) * 4
+    for padded, valid, out in ((192, 272), (192, 272), (192, 272)), ((192, 272), (180, 250), (97, 131)):
+        last = upsample_masks(logits, padded, valid, out, channels_last=True)
+        assert last.permute(1, 2, 0).is_contiguous()
+        torch.testing.assert_close(last, upsample_masks(logits, padded, valid, out), rtol=0, atol=2e-6)

