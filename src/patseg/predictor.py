@@ -54,6 +54,11 @@ def check_vocabulary(names: Sequence[object], source: str = "the vocabulary") ->
     return cleaned
 
 
+def _class_probs(pred: SegPrediction) -> Tensor:
+    """(Q, C) class probabilities of the first image: softmax over C + 1, the no-object column dropped after it."""
+    return pred.logits[0].float().softmax(-1)[:, :-1]
+
+
 def _positions(where: Sequence[int]) -> str:
     return ("position " if len(where) == 1 else "positions ") + ", ".join(map(str, where))
 
@@ -135,8 +140,7 @@ class Segmenter:
         self, pred: SegPrediction, padded: tuple[int, int], valid: tuple[int, int], out_size: tuple[int, int]
     ) -> tuple[Tensor, Tensor]:
         """(Q, C) class probabilities and (Q, H, W) mask logits at ``out_size`` (upsampled, cropped, resized)."""
-        probs = pred.logits[0].float().softmax(-1)[:, :-1]
-        return probs, upsample_masks(pred.masks[0].float(), padded, valid, out_size)
+        return _class_probs(pred), upsample_masks(pred.masks[0].float(), padded, valid, out_size)
 
     def _class_scores(
         self,
@@ -209,8 +213,7 @@ class Segmenter:
         """Label map (H, W) at ``out_size`` from one prediction: the argmax of :meth:`scores`, found with per-block
         bounds so that only the classes that can win a block are scored there, and only there are the mask logits
         upsampled (memory bounded for any C and image size; see :mod:`patseg.models.san.semantic_argmax`)."""
-        probs = pred.logits[0].float().softmax(-1)[:, :-1]
-        return semantic_argmax(probs, output_masks(pred.masks[0].float(), padded, valid, out_size))
+        return semantic_argmax(_class_probs(pred), output_masks(pred.masks[0].float(), padded, valid, out_size))
 
     # ------------------------------------------------------------------ many images
     def input_size(self, height: int, width: int) -> tuple[int, int]:

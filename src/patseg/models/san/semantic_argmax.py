@@ -173,14 +173,26 @@ class ResizedMasks:
         self.logits = logits
         self.rows, self.cols = rows, cols
         self.shape = (logits.shape[0], rows.shape[0], cols.shape[0])
+        self._memo: dict[tuple[str, int, int], tuple] = {}  # per (what, axis, block): each is asked for repeatedly
+
+    def _critical(self, axis: int, block: int) -> tuple[Tensor, float]:
+        key = ("critical", axis, block)
+        if key not in self._memo:
+            self._memo[key] = _critical((self.rows, self.cols)[axis], block)
+        return self._memo[key]
+
+    def _support(self, axis: int, block: int) -> tuple[Tensor, Tensor]:
+        key = ("support", axis, block)
+        if key not in self._memo:
+            self._memo[key] = _support((self.rows, self.cols)[axis], block)
+        return self._memo[key]
 
     def critical_pixels(self, block: int) -> int:
         """How many output pixels per mask :meth:`block_bounds` evaluates (1/16 of them for a 16x upsampling)."""
-        (ys, _), (xs, _) = _critical(self.rows, block), _critical(self.cols, block)
-        return ys.numel() * xs.numel()
+        return self._critical(0, block)[0].numel() * self._critical(1, block)[0].numel()
 
     def block_bounds(self, block: int) -> tuple[Tensor, Tensor]:
-        (ys, y_err), (xs, x_err) = _critical(self.rows, block), _critical(self.cols, block)
+        (ys, y_err), (xs, x_err) = self._critical(0, block), self._critical(1, block)
         rows, cols = self.rows[ys.flatten()].to(self.logits), self.cols[xs.flatten()].to(self.logits)
         values = torch.matmul(torch.matmul(rows, self.logits), cols.t())  # (Q, nh * ky, nw * kx)
         lo, hi = _block_extrema(values, ys.shape[1], xs.shape[1])
@@ -188,10 +200,12 @@ class ResizedMasks:
         margin = (y_err + x_err) * block * block / 8 * float(self.logits.abs().max())
         return lo - margin, hi + margin
 
-    def _windows(self, matrix: Tensor, blocks: Tensor, block: int) -> tuple[Tensor, Tensor]:
-        """For (n,) block numbers along one axis: (n, block, k) weights of their output rows over a window of k
-        grid indices, and the (n, k) window indices (every window k long, within the grid, holding the support)."""
-        first, length = _support(matrix, block)
+    def _windows(self, axis: int, blocks: Tensor, block: int) -> tuple[Tensor, Tensor]:
+        """For (n,) block numbers along ``axis`` (0: rows, 1: columns): (n, block, k) weights of their output rows
+        over a window of k grid indices, and the (n, k) window indices (every window k long, within the grid,
+        holding the support)."""
+        matrix = (self.rows, self.cols)[axis]
+        first, length = self._support(axis, block)
         k = int(length.max())
         start = first.clamp(max=matrix.shape[1] - k)[blocks]
         window = start[:, None] + torch.arange(k)
@@ -201,8 +215,8 @@ class ResizedMasks:
     def block_values(self, index: Tensor, block: int) -> Tensor:
         nw = -(-self.shape[2] // block)
         index = index.cpu()
-        wy, ys = self._windows(self.rows, index // nw, block)  # (n, b, ky), (n, ky)
-        wx, xs = self._windows(self.cols, index % nw, block)  # (n, b, kx), (n, kx)
+        wy, ys = self._windows(0, index // nw, block)  # (n, b, ky), (n, ky)
+        wx, xs = self._windows(1, index % nw, block)  # (n, b, kx), (n, kx)
         grid = self.logits[:, ys[:, :, None], xs[:, None, :]].permute(1, 0, 2, 3)  # (n, Q, ky, kx)
         n, q, ky, kx = grid.shape
         # The window upsampled as two batched products: rows (b x ky) then columns (kx x b).
