@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provenance import git_commit, refuses_to_replace
+from provenance import git_commit, refuses_to_replace, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "allocator"
@@ -119,7 +119,6 @@ def main() -> int:
 
     import torch
 
-    from patseg.atomic import atomic_write_json, atomic_write_text
     from patseg.bench.measure import cpu_name
 
     report: dict[str, Any] = {
@@ -141,8 +140,7 @@ def main() -> int:
         report["presets"][preset] = {"runs": runs, "speedups": speedups, "median_speedup": statistics.median(speedups)}
     text = markdown(report)
     print(text)
-    atomic_write_json(out_json, report)
-    atomic_write_text(out_md, text)
+    write_results(out_json, out_md, report, text)
     return 0
 
 

@@ -57,7 +57,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from provenance import git_commit, refuses_to_replace
+from provenance import git_commit, refuses_to_replace, write_results
 
 from patseg.bench.measure import cpu_name, proc_status_kb
 
@@ -688,23 +688,9 @@ def main(argv: list[str] | None = None) -> int:
             report.setdefault("torch", rec.get("torch"))
         print(f"[{i}/{len(combos)}] " + summary_line(combo, rec), flush=True)
         report["combinations"].append(rec)
-    from patseg.atomic import atomic_write_text
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_json, json.dumps(_rounded(report), indent=1) + "\n")
-    atomic_write_text(out_md, format_markdown(report))
+    write_results(out_json, out_md, report, format_markdown(report), digits=4)
     print(f"wrote {out_json} and {out_md}", flush=True)
     return 0 if all(r["status"] in ("ok", "skipped") for r in report["combinations"]) else 1
-
-
-def _rounded(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_rounded(v) for v in obj]
-    if isinstance(obj, float):
-        return round(obj, 4)
-    return obj
 
 
 if __name__ == "__main__":

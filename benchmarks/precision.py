@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -43,7 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from provenance import git_commit, refuses_to_replace
+from provenance import git_commit, refuses_to_replace, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "precision"
@@ -321,16 +320,6 @@ def format_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _rounded(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_rounded(v) for v in obj]
-    if isinstance(obj, float):
-        return round(obj, 5)
-    return obj
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
@@ -362,11 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.presets:
         report["runs"]["full"] = full_runs(args, modes, log)
     report["wall_s"] = time.time() - start
-    from patseg.atomic import atomic_write_text
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_json, json.dumps(_rounded(report), indent=1) + "\n")
-    atomic_write_text(out_md, format_markdown(report))
+    write_results(out_json, out_md, report, format_markdown(report), digits=5)
     log(f"wrote {out_json} and {out_md} ({report['wall_s']:.0f} s)")
     return 0
 

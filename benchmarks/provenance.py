@@ -3,9 +3,11 @@ by them as a sibling module)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,3 +34,27 @@ def refuses_to_replace(paths: tuple[Path, ...], overwrite: bool) -> bool:
         print(f"refusing to replace {', '.join(existing)}: pass --overwrite", file=sys.stderr)
         return True
     return False
+
+
+def rounded(obj: Any, digits: int) -> Any:
+    """``obj`` with every float rounded to ``digits`` decimals, through dicts and lists (shorter result files)."""
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rounded(v, digits) for v in obj]
+    if isinstance(obj, float):
+        return round(obj, digits)
+    return obj
+
+
+def write_results(out_json: Path, out_md: Path, report: dict[str, Any], markdown: str, *, digits: int | None = None):
+    """Write a benchmark's JSON report (floats rounded to ``digits`` when given) and its markdown, each atomically,
+    creating the folder."""
+    from patseg.atomic import atomic_write_json, atomic_write_text  # here: some scripts put src/ on the path first
+
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    if digits is None:
+        atomic_write_json(out_json, report)
+    else:
+        atomic_write_text(out_json, json.dumps(rounded(report, digits), indent=1) + "\n")
+    atomic_write_text(out_md, markdown)

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from provenance import git_commit, refuses_to_replace
+from provenance import git_commit, refuses_to_replace, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -223,7 +223,6 @@ def format_markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sys.path.insert(0, str(SRC))
-    from patseg.atomic import atomic_write_json, atomic_write_text
 
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
     if refuses_to_replace((out_json, out_md), args.overwrite):
@@ -245,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(tmp) / preset
             work.mkdir()
             report["presets"][preset] = run_preset(preset, work, args, log)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_json, report)
-    atomic_write_text(out_md, format_markdown(report))
+    write_results(out_json, out_md, report, format_markdown(report))
     print(format_markdown(report))
     print(json.dumps({"written": [str(out_json), str(out_md)]}))
     return 0

@@ -45,10 +45,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from provenance import refuses_to_replace
+from provenance import refuses_to_replace, write_results
 
 from patseg.allocator import keep_large_blocks
-from patseg.atomic import atomic_write_json, atomic_write_text
 from patseg.bench import as_dict, environment, make_segmenter, matmul_probe, measure_with_probe, random_image
 from patseg.bench.postprocess import region_prediction
 from patseg.build import build_model
@@ -306,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = markdown(report)
     print(text)
-    atomic_write_json(out_json, report)
-    atomic_write_text(out_md, text)
+    write_results(out_json, out_md, report, text)
     return 0
 
 
